@@ -1,0 +1,69 @@
+"""Console entry points: thin ``@hydra.main`` wrappers around plain functions.
+
+Errors a user can fix (a bad row, a missing column, an unknown loss parameter) end the program with one line
+naming the file, row or key, and exit code 2. ``ALIGNLAB_DEBUG=1`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+
+import alignlab.config  # noqa: F401  (registers resolvers)
+from alignlab.errors import AlignlabError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger("alignlab")
+USER_ERRORS = (AlignlabError, InstantiationException, ValueError, FileNotFoundError)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def run_or_exit(fn: Callable[[DictConfig], object], cfg: DictConfig) -> object:
+    try:
+        return fn(cfg)
+    except USER_ERRORS as e:
+        if os.environ.get("ALIGNLAB_DEBUG"):
+            raise
+        cause = _root_cause(e)
+        message = " ".join(str(cause).split())
+        print(f"alignlab: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def _train(cfg: DictConfig) -> float | None:
+    from alignlab.train import run_train
+
+    metrics, _ = run_or_exit(run_train, cfg)
+    return metrics.get(cfg.get("optimized_metric") or "val/rewards/accuracies")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def _evaluate(cfg: DictConfig) -> None:
+    from alignlab.evaluate import run_evaluate
+
+    run_or_exit(run_evaluate, cfg)
+
+
+def train() -> None:
+    _train()
+
+
+def evaluate() -> None:
+    _evaluate()
+
+
+if __name__ == "__main__":
+    train()

@@ -1,0 +1,62 @@
+"""Batched sampling from a causal LM, shared by evaluation, online pairs, counterfactual pairs and OPO."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finished: bool  # ended with EOS rather than at max_new_tokens
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
+             max_new_tokens: int = 64, temperature: float = 0.7, top_p: float = 1.0, batch_size: int = 16,
+             seed: int | None = None) -> list[Generation]:
+    """Sample one continuation per prompt (token ids, already templated), with the KV cache, in left-padded batches.
+
+    ``temperature=0`` decodes greedily. Prompts are sorted by length inside the call so batches pad little; the
+    results come back in the input order.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[Generation | None] = [None] * len(prompts)
+    generator_state = torch.random.get_rng_state()
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start: start + batch_size]
+            width = max(len(prompts[i]) for i in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                attention[row, width - len(prompts[i]):] = 1
+            sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else \
+                dict(do_sample=False)
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, top_k=0,
+                                 **sampling)
+            for row, i in enumerate(chunk):
+                new = out[row, width:].tolist()
+                finished = eos in new
+                if finished:
+                    new = new[: new.index(eos)]
+                results[i] = Generation(tokenizer.decode(new, skip_special_tokens=True).strip(), new, finished)
+    finally:
+        if seed is not None:
+            torch.random.set_rng_state(generator_state)
+        model.train(was_training)
+    return results  # type: ignore[return-value]

@@ -1,0 +1,191 @@
+"""PreferenceModule: the one LightningModule behind every objective.
+
+Whatever produced the pairs (a fixed dataset, the policy's own samples and a judge, counterfactual prompting), a
+training step is the same: sequence log-probs of chosen and rejected under the policy (one forward for both,
+:func:`alignlab.logprobs.pair_logps`), the same under the reference, a loss from :mod:`alignlab.losses`, and
+the same metrics, named as TRL names them so runs compare side by side.
+
+The reference is one of: a frozen copy (held outside the module tree, so checkpoints store the policy once), the
+policy with its LoRA adapter disabled, or reference log-probs computed once before training (offline data only,
+``precompute_reference=true``; the copy is then released).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from alignlab.data.collate import PreferenceBatch
+from alignlab.logprobs import PairLogps, pair_logps
+from alignlab.losses import PreferenceLoss
+
+log = logging.getLogger(__name__)
+
+
+class PreferenceModule(pl.LightningModule):
+    """Trains ``policy`` on preference pairs against a frozen reference.
+
+    Args:
+        policy: a causal LM (optionally a PEFT model); the only trained module.
+        loss: a :class:`PreferenceLoss`.
+        optimizer: ``params -> Optimizer`` (a ``_partial_`` from config).
+        scheduler: ``(optimizer, total_steps) -> LRScheduler`` or ``None``.
+        reference: frozen reference model; ``None`` when the loss is reference-free or ``reference_from_adapter``.
+        reference_from_adapter: the reference is the policy with its LoRA adapter disabled.
+        precompute_reference: compute reference log-probs for every pair once at fit start (the datamodule
+            must offer ``reference_dataloader()``), then drop the reference copy.
+        share_prompt: run each prompt once for both responses (see :mod:`alignlab.logprobs`).
+        disable_dropout: dropout off in the policy, as TRL does; the log-ratios are then deterministic.
+    """
+
+    def __init__(self, policy: nn.Module, loss: PreferenceLoss, optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable[..., Any] | None = None, reference: nn.Module | None = None,
+                 reference_from_adapter: bool = False, precompute_reference: bool = False,
+                 share_prompt: bool = True, disable_dropout: bool = True) -> None:
+        super().__init__()
+        self.policy = policy
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # Not an attribute nn.Module tracks: the reference never enters state_dict or checkpoints.
+        object.__setattr__(self, "_reference", reference)
+        self.reference_from_adapter = reference_from_adapter
+        self.precompute_reference = precompute_reference and loss.needs_reference
+        gradient_checkpointing = getattr(policy, "is_gradient_checkpointing", False)
+        self.share_prompt = share_prompt and not gradient_checkpointing
+        self.reference_logps: Tensor | None = None  # [num_examples, 2] when precomputed
+        self.last_validated_step = -1
+        if loss.needs_reference and reference is None and not reference_from_adapter:
+            raise ValueError(f"{loss!r} needs a reference model, and none was given")
+        if disable_dropout:
+            for module in policy.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
+
+    # ----- log-probs -------------------------------------------------------------------------------------------
+    def policy_logps(self, batch: PreferenceBatch) -> PairLogps:
+        return pair_logps(self.policy, batch, self.share_prompt)
+
+    @torch.no_grad()
+    def reference_pair_logps(self, batch: PreferenceBatch) -> PairLogps | None:
+        """Reference log-probs: precomputed, from the disabled adapter, or from the frozen copy."""
+        if not self.loss.needs_reference:
+            return None
+        if self.reference_logps is not None:
+            cached = self.reference_logps[batch.example_id.to(self.reference_logps.device)].to(self.device)
+            if not torch.isnan(cached).any():
+                lengths_c, lengths_r = batch.chosen_mask.sum(-1), batch.rejected_mask.sum(-1)
+                return PairLogps(cached[:, 0], cached[:, 1], lengths_c, lengths_r)
+        if self.reference_from_adapter:
+            was_training = self.policy.training
+            self.policy.eval()
+            with self.policy.disable_adapter():
+                out = pair_logps(self.policy, batch, self.share_prompt)
+            self.policy.train(was_training)
+            return out
+        if self._reference is None:
+            raise RuntimeError("reference log-probs were not precomputed for this batch and no reference is kept")
+        if next(self._reference.parameters()).device != self.device:
+            self._reference.to(self.device)
+        return pair_logps(self._reference, batch, self.share_prompt)
+
+    def precompute_reference_logps(self, dataloader, num_examples: int) -> Tensor:
+        """Reference log-probs for every example id, ``Tensor[num_examples, 2]`` (chosen, rejected)."""
+        table = torch.full((num_examples, 2), float("nan"))
+        for batch in dataloader:
+            batch = self.transfer_batch_to_device(batch, self.device, 0)
+            ref = self.reference_pair_logps(batch)
+            table[batch.example_id.cpu()] = torch.stack([ref.chosen, ref.rejected], -1).float().cpu()
+        return table
+
+    # ----- the step every objective shares ----------------------------------------------------------------------
+    def preference_step(self, batch: PreferenceBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        policy = self.policy_logps(batch)
+        reference = self.reference_pair_logps(batch)
+        if self.loss.average_logps:
+            policy = policy.averaged()
+            reference = reference.averaged() if reference is not None else None
+        losses, chosen_rewards, rejected_rewards = self.loss(
+            policy.chosen, policy.rejected,
+            reference.chosen if reference is not None else None,
+            reference.rejected if reference is not None else None,
+        )
+        loss = losses.mean()
+        metrics = {
+            "loss": loss.detach(),
+            "rewards/chosen": chosen_rewards.mean(),
+            "rewards/rejected": rejected_rewards.mean(),
+            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+            "logps/chosen": policy.chosen.detach().mean(),
+            "logps/rejected": policy.rejected.detach().mean(),
+        }
+        return loss, metrics
+
+    def training_step(self, batch: PreferenceBatch, batch_idx: int) -> Tensor:
+        loss, metrics = self.preference_step(batch)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
+                      batch_size=len(batch))
+        self.log("train/tokens", float(batch.num_tokens), on_step=True, on_epoch=False, reduce_fx="sum",
+                 batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: PreferenceBatch, batch_idx: int) -> None:
+        _, metrics = self.preference_step(batch)
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True,
+                      batch_size=len(batch), prog_bar=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_validated_step = self.global_step
+
+    # ----- reference handling around fit ------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self._reference is not None:
+            self._reference.to(self.device).eval()
+        if self.precompute_reference and self.reference_logps is None:
+            datamodule = self.trainer.datamodule
+            if not hasattr(datamodule, "reference_dataloader"):
+                raise ValueError("precompute_reference needs a datamodule with fixed pairs (offline data)")
+            log.info("precomputing reference log-probs for %d pairs", datamodule.num_examples)
+            with self.evaluating():
+                self.reference_logps = self.precompute_reference_logps(datamodule.reference_dataloader(),
+                                                                       datamodule.num_examples)
+        if self.reference_logps is not None and not torch.isnan(self.reference_logps).any():
+            object.__setattr__(self, "_reference", None)  # the copy is no longer needed
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.reference_logps is not None:
+            checkpoint["reference_logps"] = self.reference_logps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.reference_logps = checkpoint.get("reference_logps")
+
+    # ----- optimisation -----------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self._reference is not None:
+            self._reference.eval()  # never leaves eval mode
+        return self
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)

@@ -1,0 +1,124 @@
+"""``run_train(cfg) -> (metrics, objects)``: the plain function behind ``alignlab-train``.
+
+Tests and notebooks call it with a composed config; the CLI is a thin Hydra wrapper (:mod:`alignlab.cli`).
+Every run writes, under its own folder: the composed ``config.yaml``, ``metrics.csv``, ``data_report.json``,
+``checkpoints/last.ckpt``, the final policy (``policy/``, loadable with ``from_pretrained``) and
+``summary.json`` with the final metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import alignlab.config  # noqa: F401  (registers resolvers)
+from alignlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def default_output_dir(root: str = "outputs") -> Path:
+    """A fresh run folder with a sub-second timestamp, for runs started outside Hydra."""
+    return Path(root) / "runs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f")
+
+
+def prepare_output_dir(cfg: DictConfig) -> Path:
+    """Fill ``paths.output_dir`` (Hydra's run folder under the CLI, else a new timestamped one) and create it."""
+    if cfg.paths.get("output_dir") is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            output_dir = Path(HydraConfig.get().runtime.output_dir)
+        except ValueError:  # not under @hydra.main
+            output_dir = default_output_dir(cfg.paths.get("root", "outputs"))
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
+
+
+def resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
+    if ckpt_path is None:
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
+    return str(path)
+
+
+def build_module(cfg: DictConfig, loaded, loss):
+    """The PreferenceModule for this objective, with the reference its loss and model call for."""
+    reference = None
+    if loss.needs_reference and not loaded.has_adapter:
+        reference = loaded.frozen_copy()
+    return instantiate(
+        cfg.objective.module,
+        policy=loaded.model,
+        loss=loss,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        reference=reference,
+        reference_from_adapter=loaded.has_adapter and loss.needs_reference,
+    )
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path) -> pl.Trainer:
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(output_dir))
+
+
+def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train the configured policy; returns the final metrics and the objects that produced them."""
+    output_dir = prepare_output_dir(cfg)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    loaded = instantiate(cfg.model)
+    loss = instantiate(cfg.loss)
+    datamodule = instantiate(cfg.data, tokenizer=loaded.tokenizer)
+    module = build_module(cfg, loaded, loss)
+    trainer = build_trainer(cfg, output_dir)
+    log.info("policy %s, %s, output %s", loaded.name, loss, output_dir)
+
+    try:
+        ckpt = resolve_ckpt(cfg.get("ckpt_path"), output_dir)
+        if cfg.get("validate_before_training") and ckpt is None:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        if module.last_validated_step != trainer.global_step and datamodule.val_pairs:
+            trainer.validate(module, datamodule=datamodule, verbose=False)  # stopped mid-epoch (max_steps)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        (output_dir / "data_report.json").write_text(json.dumps(datamodule.report, indent=2))
+        if cfg.get("save_policy"):
+            loaded.model.save_pretrained(output_dir / "policy")
+            loaded.tokenizer.save_pretrained(output_dir / "policy")
+        summary = {"output_dir": str(output_dir), "global_step": trainer.global_step, "metrics": metrics}
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    finally:
+        _finish_wandb()
+
+    shown = {k: metrics[k] for k in ("train/loss", "val/loss", "val/rewards/accuracies", "val/rewards/margins")
+             if k in metrics}
+    print(f"done: step {trainer.global_step}, " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
+    print(f"run directory: {output_dir}")
+    return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "model": loaded,
+                     "output_dir": output_dir}
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run so the next job of a multirun starts its own."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
