@@ -200,9 +200,14 @@ class PreferenceLoss:
             ref_rejected = torch.zeros_like(policy_rejected)
         losses = self.spec.fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=self.beta,
                               **self.hparams)
-        chosen_rewards = self.beta * (policy_chosen - ref_chosen).detach()
-        rejected_rewards = self.beta * (policy_rejected - ref_rejected).detach()
-        return losses, chosen_rewards, rejected_rewards
+        return (losses, *self.rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected))
+
+    def rewards(self, policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor | None,
+                ref_rejected: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Implicit rewards ``beta * (logpi - logpi_ref)``, detached, each ``Tensor[B]``."""
+        if self.reference_free or ref_chosen is None:
+            return self.beta * policy_chosen.detach(), self.beta * policy_rejected.detach()
+        return self.beta * (policy_chosen - ref_chosen).detach(), self.beta * (policy_rejected - ref_rejected).detach()
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v}" for k, v in self.hparams.items())

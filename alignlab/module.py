@@ -28,6 +28,10 @@ from alignlab.losses import PreferenceLoss
 log = logging.getLogger(__name__)
 
 
+def _pair(logps: PairLogps | None) -> tuple[Tensor | None, Tensor | None]:
+    return (logps.chosen, logps.rejected) if logps is not None else (None, None)
+
+
 class PreferenceModule(pl.LightningModule):
     """Trains ``policy`` on preference pairs against a frozen reference.
 
@@ -108,14 +112,15 @@ class PreferenceModule(pl.LightningModule):
     def preference_step(self, batch: PreferenceBatch) -> tuple[Tensor, dict[str, Tensor]]:
         policy = self.policy_logps(batch)
         reference = self.reference_pair_logps(batch)
+        summed = (*_pair(policy), *_pair(reference))
         if self.loss.average_logps:
-            policy = policy.averaged()
-            reference = reference.averaged() if reference is not None else None
-        losses, chosen_rewards, rejected_rewards = self.loss(
-            policy.chosen, policy.rejected,
-            reference.chosen if reference is not None else None,
-            reference.rejected if reference is not None else None,
-        )
+            averaged_reference = reference.averaged() if reference is not None else None
+            averaged = (*_pair(policy.averaged()), *_pair(averaged_reference))
+            losses = self.loss(*averaged)[0]
+        else:
+            losses = self.loss(*summed)[0]
+        # Rewards and logps are reported on summed log-probs whatever the loss uses, as TRL reports them.
+        chosen_rewards, rejected_rewards = self.loss.rewards(*summed)
         loss = losses.mean()
         metrics = {
             "loss": loss.detach(),
