@@ -75,3 +75,19 @@ def rate(answer: str, expected: str, question: str = "") -> Rating:
 def score(answer: str, expected: str, question: str = "") -> float:
     """The scalar reward in [-0.5, 1.5]."""
     return rate(answer, expected, question).reward
+
+
+class AnswerRater:
+    """Scores a response to a row that carries its expected answer (``row[answer_key]``); ``None`` otherwise.
+
+    Used by evaluation to compare a policy's sampled answers with the reference model's.
+    """
+
+    def __init__(self, answer_key: str = "answer") -> None:
+        self.answer_key = answer_key
+
+    def __call__(self, question: str, response: str, meta: dict) -> Rating | None:
+        expected = meta.get(self.answer_key)
+        if expected is None:
+            return None
+        return rate(response, str(expected), question)

@@ -1,0 +1,153 @@
+"""``run_evaluate(cfg) -> (metrics, objects)``: the plain function behind ``alignlab-eval``.
+
+Two measurements of a saved policy against its reference, on held-out data:
+
+* **pairs**: the DPO metrics (``rewards/accuracies``, ``rewards/margins``, ``logps/*``) on the held-out pairs;
+* **samples** (``generate.enabled``): one answer per held-out prompt from the policy and from the reference,
+  same seed and sampling settings, scored by ``reward`` (for the bundled data, :class:`AnswerRater`): mean
+  reward, its parts, mean length in tokens, the share that ended with EOS, and the policy's win rate over the
+  reference (ties count half).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import alignlab.config  # noqa: F401
+from alignlab.errors import ConfigError
+from alignlab.generation import generate
+from alignlab.module import PreferenceModule
+from alignlab.train import prepare_output_dir
+
+log = logging.getLogger(__name__)
+
+
+def resolve_policy_dir(policy_path: str) -> tuple[Path, Path | None]:
+    """``(policy weights folder, run config or None)`` for a run folder or a ``save_pretrained`` folder."""
+    path = Path(policy_path).expanduser()
+    if (path / "policy").is_dir():
+        config = path / "config.yaml"
+        return path / "policy", config if config.is_file() else None
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        return path, None
+    raise ConfigError(f"policy_path={policy_path!r}: neither a run folder with policy/ nor a save_pretrained folder")
+
+
+def load_policy(policy_dir: Path, reference_model: torch.nn.Module) -> torch.nn.Module:
+    """Full weights load as they are; a LoRA adapter is attached to a copy of the reference (its base)."""
+    if (policy_dir / "adapter_config.json").is_file():
+        import copy
+
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(copy.deepcopy(reference_model), policy_dir).eval()
+    from transformers import AutoModelForCausalLM
+
+    dtype = next(reference_model.parameters()).dtype
+    return AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype).eval()
+
+
+def _merge_run_config(cfg: DictConfig, run_config: Path) -> DictConfig:
+    run = OmegaConf.load(run_config)
+    with open_dict(cfg):
+        for key in ("model", "data", "loss"):
+            if key in run:
+                cfg[key] = run[key]
+        if "lora" in cfg.model:
+            cfg.model.lora = None  # the reference is the base model; the adapter is loaded from the run
+    return cfg
+
+
+def sample_and_rate(policy, reference, tokenizer, pairs, gen_cfg, reward) -> dict[str, Any]:
+    pairs = pairs[: gen_cfg.num_prompts]
+    prompts = [p.prompt_ids for p in pairs]
+    options = dict(max_new_tokens=gen_cfg.max_new_tokens, temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
+                   batch_size=gen_cfg.batch_size, seed=gen_cfg.get("seed", 0))
+    outputs = {"policy": generate(policy, tokenizer, prompts, **options),
+               "reference": generate(reference, tokenizer, prompts, **options)}
+    result: dict[str, Any] = {"num_prompts": len(pairs)}
+    ratings: dict[str, list] = {}
+    for who, gens in outputs.items():
+        result[f"{who}/mean_length"] = statistics.fmean(len(g.token_ids) for g in gens)
+        result[f"{who}/finished"] = statistics.fmean(g.finished for g in gens)
+        if reward is not None:
+            ratings[who] = [reward(_question(p), g.text, p.meta) for p, g in zip(pairs, gens, strict=True)]
+    if ratings and all(r is not None for r in ratings["policy"]):
+        for who, rs in ratings.items():
+            result[f"{who}/reward"] = statistics.fmean(r.reward for r in rs)
+            result[f"{who}/correct"] = statistics.fmean(r.correct for r in rs)
+            result[f"{who}/concise"] = statistics.fmean(r.concise for r in rs)
+            result[f"{who}/filler"] = statistics.fmean(r.filler > 0 for r in rs)
+        wins = [1.0 if a.reward > b.reward else 0.5 if a.reward == b.reward else 0.0
+                for a, b in zip(ratings["policy"], ratings["reference"], strict=True)]
+        result["win_rate_vs_reference"] = statistics.fmean(wins)
+    result["examples"] = [{"prompt": _question(p), "policy": a.text, "reference": b.text}
+                          for p, a, b in list(zip(pairs, outputs["policy"], outputs["reference"], strict=True))[:8]]
+    return result
+
+
+def _question(pair) -> str:
+    prompt = pair.meta.get("prompt", "")
+    if isinstance(prompt, list):
+        return " ".join(m["content"] for m in prompt if m["role"] == "user")
+    return prompt
+
+
+def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    policy_dir, run_config = resolve_policy_dir(cfg.policy_path)
+    if run_config is not None and cfg.get("use_run_config", True):
+        cfg = _merge_run_config(cfg, run_config)
+    output_dir = prepare_output_dir(cfg)
+    pl.seed_everything(cfg.seed)
+
+    loaded = instantiate(cfg.model)
+    reference = loaded.frozen_copy()
+    policy = load_policy(policy_dir, reference)
+    loss = instantiate(cfg.loss)
+    datamodule = instantiate(cfg.data, tokenizer=loaded.tokenizer)
+    datamodule.setup("validate")
+    pairs = {"val": datamodule.val_pairs, "train": datamodule.train_pairs,
+             "all": datamodule.train_pairs + datamodule.val_pairs}.get(cfg.split)
+    if pairs is None:
+        raise ConfigError(f"split={cfg.split!r} is not one of val, train, all")
+
+    module = PreferenceModule(policy, loss, optimizer=torch.optim.AdamW, reference=reference)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False,
+                          default_root_dir=str(output_dir))
+    loader = datamodule._loader(pairs, datamodule.eval_batch_size)
+    pair_metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
+    metrics: dict[str, Any] = {"policy": str(policy_dir), "split": cfg.split, "num_pairs": len(pairs),
+                               **{k.removeprefix("val/"): float(v) for k, v in pair_metrics.items()}}
+
+    if cfg.generate.enabled:
+        reward = instantiate(cfg.reward) if cfg.get("reward") else None
+        metrics["samples"] = sample_and_rate(policy, reference, loaded.tokenizer, pairs, cfg.generate, reward)
+
+    (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+    _print_summary(metrics)
+    print(f"results: {output_dir / 'eval.json'}")
+    return metrics, {"module": module, "datamodule": datamodule, "output_dir": output_dir}
+
+
+def _print_summary(metrics: dict[str, Any]) -> None:
+    print(f"pairs ({metrics['split']}, {metrics['num_pairs']}): accuracy {metrics['rewards/accuracies']:.3f}, "
+          f"margin {metrics['rewards/margins']:.3f}, loss {metrics['loss']:.4f}")
+    samples = metrics.get("samples")
+    if not samples:
+        return
+    for who in ("policy", "reference"):
+        parts = [f"length {samples[f'{who}/mean_length']:.1f}"]
+        if f"{who}/reward" in samples:
+            parts.insert(0, f"reward {samples[f'{who}/reward']:.3f}")
+        print(f"  {who:9s}: " + ", ".join(parts))
+    if "win_rate_vs_reference" in samples:
+        print(f"  win rate vs reference: {samples['win_rate_vs_reference']:.3f}")
