@@ -193,7 +193,9 @@ def _finish(model, tokenizer, name, gradient_checkpointing, lora) -> LoadedModel
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        options = dict(lora)
+        from omegaconf import DictConfig, OmegaConf
+
+        options = OmegaConf.to_container(lora, resolve=True) if isinstance(lora, DictConfig) else dict(lora)
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **options))
         if gradient_checkpointing:
             model.enable_input_require_grads()
