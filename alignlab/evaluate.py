@@ -23,8 +23,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import alignlab.config  # noqa: F401
+from alignlab.data.collate import mask_rows, pad_rows
 from alignlab.errors import ConfigError
-from alignlab.generation import generate
+from alignlab.generation import Generation, generate
+from alignlab.logprobs import response_logps
 from alignlab.module import PreferenceModule
 from alignlab.train import prepare_output_dir
 
@@ -67,6 +69,30 @@ def _merge_run_config(cfg: DictConfig, run_config: Path) -> DictConfig:
     return cfg
 
 
+@torch.no_grad()
+def kl_to_reference(policy, reference, prompts: list[list[int]], gens: list[Generation], pad_id: int, eos_id: int,
+                    batch_size: int = 16) -> float:
+    """Monte-Carlo estimate of KL(policy || reference) per answer: mean of ``log pi(y|x) - log pi_ref(y|x)`` over
+    the policy's own samples (EOS included when the answer ended). With temperature != 1 the samples come from the
+    tempered policy, so this is an estimate of the divergence the sampled answers actually show."""
+    diffs = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [(p, g.token_ids + ([eos_id] if g.finished else [])) for p, g in
+                 zip(prompts[start: start + batch_size], gens[start: start + batch_size], strict=True)]
+        chunk = [(p, r) for p, r in chunk if r]
+        if not chunk:
+            continue
+        p_width, r_width = max(len(p) for p, _ in chunk), max(len(r) for _, r in chunk)
+        tensors = (pad_rows([p for p, _ in chunk], p_width, pad_id, left=True),
+                   mask_rows([p for p, _ in chunk], p_width, left=True),
+                   pad_rows([r for _, r in chunk], r_width, pad_id, left=False),
+                   mask_rows([r for _, r in chunk], r_width, left=False))
+        device = next(policy.parameters()).device
+        tensors = tuple(t.to(device) for t in tensors)
+        diffs += (response_logps(policy, *tensors) - response_logps(reference, *tensors)).tolist()
+    return statistics.fmean(diffs) if diffs else 0.0
+
+
 def sample_and_rate(policy, reference, tokenizer, pairs, gen_cfg, reward) -> dict[str, Any]:
     pairs = pairs[: gen_cfg.num_prompts]
     prompts = [p.prompt_ids for p in pairs]
@@ -75,6 +101,9 @@ def sample_and_rate(policy, reference, tokenizer, pairs, gen_cfg, reward) -> dic
     outputs = {"policy": generate(policy, tokenizer, prompts, **options),
                "reference": generate(reference, tokenizer, prompts, **options)}
     result: dict[str, Any] = {"num_prompts": len(pairs)}
+    result["policy/kl_to_reference"] = kl_to_reference(policy, reference, prompts, outputs["policy"],
+                                                       tokenizer.pad_token_id, tokenizer.eos_token_id,
+                                                       gen_cfg.batch_size)
     ratings: dict[str, list] = {}
     for who, gens in outputs.items():
         result[f"{who}/mean_length"] = statistics.fmean(len(g.token_ids) for g in gens)
@@ -149,5 +178,6 @@ def _print_summary(metrics: dict[str, Any]) -> None:
         if f"{who}/reward" in samples:
             parts.insert(0, f"reward {samples[f'{who}/reward']:.3f}")
         print(f"  {who:9s}: " + ", ".join(parts))
+    print(f"  KL(policy || reference) per answer: {samples['policy/kl_to_reference']:.3f} nats")
     if "win_rate_vs_reference" in samples:
         print(f"  win rate vs reference: {samples['win_rate_vs_reference']:.3f}")

@@ -60,38 +60,51 @@ def _positions(mask: Tensor) -> Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def pair_logps(model: nn.Module, batch: PreferenceBatch, share_prompt: bool = True) -> PairLogps:
-    """Log-probs of ``batch``'s chosen and rejected responses under ``model`` (a causal LM, PEFT or not)."""
+def response_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor,
+                   response_mask: Tensor, share_prompt: bool = True) -> Tensor:
+    """Summed log-probs of ``k`` responses per prompt, ``Tensor[B*k]``.
+
+    Args:
+        prompt_ids, prompt_mask: ``[B, P]``, left-padded.
+        responses, response_mask: ``[B*k, R]``, right-padded, the k responses of prompt i in rows ``i*k .. i*k+k-1``.
+    """
     causal_lm = _unwrap(model)
     decoder = causal_lm.get_decoder()
-    batch_size, response_len = batch.chosen_ids.shape
-    # Interleaved [c0, r0, c1, r1, ...] so that repeat_interleave(2) lines prompts up with their responses.
-    responses = torch.stack([batch.chosen_ids, batch.rejected_ids], dim=1).flatten(0, 1)  # [2B, R]
-    response_mask = torch.stack([batch.chosen_mask, batch.rejected_mask], dim=1).flatten(0, 1)
-    prompt_mask2 = batch.prompt_mask.repeat_interleave(2, dim=0)  # [2B, P]
-    full_mask = torch.cat([prompt_mask2, response_mask], dim=-1)  # [2B, P+R]
+    per_prompt = responses.shape[0] // prompt_ids.shape[0]
+    response_len = responses.shape[1]
+    prompt_mask_k = prompt_mask.repeat_interleave(per_prompt, dim=0)  # [B*k, P]
+    full_mask = torch.cat([prompt_mask_k, response_mask], dim=-1)  # [B*k, P+R]
 
     if share_prompt:
-        prompt_out = decoder(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask,
-                             position_ids=_positions(batch.prompt_mask), use_cache=True)
+        prompt_out = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
+                             use_cache=True)
         cache = prompt_out.cache
-        cache.batch_repeat_interleave(2)
-        prompt_len = batch.prompt_mask.sum(-1).repeat_interleave(2)  # [2B]
+        cache.batch_repeat_interleave(per_prompt)
+        prompt_len = prompt_mask_k.sum(-1)  # [B*k]
         response_positions = prompt_len[:, None] + torch.arange(response_len, device=responses.device)
         response_out = decoder(input_ids=responses, attention_mask=full_mask, position_ids=response_positions,
                                cache=cache, use_cache=True)
-        last_prompt = prompt_out.last_hidden_state[:, -1:].repeat_interleave(2, dim=0)  # [2B, 1, H]
-        predicting = torch.cat([last_prompt, response_out.last_hidden_state[:, :-1]], dim=1)  # [2B, R, H]
+        last_prompt = prompt_out.last_hidden_state[:, -1:].repeat_interleave(per_prompt, dim=0)  # [B*k, 1, H]
+        predicting = torch.cat([last_prompt, response_out.last_hidden_state[:, :-1]], dim=1)  # [B*k, R, H]
     else:
-        input_ids = torch.cat([batch.prompt_ids.repeat_interleave(2, dim=0), responses], dim=-1)
+        input_ids = torch.cat([prompt_ids.repeat_interleave(per_prompt, dim=0), responses], dim=-1)
         hidden = decoder(input_ids=input_ids, attention_mask=full_mask, position_ids=_positions(full_mask),
                          use_cache=False).last_hidden_state
-        prompt_width = batch.prompt_ids.shape[1]
-        predicting = hidden[:, prompt_width - 1: prompt_width - 1 + response_len]  # [2B, R, H]
+        prompt_width = prompt_ids.shape[1]
+        predicting = hidden[:, prompt_width - 1: prompt_width - 1 + response_len]  # [B*k, R, H]
 
     selected = response_mask.bool()
     token_logps = -F.cross_entropy(_project(causal_lm, predicting[selected]), responses[selected], reduction="none")
     rows = selected.nonzero()[:, 0]
-    sums = torch.zeros(2 * batch_size, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+    return torch.zeros(responses.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, rows, token_logps)
+
+
+def pair_logps(model: nn.Module, batch: PreferenceBatch, share_prompt: bool = True) -> PairLogps:
+    """Log-probs of ``batch``'s chosen and rejected responses under ``model`` (a causal LM, PEFT or not)."""
+    # Interleaved [c0, r0, c1, r1, ...]: the two responses of each prompt are adjacent.
+    responses = torch.stack([batch.chosen_ids, batch.rejected_ids], dim=1).flatten(0, 1)  # [2B, R]
+    response_mask = torch.stack([batch.chosen_mask, batch.rejected_mask], dim=1).flatten(0, 1)
+    sums = response_logps(model, batch.prompt_ids, batch.prompt_mask, responses, response_mask, share_prompt)
     lengths = response_mask.sum(-1)
     return PairLogps(chosen=sums[0::2], rejected=sums[1::2], chosen_tokens=lengths[0::2], rejected_tokens=lengths[1::2])

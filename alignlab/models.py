@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +197,8 @@ def _finish(model, tokenizer, name, gradient_checkpointing, lora) -> LoadedModel
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora:
-        from peft import LoraConfig, get_peft_model
-
         from omegaconf import DictConfig, OmegaConf
+        from peft import LoraConfig, get_peft_model
 
         options = OmegaConf.to_container(lora, resolve=True) if isinstance(lora, DictConfig) else dict(lora)
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **options))

@@ -53,7 +53,7 @@ class PreferenceModule(pl.LightningModule):
                  reference_from_adapter: bool = False, precompute_reference: bool = False,
                  share_prompt: bool = True, disable_dropout: bool = True) -> None:
         super().__init__()
-        self.policy = policy
+        self.policy = policy.train()  # from_pretrained returns eval mode; Lightning keeps submodules' modes
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -145,6 +145,9 @@ class PreferenceModule(pl.LightningModule):
         _, metrics = self.preference_step(batch)
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True,
                       batch_size=len(batch), prog_bar=False)
+
+    def on_train_epoch_start(self) -> None:
+        self.policy.train()
 
     def on_validation_epoch_end(self) -> None:
         self.last_validated_step = self.global_step

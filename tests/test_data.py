@@ -156,3 +156,21 @@ def test_collator_layout(tiny):
     assert batch.chosen_mask[:, 0].all() and batch.rejected_mask[:, 0].all()  # right-padded responses
     assert batch.chosen_ids.shape == batch.rejected_ids.shape
     assert batch.num_tokens == sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+
+
+def test_hub_style_dataset_folder_with_test_split(tiny, tmp_path):
+    """A folder laid out like a hub dataset goes through datasets.load_dataset, as a hub name does."""
+    folder = tmp_path / "owner_name" / "data"
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows(12)).to_parquet(folder / "train-00000-of-00001.parquet")
+    pd.DataFrame(rows(4)).to_parquet(folder / "test-00000-of-00001.parquet")
+    dm = datamodule(tiny, tmp_path / "owner_name")
+    assert len(dm.train_pairs) == 12 and len(dm.val_pairs) == 4  # the hub's test split is the validation set
+    assert dm.train_pairs[0].where.endswith("[train] row 0")
+
+
+def test_unreachable_hub_name_is_a_clear_error(tiny, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="could not be loaded"):
+        datamodule(tiny, "no-such-owner/no-such-dataset", val_split="test")

@@ -42,7 +42,7 @@ class PreferenceBatch:
         return 2 * prompt + int(self.chosen_mask.sum()) + int(self.rejected_mask.sum())
 
 
-def _pad(rows: Sequence[list[int]], width: int, value: int, left: bool) -> Tensor:
+def pad_rows(rows: Sequence[list[int]], width: int, value: int, left: bool) -> Tensor:
     out = torch.full((len(rows), width), value, dtype=torch.long)
     for i, row in enumerate(rows):
         if row:
@@ -53,8 +53,8 @@ def _pad(rows: Sequence[list[int]], width: int, value: int, left: bool) -> Tenso
     return out
 
 
-def _mask(rows: Sequence[list[int]], width: int, left: bool) -> Tensor:
-    return _pad([[1] * len(r) for r in rows], width, 0, left)
+def mask_rows(rows: Sequence[list[int]], width: int, left: bool) -> Tensor:
+    return pad_rows([[1] * len(r) for r in rows], width, 0, left)
 
 
 class PreferenceCollator:
@@ -76,11 +76,11 @@ class PreferenceCollator:
         prompt_width = self._width(max(map(len, prompts)))
         response_width = self._width(max(max(map(len, chosen)), max(map(len, rejected))))
         return PreferenceBatch(
-            prompt_ids=_pad(prompts, prompt_width, self.pad_token_id, left=True),
-            prompt_mask=_mask(prompts, prompt_width, left=True),
-            chosen_ids=_pad(chosen, response_width, self.pad_token_id, left=False),
-            chosen_mask=_mask(chosen, response_width, left=False),
-            rejected_ids=_pad(rejected, response_width, self.pad_token_id, left=False),
-            rejected_mask=_mask(rejected, response_width, left=False),
+            prompt_ids=pad_rows(prompts, prompt_width, self.pad_token_id, left=True),
+            prompt_mask=mask_rows(prompts, prompt_width, left=True),
+            chosen_ids=pad_rows(chosen, response_width, self.pad_token_id, left=False),
+            chosen_mask=mask_rows(chosen, response_width, left=False),
+            rejected_ids=pad_rows(rejected, response_width, self.pad_token_id, left=False),
+            rejected_mask=mask_rows(rejected, response_width, left=False),
             example_id=torch.tensor([p.example_id for p in pairs], dtype=torch.long),
         )

@@ -51,12 +51,15 @@ class Skipped:
 
 
 def is_local(path_or_name: str) -> bool:
+    """A single local file (a folder is read like a hub dataset)."""
     path = Path(path_or_name).expanduser()
-    return path.exists() or path.suffix in LOCAL_SUFFIXES
+    return path.is_file() or (not path.is_dir() and path.suffix in LOCAL_SUFFIXES)
 
 
 def load_records(path_or_name: str, split: str = "train", subset: str | None = None) -> list[Record]:
-    """All rows of a local file or of one split of a hub dataset."""
+    """All rows of a local file or of one split of a hub dataset (or of a local folder laid out like one)."""
+    if Path(path_or_name).expanduser().is_dir():
+        return _load_hub(str(Path(path_or_name).expanduser()), split, subset)
     if is_local(path_or_name):
         return _load_local(Path(path_or_name).expanduser())
     return _load_hub(path_or_name, split, subset)
@@ -65,7 +68,10 @@ def load_records(path_or_name: str, split: str = "train", subset: str | None = N
 def hub_splits(name: str, subset: str | None = None) -> list[str]:
     import datasets
 
-    return list(datasets.get_dataset_split_names(name, subset))
+    try:
+        return list(datasets.get_dataset_split_names(name, subset))
+    except Exception as e:  # offline, unknown name: say which
+        raise DataError(f"data.path={name!r}: its splits could not be listed: {type(e).__name__}: {e}") from e
 
 
 def _load_local(path: Path) -> list[Record]:

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Miniature DPO-family reproduction on SmolLM2-135M-Instruct (2 CPU cores): 3 losses x 2 betas, then held-out
+# evaluation of every run, then the table and plot. Writes under experiments/dpo_family/runs/ (git-ignored).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=experiments/dpo_family/runs
+BIN=.venv/bin
+$BIN/alignlab-train -m experiment=dpo_family loss=sigmoid,ipo,hinge loss.beta=0.1,0.5 paths.root=$ROOT \
+  trainer.enable_progress_bar=false
+for run in $(ls -d $ROOT/multirun/*/*/*/ | sort); do
+  $BIN/alignlab-eval policy_path="$run" paths.output_dir="$run/eval" generate.num_prompts=31 \
+    generate.max_new_tokens=64
+done
+$BIN/python experiments/dpo_family/report.py $ROOT
