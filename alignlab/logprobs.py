@@ -1,16 +1,17 @@
 """Sequence log-probabilities of responses given prompts: the one quantity every DPO-family loss needs.
 
 ``logp(y|x)`` is the sum of the response tokens' log-probabilities, prompt tokens masked (TRL's definition).
-Two ways to compute it, with the same result up to float rounding:
+Three layouts of the forward pass, with the same result up to float rounding:
 
-* ``share_prompt=True`` (default): the prompt runs once, its KV cache is repeated for the chosen and the
-  rejected response, and only the responses run on top of it; prompt+chosen and prompt+rejected would compute
-  the prompt twice.
-* ``share_prompt=False``: chosen and rejected each concatenated with their prompt in one ``[2B, P+R]`` forward,
-  as TRL does. Needed with gradient checkpointing, which disables the KV cache in training.
+* ``packed`` (default): one row per prompt, ``[prompt | chosen | rejected]``, with a block attention mask so each
+  response sees the prompt and itself but not the other response, and position ids restarting after the prompt.
+  The prompt is computed once, and a row pads only to the longest prompt+responses of the batch instead of
+  padding every response to the longest response.
+* ``shared_prompt``: the prompt runs once, its KV cache is repeated for each response.
+* ``concatenated``: prompt+chosen and prompt+rejected as separate rows of one ``[2B, P+R]`` forward, as TRL does.
 
-Either way the output projection (a fifth of SmolLM2's parameters, and a ``[tokens, vocab]`` tensor) is applied
-only at the positions that predict response tokens.
+In every layout the output projection (a fifth of SmolLM2's parameters, and a ``[tokens, vocab]`` tensor) is
+applied only at the positions that predict response tokens.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class PairLogps:
                          self.chosen_tokens, self.rejected_tokens)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The transformers model under a PEFT wrapper (LoRA layers stay injected in it)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -60,22 +61,75 @@ def _positions(mask: Tensor) -> Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+LAYOUTS = ("packed", "shared_prompt", "concatenated")
+
+
+def _packed_inputs(prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor, response_mask: Tensor,
+                   dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Rows ``[prompt | response_1 | ... | response_k]`` and what the forward and the gather need.
+
+    Returns ``input_ids [B, T]``, ``position_ids [B, T]``, an additive attention mask ``[B, 1, T, T]`` and, for
+    every real response token in ``responses[response_mask]`` order, the (row, column) of the hidden state that
+    predicts it.
+    """
+    batch, prompt_width = prompt_ids.shape
+    per_prompt = responses.shape[0] // batch
+    prompt_lengths = prompt_mask.sum(-1).tolist()
+    response_lengths = response_mask.sum(-1).tolist()
+    rows, predict_rows, predict_cols = [], [], []
+    for i in range(batch):
+        p = prompt_lengths[i]
+        ids = prompt_ids[i, prompt_width - p:].tolist()
+        positions, segments = list(range(p)), [0] * p
+        for j in range(per_prompt):
+            r = i * per_prompt + j
+            length, start = response_lengths[r], len(ids)
+            ids += responses[r, :length].tolist()
+            positions += range(p, p + length)
+            segments += [j + 1] * length
+            predict_cols += [p - 1, *range(start, start + length - 1)]  # token 0 is predicted by the prompt's end
+            predict_rows += [i] * length
+        rows.append((ids, positions, segments))
+    width = max(len(ids) for ids, _, _ in rows)
+    input_ids = torch.zeros((batch, width), dtype=torch.long)
+    position_ids = torch.zeros((batch, width), dtype=torch.long)
+    segment = torch.full((batch, width), -1, dtype=torch.long)
+    for i, (ids, positions, segments) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        position_ids[i, : len(ids)] = torch.tensor(positions)
+        segment[i, : len(ids)] = torch.tensor(segments)
+    query, key = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    allowed = causal & (key >= 0) & ((key == 0) | (key == query))
+    allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves: no all-masked row
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    return input_ids, position_ids, mask, torch.tensor(predict_rows), torch.tensor(predict_cols)
+
+
 def response_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor,
-                   response_mask: Tensor, share_prompt: bool = True) -> Tensor:
+                   response_mask: Tensor, layout: str = "packed") -> Tensor:
     """Summed log-probs of ``k`` responses per prompt, ``Tensor[B*k]``.
 
     Args:
         prompt_ids, prompt_mask: ``[B, P]``, left-padded.
         responses, response_mask: ``[B*k, R]``, right-padded, the k responses of prompt i in rows ``i*k .. i*k+k-1``.
     """
-    causal_lm = _unwrap(model)
+    causal_lm = unwrap(model)
     decoder = causal_lm.get_decoder()
     per_prompt = responses.shape[0] // prompt_ids.shape[0]
     response_len = responses.shape[1]
     prompt_mask_k = prompt_mask.repeat_interleave(per_prompt, dim=0)  # [B*k, P]
     full_mask = torch.cat([prompt_mask_k, response_mask], dim=-1)  # [B*k, P+R]
+    selected = response_mask.bool()  # [B*k, R]: the N real response tokens
 
-    if share_prompt:
+    if layout == "packed":
+        dtype = next(causal_lm.parameters()).dtype
+        input_ids, position_ids, mask, rows, cols = (t.to(responses.device) for t in _packed_inputs(
+            prompt_ids, prompt_mask, responses, response_mask, dtype))
+        hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                         use_cache=False).last_hidden_state
+        predicting = hidden[rows, cols]  # [N, H], one per real response token
+    elif layout == "shared_prompt":
         prompt_out = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
                              use_cache=True)
         cache = prompt_out.cache
@@ -85,26 +139,26 @@ def response_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, re
         response_out = decoder(input_ids=responses, attention_mask=full_mask, position_ids=response_positions,
                                cache=cache, use_cache=True)
         last_prompt = prompt_out.last_hidden_state[:, -1:].repeat_interleave(per_prompt, dim=0)  # [B*k, 1, H]
-        predicting = torch.cat([last_prompt, response_out.last_hidden_state[:, :-1]], dim=1)  # [B*k, R, H]
-    else:
+        predicting = torch.cat([last_prompt, response_out.last_hidden_state[:, :-1]], dim=1)[selected]  # [N, H]
+    elif layout == "concatenated":
         input_ids = torch.cat([prompt_ids.repeat_interleave(per_prompt, dim=0), responses], dim=-1)
         hidden = decoder(input_ids=input_ids, attention_mask=full_mask, position_ids=_positions(full_mask),
                          use_cache=False).last_hidden_state
         prompt_width = prompt_ids.shape[1]
-        predicting = hidden[:, prompt_width - 1: prompt_width - 1 + response_len]  # [B*k, R, H]
+        predicting = hidden[:, prompt_width - 1: prompt_width - 1 + response_len][selected]  # [N, H]
+    else:
+        raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
 
-    selected = response_mask.bool()
-    token_logps = -F.cross_entropy(_project(causal_lm, predicting[selected]), responses[selected], reduction="none")
-    rows = selected.nonzero()[:, 0]
+    token_logps = -F.cross_entropy(_project(causal_lm, predicting), responses[selected], reduction="none")  # [N]
     return torch.zeros(responses.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(
-        0, rows, token_logps)
+        0, selected.nonzero()[:, 0], token_logps)
 
 
-def pair_logps(model: nn.Module, batch: PreferenceBatch, share_prompt: bool = True) -> PairLogps:
+def pair_logps(model: nn.Module, batch: PreferenceBatch, layout: str = "packed") -> PairLogps:
     """Log-probs of ``batch``'s chosen and rejected responses under ``model`` (a causal LM, PEFT or not)."""
     # Interleaved [c0, r0, c1, r1, ...]: the two responses of each prompt are adjacent.
     responses = torch.stack([batch.chosen_ids, batch.rejected_ids], dim=1).flatten(0, 1)  # [2B, R]
     response_mask = torch.stack([batch.chosen_mask, batch.rejected_mask], dim=1).flatten(0, 1)
-    sums = response_logps(model, batch.prompt_ids, batch.prompt_mask, responses, response_mask, share_prompt)
+    sums = response_logps(model, batch.prompt_ids, batch.prompt_mask, responses, response_mask, layout)
     lengths = response_mask.sum(-1)
     return PairLogps(chosen=sums[0::2], rejected=sums[1::2], chosen_tokens=lengths[0::2], rejected_tokens=lengths[1::2])

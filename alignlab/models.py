@@ -194,7 +194,7 @@ def _finish(model, tokenizer, name, gradient_checkpointing, lora) -> LoadedModel
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora:
         from omegaconf import DictConfig, OmegaConf

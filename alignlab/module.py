@@ -22,10 +22,20 @@ import torch
 from torch import Tensor, nn
 
 from alignlab.data.collate import PreferenceBatch
-from alignlab.logprobs import PairLogps, pair_logps
+from alignlab.logprobs import LAYOUTS, PairLogps, pair_logps, unwrap
 from alignlab.losses import PreferenceLoss
 
 log = logging.getLogger(__name__)
+
+
+def release_freed_memory() -> None:
+    """Return freed heap memory to the OS (glibc keeps it otherwise): after dropping the reference copy."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _pair(logps: PairLogps | None) -> tuple[Tensor | None, Tensor | None]:
@@ -44,14 +54,15 @@ class PreferenceModule(pl.LightningModule):
         reference_from_adapter: the reference is the policy with its LoRA adapter disabled.
         precompute_reference: compute reference log-probs for every pair once at fit start (the datamodule
             must offer ``reference_dataloader()``), then drop the reference copy.
-        share_prompt: run each prompt once for both responses (see :mod:`alignlab.logprobs`).
+        layout: ``packed`` | ``shared_prompt`` | ``concatenated``, see :mod:`alignlab.logprobs`; all give the
+            same log-probs, the first two compute each prompt once.
         disable_dropout: dropout off in the policy, as TRL does; the log-ratios are then deterministic.
     """
 
     def __init__(self, policy: nn.Module, loss: PreferenceLoss, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, reference: nn.Module | None = None,
                  reference_from_adapter: bool = False, precompute_reference: bool = False,
-                 share_prompt: bool = True, disable_dropout: bool = True) -> None:
+                 layout: str = "packed", disable_dropout: bool = True) -> None:
         super().__init__()
         self.policy = policy.train()  # from_pretrained returns eval mode; Lightning keeps submodules' modes
         self.loss = loss
@@ -61,8 +72,11 @@ class PreferenceModule(pl.LightningModule):
         object.__setattr__(self, "_reference", reference)
         self.reference_from_adapter = reference_from_adapter
         self.precompute_reference = precompute_reference and loss.needs_reference
-        gradient_checkpointing = getattr(policy, "is_gradient_checkpointing", False)
-        self.share_prompt = share_prompt and not gradient_checkpointing
+        if layout not in LAYOUTS:
+            raise ValueError(f"objective.module.layout={layout!r} is not one of {LAYOUTS}")
+        if layout == "shared_prompt" and getattr(unwrap(policy), "is_activation_checkpointing", False):
+            layout = "packed"  # checkpointing turns the KV cache off in training
+        self.layout = layout
         self.reference_logps: Tensor | None = None  # [num_examples, 2] when precomputed
         self.last_validated_step = -1
         if loss.needs_reference and reference is None and not reference_from_adapter:
@@ -74,7 +88,7 @@ class PreferenceModule(pl.LightningModule):
 
     # ----- log-probs -------------------------------------------------------------------------------------------
     def policy_logps(self, batch: PreferenceBatch) -> PairLogps:
-        return pair_logps(self.policy, batch, self.share_prompt)
+        return pair_logps(self.policy, batch, self.layout)
 
     @torch.no_grad()
     def reference_pair_logps(self, batch: PreferenceBatch) -> PairLogps | None:
@@ -90,14 +104,14 @@ class PreferenceModule(pl.LightningModule):
             was_training = self.policy.training
             self.policy.eval()
             with self.policy.disable_adapter():
-                out = pair_logps(self.policy, batch, self.share_prompt)
+                out = pair_logps(self.policy, batch, self.layout)
             self.policy.train(was_training)
             return out
         if self._reference is None:
             raise RuntimeError("reference log-probs were not precomputed for this batch and no reference is kept")
         if next(self._reference.parameters()).device != self.device:
             self._reference.to(self.device)
-        return pair_logps(self._reference, batch, self.share_prompt)
+        return pair_logps(self._reference, batch, self.layout)
 
     def precompute_reference_logps(self, dataloader, num_examples: int) -> Tensor:
         """Reference log-probs for every example id, ``Tensor[num_examples, 2]`` (chosen, rejected)."""
@@ -166,6 +180,7 @@ class PreferenceModule(pl.LightningModule):
                                                                        datamodule.num_examples)
         if self.reference_logps is not None and not torch.isnan(self.reference_logps).any():
             object.__setattr__(self, "_reference", None)  # the copy is no longer needed
+            release_freed_memory()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.reference_logps is not None:
@@ -182,6 +197,10 @@ class PreferenceModule(pl.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer) -> None:
+        # Gradients stay allocated between steps: re-allocating the policy's size every step fragments the CPU heap.
+        optimizer.zero_grad(set_to_none=False)
 
     def train(self, mode: bool = True):
         super().train(mode)

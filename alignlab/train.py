@@ -60,8 +60,9 @@ def build_module(cfg: DictConfig, loaded, loss):
     reference = None
     if loss.needs_reference and not loaded.has_adapter:
         reference = loaded.frozen_copy()
-    return instantiate(
-        cfg.objective.module,
+    # Objects go to the partial, not through instantiate: Hydra would keep them in its merged config.
+    module_factory = instantiate(cfg.objective.module, _partial_=True)
+    return module_factory(
         policy=loaded.model,
         loss=loss,
         optimizer=instantiate(cfg.optimizer),
@@ -85,7 +86,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     loaded = instantiate(cfg.model)
     loss = instantiate(cfg.loss)
-    datamodule = instantiate(cfg.data, tokenizer=loaded.tokenizer)
+    datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=loaded.tokenizer)
     module = build_module(cfg, loaded, loss)
     trainer = build_trainer(cfg, output_dir)
     log.info("policy %s, %s, output %s", loaded.name, loss, output_dir)
@@ -95,9 +96,11 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if cfg.get("validate_before_training") and ckpt is None:
             trainer.validate(module, datamodule=datamodule, verbose=False)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
-        if module.last_validated_step != trainer.global_step and datamodule.val_pairs:
-            trainer.validate(module, datamodule=datamodule, verbose=False)  # stopped mid-epoch (max_steps)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if module.last_validated_step != trainer.global_step and datamodule.val_pairs:
+            # Stopped mid-epoch (max_steps): validate the final policy too.
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         (output_dir / "data_report.json").write_text(json.dumps(datamodule.report, indent=2))
         if cfg.get("save_policy"):
             loaded.model.save_pretrained(output_dir / "policy")

@@ -72,23 +72,24 @@ def test_precomputed_and_live_reference_give_the_same_losses(make_cfg):
     assert runs[True] == pytest.approx(runs[False], abs=1e-5)
 
 
-def test_shared_prompt_and_concatenated_forward_train_alike(make_cfg):
+def test_every_forward_layout_trains_alike(make_cfg):
     runs = {}
-    for share in (True, False):
-        cfg = make_cfg(f"objective.module.share_prompt={share}", "trainer.max_steps=3")
+    for layout in ("packed", "shared_prompt", "concatenated"):
+        cfg = make_cfg(f"objective.module.layout={layout}", "trainer.max_steps=3")
         with open_dict(cfg):
-            cfg.paths.output_dir += f"-{share}"
+            cfg.paths.output_dir += f"-{layout}"
         _, objects = run_train(cfg)
-        runs[share] = column(read_metrics(objects["output_dir"]), "train/loss")
-    assert runs[True] == pytest.approx(runs[False], abs=1e-4)
+        runs[layout] = column(read_metrics(objects["output_dir"]), "train/loss")
+    assert runs["packed"] == pytest.approx(runs["concatenated"], abs=1e-4)
+    assert runs["shared_prompt"] == pytest.approx(runs["concatenated"], abs=1e-4)
 
 
 def test_resume_continues_with_the_same_losses(make_cfg, tmp_path):
-    every3 = ["trainer.max_steps=6", "callbacks.checkpoint.every_n_train_steps=3", "callbacks.checkpoint.save_top_k=-1"]
+    every3 = ["trainer.max_steps=6", "trainer.max_epochs=2", "callbacks.checkpoint.every_n_train_steps=3", "callbacks.checkpoint.save_top_k=-1"]
     cfg = make_cfg(*every3)
     _, full = run_train(cfg)
     straight = column(read_metrics(full["output_dir"]), "train/loss")
-    step3 = next((full["output_dir"] / "checkpoints").glob("*step=3.ckpt"))
+    step3 = full["output_dir"] / "checkpoints" / "step000003.ckpt"
 
     resumed_cfg = make_cfg(*every3, f"ckpt_path={step3}")
     with open_dict(resumed_cfg):
@@ -161,3 +162,9 @@ def test_wandb_offline_logs_every_multirun_job(tmp_path):
         offline = list((run / "wandb").glob("offline-run-*"))
         assert len(offline) == 1, run
         assert list(offline[0].glob("*.wandb")), "the W&B run recorded no data"
+
+
+def test_gradient_checkpointing_falls_back_from_the_kv_cache_layout(make_cfg):
+    metrics, objects = run_train(make_cfg("model.gradient_checkpointing=true", "objective.module.layout=shared_prompt"))
+    assert objects["module"].layout == "packed"
+    assert metrics["train/loss"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -90,3 +91,22 @@ def test_logps_and_loss_match_trl(setup_models, rows, tmp_path_factory, name, hp
     for key in ("loss", "rewards/margins", "rewards/chosen"):
         assert mine[key] == pytest.approx(theirs[f"eval_{key}"], rel=2e-3, abs=1e-3), key
     assert mine["rewards/accuracies"] == pytest.approx(theirs["eval_rewards/accuracies"])
+
+
+def test_smollm2_logps_and_loss_match_trl_at_step_zero(bundled_rows, tmp_path_factory):
+    """The claim on the real default model: at step 0 (policy = reference = SmolLM2) the same logps and loss."""
+    from alignlab.models import load_pretrained
+
+    from .conftest import SMOLLM2
+
+    loaded = load_pretrained(SMOLLM2)
+    reference = copy.deepcopy(loaded.model).eval()
+    rows = bundled_rows[8:12]
+    _, theirs = trl_eval(loaded.model, reference, loaded.tokenizer, rows, tmp_path_factory)
+    _, mine = ours(loaded.model, reference, loaded.tokenizer, rows, PreferenceLoss("sigmoid", 0.1))
+    assert mine["logps/chosen"] == pytest.approx(theirs["eval_logps/chosen"], rel=1e-4)
+    assert mine["logps/rejected"] == pytest.approx(theirs["eval_logps/rejected"], rel=1e-4)
+    # Policy = reference, so the exact loss is log 2. TRL's two forward passes of identical weights (policy and
+    # reference, through its fused LM head) disagree slightly on SmolLM2: it reports 0.6912 here, not 0.6931.
+    assert mine["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert theirs["eval_loss"] == pytest.approx(math.log(2), abs=5e-3)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytorch_lightning as pl
@@ -37,26 +37,24 @@ def bundled_path(name: str = BUNDLED) -> str:
 class EpochShuffleSampler(Sampler[int]):
     """A permutation that depends only on ``(seed, epoch)``, so a resumed run sees the batches it would have seen.
 
-    Lightning calls ``set_epoch`` at every epoch start. ``skip(n)`` drops the first n indices of the next pass:
-    used when resuming mid-epoch.
+    Lightning calls ``set_epoch`` at every epoch start. ``skip_examples`` is asked at the start of each pass how
+    many examples of this epoch were already trained on (non-zero only when resuming mid-epoch); those are left out.
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(self, size: int, seed: int, shuffle: bool = True,
+                 skip_examples: Callable[[], int] | None = None) -> None:
         self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.skip_examples = skip_examples
         self.epoch = 0
-        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-
-    def skip(self, n: int) -> None:
-        self._skip = n
 
     def __iter__(self) -> Iterator[int]:
         order = list(range(self.size))
         if self.shuffle:
             random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
-        skip, self._skip = self._skip, 0
+        skip = self.skip_examples() if self.skip_examples else 0
         return iter(order[skip:])
 
     def __len__(self) -> int:
@@ -78,20 +76,25 @@ class PairDataModule(pl.LightningDataModule):
         self.train_pairs: list[TokenizedPair] = []
         self.val_pairs: list[TokenizedPair] = []
         self.report: dict[str, Any] = {}
-        self._sampler: EpochShuffleSampler | None = None
 
     def _loader(self, pairs, batch_size, sampler=None) -> DataLoader:
         return DataLoader(pairs, batch_size=batch_size, sampler=sampler, collate_fn=self.collator,
                           num_workers=self.num_workers, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
-        self._sampler = EpochShuffleSampler(len(self.train_pairs), self.seed)
+        sampler = EpochShuffleSampler(len(self.train_pairs), self.seed, skip_examples=self._examples_done)
+        return self._loader(self.train_pairs, self.batch_size, sampler)
+
+    def _examples_done(self) -> int:
+        """Examples of the current epoch already trained on: non-zero only when resuming mid-epoch.
+
+        Lightning restores its loop counters after building the dataloader but before iterating it, and on its
+        own restarts the epoch's iteration from the first batch; skipping here keeps the data order exact.
+        """
         trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-            if done:  # resuming mid-epoch: continue where the checkpoint left off
-                self._sampler.skip(done * self.batch_size)
-        return self._loader(self.train_pairs, self.batch_size, self._sampler)
+        if trainer is None:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready * self.batch_size
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_pairs, self.eval_batch_size)
