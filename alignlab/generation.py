@@ -28,13 +28,20 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    args = (model, tokenizer, prompts, max_new_tokens, temperature, top_p, batch_size, device, was_training)
+    if seed is None:
+        return _generate(*args)
+    # A seeded call leaves the caller's random state as it was.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _generate(*args)
+
+
+def _generate(model, tokenizer, prompts, max_new_tokens, temperature, top_p, batch_size, device, was_training):
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
-    generator_state = torch.random.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start: start + batch_size]
@@ -56,7 +63,5 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list
                     new = new[: new.index(eos)]
                 results[i] = Generation(tokenizer.decode(new, skip_special_tokens=True).strip(), new, finished)
     finally:
-        if seed is not None:
-            torch.random.set_rng_state(generator_state)
         model.train(was_training)
     return results  # type: ignore[return-value]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pytorch_lightning.loggers import WandbLogger
 
+from alignlab.errors import ConfigError
+
 MODES = ("auto", "online", "offline", "disabled")
 
 
@@ -20,7 +22,7 @@ def wandb_logger(project: str, save_dir: str, entity: str | None = None, group: 
     W&B run at the end of each job, so every job of a multirun gets its own run.
     """
     if mode not in MODES:
-        raise ValueError(f"logger.wandb.mode={mode!r} is not one of {MODES}")
+        raise ConfigError(f"logger.wandb.mode={mode!r} is not one of {MODES}")
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     run_dir = Path(save_dir)

@@ -87,8 +87,9 @@ def _packed_inputs(prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor, r
             ids += responses[r, :length].tolist()
             positions += range(p, p + length)
             segments += [j + 1] * length
-            predict_cols += [p - 1, *range(start, start + length - 1)]  # token 0 is predicted by the prompt's end
-            predict_rows += [i] * length
+            if length:  # token 0 is predicted by the prompt's end
+                predict_cols += [p - 1, *range(start, start + length - 1)]
+                predict_rows += [i] * length
         rows.append((ids, positions, segments))
     width = max(len(ids) for ids, _, _ in rows)
     input_ids = torch.zeros((batch, width), dtype=torch.long)

@@ -3,9 +3,10 @@
 Every loss takes the summed (or, with ``average_logps``, per-token averaged) log-probabilities of the chosen and
 rejected responses under the policy and the reference, each a ``Tensor[B]``, plus its own hyper-parameters, and
 returns ``losses[B]``. Implicit rewards are the same for all of them, ``beta * (logpi - logpi_ref)``, so
-:class:`PreferenceLoss` computes them once. A loss never sees tokens, models or configs.
+:meth:`PreferenceLoss.rewards` computes them once for every loss. A loss never sees tokens, models or configs.
 
-Notation (``../shared/METHODS.md``): ``h = (pc - rc) - (pr - rr)``, the difference of log-ratios.
+Notation: ``pc, pr`` are the policy's log-probs of chosen and rejected, ``rc, rr`` the reference's, and
+``h = (pc - rc) - (pr - rr)`` the difference of log-ratios.
 
 Check values used in the tests: pc=-8, pr=-10, rc=-11, rr=-9 give h=4; DPO beta=0.1 -> 0.5130;
 IPO beta=1 -> (4 - 0.5)^2 = 12.25; hinge beta=0.002 -> 1 - 0.008 = 0.992.
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from alignlab.errors import ConfigError
 
 LossFn = Callable[..., Tensor]
 
@@ -164,17 +167,17 @@ class PreferenceLoss:
     def __init__(self, name: str, beta: float, reference_free: bool = False, average_logps: bool = False,
                  **hparams: float) -> None:
         if name not in LOSSES:
-            raise ValueError(f"loss.name={name!r} is not a registered loss; choose one of {sorted(LOSSES)}")
+            raise ConfigError(f"loss.name={name!r} is not a registered loss; choose one of {sorted(LOSSES)}")
         if beta <= 0:
-            raise ValueError(f"loss.beta must be positive, got {beta}")
+            raise ConfigError(f"loss.beta must be positive, got {beta}")
         self.name, self.spec = name, LOSSES[name]
         params = inspect.signature(self.spec.fn).parameters
         accepted = {p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY} - {"beta"}
         unknown, missing = set(hparams) - accepted, accepted - set(hparams)
         if unknown:
-            raise ValueError(f"loss {name!r} takes no parameter {sorted(unknown)} (it takes beta, {sorted(accepted)})")
+            raise ConfigError(f"loss {name!r} takes no parameter {sorted(unknown)} (it takes beta, {sorted(accepted)})")
         if missing:
-            raise ValueError(f"loss {name!r} needs loss.{sorted(missing)[0]} to be set")
+            raise ConfigError(f"loss {name!r} needs loss.{sorted(missing)[0]} to be set")
         self.beta = float(beta)
         self.hparams = {k: float(v) for k, v in hparams.items()}
         self.reference_free = reference_free or not self.spec.needs_reference
@@ -185,22 +188,17 @@ class PreferenceLoss:
         return not self.reference_free
 
     def __call__(self, policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor | None,
-                 ref_rejected: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-pair losses and implicit rewards.
+                 ref_rejected: Tensor | None) -> Tensor:
+        """Per-pair losses, ``Tensor[B]``.
 
         Args:
             policy_chosen, policy_rejected: ``Tensor[B]`` log-probs of the responses under the policy.
             ref_chosen, ref_rejected: ``Tensor[B]`` under the reference, or ``None`` when reference-free.
-
-        Returns:
-            ``(losses[B], chosen_rewards[B], rejected_rewards[B])``; rewards are detached.
         """
         if self.reference_free or ref_chosen is None:
             ref_chosen = torch.zeros_like(policy_chosen)
             ref_rejected = torch.zeros_like(policy_rejected)
-        losses = self.spec.fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=self.beta,
-                              **self.hparams)
-        return (losses, *self.rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected))
+        return self.spec.fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=self.beta, **self.hparams)
 
     def rewards(self, policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor | None,
                 ref_rejected: Tensor | None) -> tuple[Tensor, Tensor]:

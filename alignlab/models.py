@@ -34,6 +34,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from alignlab.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 GGUF_SCHEME = "gguf://"
@@ -66,7 +68,7 @@ def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+        raise ConfigError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -127,8 +129,10 @@ def resolve_name_or_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(resolve_name_or_path(name_or_path))
+def load_tokenizer(name_or_path: str, revision: str | None = None,
+                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_name_or_path(name_or_path), revision=revision,
+                                              trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -152,7 +156,7 @@ def load_pretrained(
         trust_remote_code=trust_remote_code,
         attn_implementation=attn_implementation,
     )
-    tokenizer = load_tokenizer(name_or_path)
+    tokenizer = load_tokenizer(name_or_path, revision, trust_remote_code)
     return _finish(model, tokenizer, name_or_path, gradient_checkpointing, lora)
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from alignlab.data.collate import PreferenceBatch
+from alignlab.errors import ConfigError
 from alignlab.logprobs import LAYOUTS, PairLogps, pair_logps, unwrap
 from alignlab.losses import PreferenceLoss
 
@@ -73,7 +74,7 @@ class PreferenceModule(pl.LightningModule):
         self.reference_from_adapter = reference_from_adapter
         self.precompute_reference = precompute_reference and loss.needs_reference
         if layout not in LAYOUTS:
-            raise ValueError(f"objective.module.layout={layout!r} is not one of {LAYOUTS}")
+            raise ConfigError(f"objective.module.layout={layout!r} is not one of {LAYOUTS}")
         if layout == "shared_prompt" and getattr(unwrap(policy), "is_activation_checkpointing", False):
             layout = "packed"  # checkpointing turns the KV cache off in training
         self.layout = layout
@@ -129,10 +130,9 @@ class PreferenceModule(pl.LightningModule):
         summed = (*_pair(policy), *_pair(reference))
         if self.loss.average_logps:
             averaged_reference = reference.averaged() if reference is not None else None
-            averaged = (*_pair(policy.averaged()), *_pair(averaged_reference))
-            losses = self.loss(*averaged)[0]
+            losses = self.loss(*_pair(policy.averaged()), *_pair(averaged_reference))
         else:
-            losses = self.loss(*summed)[0]
+            losses = self.loss(*summed)
         # Rewards and logps are reported on summed log-probs whatever the loss uses, as TRL reports them.
         chosen_rewards, rejected_rewards = self.loss.rewards(*summed)
         loss = losses.mean()
@@ -151,14 +151,12 @@ class PreferenceModule(pl.LightningModule):
         loss, metrics = self.preference_step(batch)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
                       batch_size=len(batch))
-        self.log("train/tokens", float(batch.num_tokens), on_step=True, on_epoch=False, reduce_fx="sum",
-                 batch_size=len(batch))
         return loss
 
     def validation_step(self, batch: PreferenceBatch, batch_idx: int) -> None:
         _, metrics = self.preference_step(batch)
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True,
-                      batch_size=len(batch), prog_bar=False)
+                      batch_size=len(batch), sync_dist=True)
 
     def on_train_epoch_start(self) -> None:
         self.policy.train()
@@ -170,12 +168,19 @@ class PreferenceModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self._reference is not None:
             self._reference.to(self.device).eval()
+        datamodule = self.trainer.datamodule
+        if self.reference_logps is not None and len(self.reference_logps) != getattr(datamodule, "num_examples", -1):
+            log.warning("the checkpoint's reference log-probs cover %d pairs, the data has %d: recomputing",
+                        len(self.reference_logps), getattr(datamodule, "num_examples", -1))
+            self.reference_logps = None
         if self.precompute_reference and self.reference_logps is None:
-            datamodule = self.trainer.datamodule
             if not hasattr(datamodule, "reference_dataloader"):
-                raise ValueError("precompute_reference needs a datamodule with fixed pairs (offline data)")
+                raise ConfigError("objective.module.precompute_reference=true needs fixed pairs (offline data)")
+            if self._reference is None and not self.reference_from_adapter:
+                raise ConfigError("no reference model to precompute log-probs with (the checkpoint's table is stale)")
             log.info("precomputing reference log-probs for %d pairs", datamodule.num_examples)
-            with self.evaluating():
+            # Under the training precision (e.g. bf16 autocast), so that h = 0 at step 0 as with a live reference.
+            with self.evaluating(), self.trainer.precision_plugin.forward_context():
                 self.reference_logps = self.precompute_reference_logps(datamodule.reference_dataloader(),
                                                                        datamodule.num_examples)
         if self.reference_logps is not None and not torch.isnan(self.reference_logps).any():

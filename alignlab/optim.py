@@ -8,6 +8,8 @@ from functools import partial
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from alignlab.errors import ConfigError
+
 DECAYS = ("constant", "linear", "cosine")
 
 
@@ -30,6 +32,6 @@ def warmup_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int = 
                     decay: str = "linear") -> LambdaLR:
     """``warmup_steps`` (or ``warmup_ratio`` of the run) of warm-up, then ``decay`` over the remaining steps."""
     if decay not in DECAYS:
-        raise ValueError(f"scheduler.decay={decay!r} is not one of {DECAYS}")
+        raise ConfigError(f"scheduler.decay={decay!r} is not one of {DECAYS}")
     warmup = warmup_steps or int(warmup_ratio * total_steps)
     return LambdaLR(optimizer, partial(warmup_factor, warmup_steps=warmup, total_steps=total_steps, decay=decay))

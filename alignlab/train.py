@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ import alignlab.config  # noqa: F401  (registers resolvers)
 from alignlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
+# The run folder already holds config.yaml when the CSV logger starts: that is expected, not a warning.
+warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 
 
 def default_output_dir(root: str = "outputs") -> Path:
@@ -53,6 +56,16 @@ def resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
     return str(path)
+
+
+def keep_earlier_metrics(output_dir: Path) -> None:
+    """Resuming into the same folder: the CSV logger would overwrite metrics.csv, so keep it under another name."""
+    metrics = output_dir / "metrics.csv"
+    if metrics.exists():
+        n = 1
+        while (output_dir / f"metrics.before-resume-{n}.csv").exists():
+            n += 1
+        metrics.rename(output_dir / f"metrics.before-resume-{n}.csv")
 
 
 def build_module(cfg: DictConfig, loaded, loss):
@@ -93,6 +106,8 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     try:
         ckpt = resolve_ckpt(cfg.get("ckpt_path"), output_dir)
+        if ckpt is not None:
+            keep_earlier_metrics(output_dir)
         if cfg.get("validate_before_training") and ckpt is None:
             trainer.validate(module, datamodule=datamodule, verbose=False)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
@@ -101,12 +116,14 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             # Stopped mid-epoch (max_steps): validate the final policy too.
             trainer.validate(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        (output_dir / "data_report.json").write_text(json.dumps(datamodule.report, indent=2))
-        if cfg.get("save_policy"):
-            loaded.model.save_pretrained(output_dir / "policy")
-            loaded.tokenizer.save_pretrained(output_dir / "policy")
-        summary = {"output_dir": str(output_dir), "global_step": trainer.global_step, "metrics": metrics}
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if trainer.is_global_zero:
+            (output_dir / "data_report.json").write_text(json.dumps(datamodule.report, indent=2))
+            if cfg.get("save_policy"):
+                loaded.model.save_pretrained(output_dir / "policy")
+                loaded.tokenizer.save_pretrained(output_dir / "policy")
+            summary = {"output_dir": str(output_dir), "objective": cfg.objective.name, "loss": repr(loss),
+                       "global_step": trainer.global_step, "metrics": metrics}
+            (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     finally:
         _finish_wandb()
 

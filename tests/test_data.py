@@ -63,7 +63,7 @@ def test_truncation_rules(tiny):
     assert len(pair.prompt_ids) == 32
     assert tiny.tokenizer.decode(pair.prompt_ids).endswith("Final question?<|im_end|>\n<|im_start|>assistant\n")
     assert len(pair.chosen_ids) == 7 and tok.truncated_prompts == 1 and tok.truncated_responses == 1
-    with pytest.raises(BadRow, match="longer than max_prompt_length=32"):
+    with pytest.raises(DataError, match="r: prompt longer than max_prompt_length=32"):
         PairTokenizer(tiny.tokenizer, max_prompt_length=32, overlong_prompt="error")(parse_row(long_prompt), 0, "r")
 
 
@@ -174,3 +174,25 @@ def test_unreachable_hub_name_is_a_clear_error(tiny, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="could not be loaded"):
         datamodule(tiny, "no-such-owner/no-such-dataset", val_split="test")
+
+
+def test_bundled_prompts_are_unique(bundled_rows):
+    prompts = [r["prompt"] for r in bundled_rows]
+    assert len(set(prompts)) == len(prompts)  # no question can sit in both train and validation
+
+
+def test_overlong_prompt_skip_and_error_modes(tiny, write_jsonl):
+    path = write_jsonl(rows(40) + [{**GOOD, "prompt": "word " * 400}])
+    dm = datamodule(tiny, path, max_prompt_length=64, overlong_prompt="skip")
+    assert dm.num_examples == 40
+    reasons = list(dm.report["skipped"][f"{path}[train]"]["by_reason"])
+    assert len(reasons) == 1 and reasons[0].startswith("prompt longer than max_prompt_length=64")
+    with pytest.raises(DataError, match=rf"{path}:41: prompt longer than max_prompt_length=64"):
+        datamodule(tiny, path, max_prompt_length=64, overlong_prompt="error")
+
+
+def test_val_split_on_a_local_file_is_a_config_error(tiny, write_jsonl):
+    from alignlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.val_path"):
+        datamodule(tiny, write_jsonl(rows(10)), val_split="test")

@@ -38,5 +38,5 @@ def test_trained_policy_ranks_held_out_pairs(make_cfg, tmp_path):
                    "data.max_val_pairs=null", "data.batch_size=16", "save_policy=true")
     _, run = run_train(cfg)
     metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval", "generate.enabled=false"))
-    assert metrics["num_pairs"] == 31 and metrics["rewards/accuracies"] > 0.6 and metrics["rewards/margins"] > 0
+    assert metrics["num_pairs"] == 30 and metrics["rewards/accuracies"] > 0.6 and metrics["rewards/margins"] > 0
     assert "samples" not in metrics

@@ -14,8 +14,9 @@ PC, PR, RC, RR = (torch.tensor([v]) for v in (-8.0, -10.0, -11.0, -9.0))
 
 
 def value(name, beta, **hp):
-    losses, chosen_rewards, rejected_rewards = PreferenceLoss(name, beta, **hp)(PC, PR, RC, RR)
-    return losses.item(), chosen_rewards.item(), rejected_rewards.item()
+    loss = PreferenceLoss(name, beta, **hp)
+    chosen_rewards, rejected_rewards = loss.rewards(PC, PR, RC, RR)
+    return loss(PC, PR, RC, RR).item(), chosen_rewards.item(), rejected_rewards.item()
 
 
 def test_sigmoid_check_value():
@@ -60,10 +61,15 @@ def test_sppo_hard_and_nca_by_hand():
     assert value("nca_pair", 0.1)[0] == pytest.approx(-s(0.3) - 0.5 * s(-0.3) - 0.5 * s(0.1), abs=1e-6)
 
 
+def test_simpo_by_hand():
+    # reference-free: h = -8 - (-10) = 2; -log sigmoid(2 * 2 - 0.5) = log(1 + e^-3.5)
+    assert value("simpo", 2.0, gamma=0.5)[0] == pytest.approx(math.log1p(math.exp(-3.5)), abs=1e-6)
+
+
 def test_reference_free_ignores_reference():
     loss = PreferenceLoss("sigmoid", 0.1, reference_free=True)
     # h = -8 - (-10) = 2 without the reference
-    assert loss(PC, PR, RC, RR)[0].item() == pytest.approx(math.log1p(math.exp(-0.2)), abs=1e-6)
+    assert loss(PC, PR, RC, RR).item() == pytest.approx(math.log1p(math.exp(-0.2)), abs=1e-6)
     assert not loss.needs_reference
     assert not PreferenceLoss("simpo", 2.0, gamma=0.5).needs_reference
 
@@ -76,7 +82,7 @@ def test_every_loss_prefers_a_larger_margin():
         hp = {"label_smoothing": 0.1} if name in ("conservative", "robust", "exo_pair") else {}
         hp |= {"gamma": 0.5} if name == "simpo" else {}
         loss = PreferenceLoss(name, 0.01, **hp)
-        assert loss(large, PR, RC, RR)[0] <= loss(small, PR, RC, RR)[0] + 1e-6, name
+        assert loss(large, PR, RC, RR) <= loss(small, PR, RC, RR) + 1e-6, name
 
 
 def test_gradients_flow_for_every_registered_loss():
@@ -84,7 +90,7 @@ def test_gradients_flow_for_every_registered_loss():
         hp = {"label_smoothing": 0.1} if name in ("conservative", "robust", "exo_pair") else {}
         hp |= {"gamma": 0.5} if name == "simpo" else {}
         pc = PC.clone().requires_grad_()
-        PreferenceLoss(name, 0.1, **hp)(pc, PR, RC, RR)[0].sum().backward()
+        PreferenceLoss(name, 0.1, **hp)(pc, PR, RC, RR).sum().backward()
         assert pc.grad is not None and torch.isfinite(pc.grad).all(), name
 
 

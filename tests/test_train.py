@@ -106,6 +106,17 @@ def test_lora_reference_is_the_disabled_adapter(make_cfg):
     _, objects = run_train(cfg)
     module = objects["module"]
     assert module._reference is None and module.reference_from_adapter
+    # The reference (adapter disabled) is still the untouched base model, while the trained policy moved.
+    from alignlab.logprobs import pair_logps
+    from alignlab.models import tiny_random
+
+    batch = next(iter(objects["datamodule"].val_dataloader()))
+    base = pair_logps(tiny_random(cfg.model.tokenizer).model.eval(), batch)
+    reference = module.reference_pair_logps(batch)
+    with torch.no_grad():
+        policy = pair_logps(module.policy.eval(), batch)
+    assert torch.allclose(reference.chosen, base.chosen, atol=1e-4)
+    assert not torch.allclose(policy.chosen, base.chosen, atol=1e-3)
     assert (objects["output_dir"] / "policy" / "adapter_config.json").exists()
     checkpoint = torch.load(objects["output_dir"] / "checkpoints" / "last.ckpt", weights_only=False)
     unique = {v.untyped_storage().data_ptr(): v.numel() for v in checkpoint["state_dict"].values()}
@@ -168,3 +179,15 @@ def test_gradient_checkpointing_falls_back_from_the_kv_cache_layout(make_cfg):
     metrics, objects = run_train(make_cfg("model.gradient_checkpointing=true", "objective.module.layout=shared_prompt"))
     assert objects["module"].layout == "packed"
     assert metrics["train/loss"] > 0
+
+
+def test_resume_into_the_same_folder_keeps_earlier_metrics(make_cfg):
+    cfg = make_cfg("trainer.max_steps=2", "trainer.max_epochs=3")
+    _, first = run_train(cfg)
+    earlier = (first["output_dir"] / "metrics.csv").read_text()
+    resumed = make_cfg("trainer.max_steps=4", "trainer.max_epochs=3", "ckpt_path=last")
+    with open_dict(resumed):
+        resumed.paths.output_dir = str(first["output_dir"])
+    run_train(resumed)
+    assert (first["output_dir"] / "metrics.before-resume-1.csv").read_text() == earlier
+    assert len(column(read_metrics(first["output_dir"]), "train/loss")) == 2  # steps 3 and 4

@@ -70,6 +70,8 @@ def _facts(rng: random.Random) -> list[dict]:
     facts = []
 
     def add(category, question, answer, sentence, wrong):
+        if any(f["question"] == question for f in facts):
+            return  # random draws can repeat a question; a repeat would leak between train and validation
         facts.append(dict(category=category, question=question, answer=str(answer), sentence=sentence,
                           wrong=[str(w) for w in wrong if str(w) != str(answer)]))
 
@@ -101,7 +103,7 @@ def _facts(rng: random.Random) -> list[dict]:
         others = [m for _, _, m in COLOR_MIXES if m != mix]
         add("colors", f"What color do you get by mixing {a} and {b}?", mix,
             f"Mixing {a} and {b} gives {{a}}.", rng.sample(others, 2))
-    for _ in range(60):
+    for _ in range(64):
         x, y = rng.randint(2, 30), rng.randint(2, 30)
         add("arithmetic", f"What is {x} plus {y}?", x + y, f"{x} plus {y} is {{a}}.",
             [x + y + d for d in (-2, -1, 1, 2, 10)])

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 from alignlab.data.collate import PreferenceCollator
 from alignlab.data.pairs import BadRow, PairTokenizer, TokenizedPair, parse_row
 from alignlab.data.sources import Skipped, hub_splits, is_local, load_records
-from alignlab.errors import DataError
+from alignlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,13 @@ class PairDataModule(pl.LightningDataModule):
         self.val_pairs: list[TokenizedPair] = []
         self.report: dict[str, Any] = {}
 
-    def _loader(self, pairs, batch_size, sampler=None) -> DataLoader:
+    def loader(self, pairs, batch_size, sampler=None) -> DataLoader:
         return DataLoader(pairs, batch_size=batch_size, sampler=sampler, collate_fn=self.collator,
                           num_workers=self.num_workers, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         sampler = EpochShuffleSampler(len(self.train_pairs), self.seed, skip_examples=self._examples_done)
-        return self._loader(self.train_pairs, self.batch_size, sampler)
+        return self.loader(self.train_pairs, self.batch_size, sampler)
 
     def _examples_done(self) -> int:
         """Examples of the current epoch already trained on: non-zero only when resuming mid-epoch.
@@ -94,14 +94,18 @@ class PairDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return 0
-        return trainer.fit_loop.epoch_loop.batch_progress.current.ready * self.batch_size
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if done and trainer.world_size > 1:
+            log.warning("mid-epoch resume on %d devices restarts the epoch's data order", trainer.world_size)
+            return 0
+        return done * self.batch_size
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_pairs, self.eval_batch_size)
+        return self.loader(self.val_pairs, self.eval_batch_size)
 
     def reference_dataloader(self) -> DataLoader:
         """Every pair once, in order: for precomputing reference log-probs."""
-        return self._loader(self.train_pairs + self.val_pairs, self.eval_batch_size)
+        return self.loader(self.train_pairs + self.val_pairs, self.eval_batch_size)
 
     @property
     def num_examples(self) -> int:
@@ -134,7 +138,7 @@ class OfflinePreferenceDataModule(PairDataModule):
                  max_val_pairs: int | None = None, **serving: Any) -> None:
         super().__init__(tokenizer, **serving)
         if on_bad_row not in ("skip", "error"):
-            raise ValueError(f"data.on_bad_row={on_bad_row!r} is not 'skip' or 'error'")
+            raise ConfigError(f"data.on_bad_row={on_bad_row!r} is not 'skip' or 'error'")
         self.path, self.split, self.subset = path, split, subset
         self.val_path, self.val_split, self.val_fraction = val_path, val_split, val_fraction
         self.keys = dict(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key)
@@ -153,11 +157,14 @@ class OfflinePreferenceDataModule(PairDataModule):
             splits = hub_splits(self.path, self.subset)
             val_split = next((s for s in ("test", "validation", "valid", "eval") if s in splits), None)
         if val_split is not None and val_source is None:
+            if is_local(self.path):
+                raise ConfigError(f"data.val_split={val_split!r} names a split of a hub dataset, but data.path is the "
+                                  f"file {self.path}; give the validation file as data.val_path")
             val_source = self.path
 
-        train = self._read(self.path, self.split, first_id=0)
+        train = self._read(self.path, self.split)
         if val_source is not None:
-            val = self._read(val_source, val_split or "train", first_id=len(train))
+            val = self._read(val_source, val_split or "train")
         else:
             order = list(range(len(train)))
             random.Random(self.seed).shuffle(order)
@@ -179,7 +186,7 @@ class OfflinePreferenceDataModule(PairDataModule):
                  len(self.val_pairs), self.pair_tokenizer.truncated_prompts, self.pair_tokenizer.truncated_responses)
         self._prepared = True
 
-    def _read(self, source: str, split: str, first_id: int) -> list[TokenizedPair]:
+    def _read(self, source: str, split: str) -> list[TokenizedPair]:
         records = load_records(source, split, self.subset)
         if not records:
             raise DataError(f"{source}: the dataset is empty")
@@ -191,7 +198,7 @@ class OfflinePreferenceDataModule(PairDataModule):
                 if record.problem:
                     raise BadRow(record.problem)
                 pair = parse_row(record.row, **self.keys)
-                pairs.append(self.pair_tokenizer(pair, first_id + len(pairs), record.where))
+                pairs.append(self.pair_tokenizer(pair, len(pairs), record.where))  # ids are set after the split
             except BadRow as e:
                 if self.on_bad_row == "error":
                     raise DataError(f"{record.where}: {e}") from None

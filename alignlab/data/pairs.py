@@ -18,6 +18,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from alignlab.errors import ConfigError, DataError
+
 Messages = list[dict[str, str]]
 
 
@@ -137,9 +139,9 @@ class PairTokenizer:
                  system_prompt: str | None = None, max_prompt_length: int = 256, max_response_length: int = 256,
                  overlong_prompt: str = "truncate") -> None:
         if overlong_prompt not in self.OVERLONG:
-            raise ValueError(f"data.overlong_prompt={overlong_prompt!r} is not one of {self.OVERLONG}")
+            raise ConfigError(f"data.overlong_prompt={overlong_prompt!r} is not one of {self.OVERLONG}")
         if chat_template and tokenizer.chat_template is None:
-            raise ValueError("data.chat_template=true but the tokenizer has no chat template; set it to false")
+            raise ConfigError("data.chat_template=true but the tokenizer has no chat template; set it to false")
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.system_prompt = system_prompt
@@ -177,12 +179,13 @@ class PairTokenizer:
         if not chosen_ids or not rejected_ids:
             raise BadRow("a response is empty after tokenization")
         if len(prompt_ids) > self.max_prompt_length:
-            if self.overlong_prompt == "truncate":
-                prompt_ids = prompt_ids[-self.max_prompt_length:]
-                self.truncated_prompts += 1
-            else:
-                raise BadRow(f"prompt longer than max_prompt_length={self.max_prompt_length} "
-                             f"({len(prompt_ids)} tokens)")
+            reason = f"prompt longer than max_prompt_length={self.max_prompt_length} ({len(prompt_ids)} tokens)"
+            if self.overlong_prompt == "error":
+                raise DataError(f"{where}: {reason} (data.overlong_prompt=error)")
+            if self.overlong_prompt == "skip":
+                raise BadRow(reason)
+            prompt_ids = prompt_ids[-self.max_prompt_length:]
+            self.truncated_prompts += 1
         if max(len(chosen_ids), len(rejected_ids)) > self.max_response_length:
             self.truncated_responses += 1
             chosen_ids = chosen_ids[: self.max_response_length]

@@ -8,7 +8,7 @@ BIN=.venv/bin
 $BIN/alignlab-train -m experiment=dpo_family loss=sigmoid,ipo,hinge loss.beta=0.1,0.5 paths.root=$ROOT \
   trainer.enable_progress_bar=false
 for run in $(ls -d $ROOT/multirun/*/*/*/ | sort); do
-  $BIN/alignlab-eval policy_path="$run" paths.output_dir="$run/eval" generate.num_prompts=31 \
+  $BIN/alignlab-eval policy_path="$run" paths.output_dir="$run/eval" generate.num_prompts=30 \
     generate.max_new_tokens=64
 done
 $BIN/python experiments/dpo_family/report.py $ROOT
