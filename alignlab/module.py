@@ -147,13 +147,25 @@ class PreferenceModule(pl.LightningModule):
         }
         return loss, metrics
 
-    def training_step(self, batch: PreferenceBatch, batch_idx: int) -> Tensor:
+    def _log_stats(self, batch: PreferenceBatch, split: str) -> None:
+        if batch.stats:
+            on_step = split == "train"
+            self.log_dict({f"{split}/online/{k}": float(v) for k, v in batch.stats.items()}, on_step=on_step,
+                          on_epoch=not on_step, batch_size=max(1, len(batch)))
+
+    def training_step(self, batch: PreferenceBatch, batch_idx: int) -> Tensor | None:
+        self._log_stats(batch, "train")
+        if len(batch) == 0:  # every pair of this batch was dropped (counted in the stats): skip the update
+            return None
         loss, metrics = self.preference_step(batch)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
                       batch_size=len(batch))
         return loss
 
     def validation_step(self, batch: PreferenceBatch, batch_idx: int) -> None:
+        self._log_stats(batch, "val")
+        if len(batch) == 0:
+            return
         _, metrics = self.preference_step(batch)
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True,
                       batch_size=len(batch), sync_dist=True)

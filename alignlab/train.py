@@ -112,7 +112,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             trainer.validate(module, datamodule=datamodule, verbose=False)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if module.last_validated_step != trainer.global_step and datamodule.val_pairs:
+        if module.last_validated_step != trainer.global_step and datamodule.num_val_examples:
             # Stopped mid-epoch (max_steps): validate the final policy too.
             trainer.validate(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})

@@ -13,8 +13,10 @@ prompt can also be run once and shared by both responses through the KV cache.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,9 +33,14 @@ class PreferenceBatch:
     rejected_ids: Tensor
     rejected_mask: Tensor
     example_id: Tensor
+    stats: dict[str, Any] | None = None  # how the pairs were made (online: dropped pairs, judge consistency)
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
+
+    def to(self, device) -> PreferenceBatch:
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
+                                            for f in dataclasses.fields(self) if f.name != "stats"})
 
     @property
     def num_tokens(self) -> int:

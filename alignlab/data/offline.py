@@ -111,6 +111,10 @@ class PairDataModule(pl.LightningDataModule):
     def num_examples(self) -> int:
         return len(self.train_pairs) + len(self.val_pairs)
 
+    @property
+    def num_val_examples(self) -> int:
+        return len(self.val_pairs)
+
 
 class OfflinePreferenceDataModule(PairDataModule):
     """Preference pairs from a fixed dataset.

@@ -1,0 +1,262 @@
+"""Online AI feedback (OAIF): pairs sampled from the current policy and labelled by a judge during training.
+
+The datamodule serves batches of prompts. On the training device, in ``on_after_batch_transfer``, each prompt gets
+two samples from the **current** policy (or, with ``sample_from=reference``, from the frozen initial model:
+online but off-policy), without gradient; the judge picks the better one and the batch becomes an ordinary
+:class:`PreferenceBatch`, so the training step is the same as offline DPO's.
+
+Pairs the judge cannot label (failure), ties (``drop_ties``), pairs with an empty answer, and, with
+``unfinished=drop``, pairs with an answer cut at ``max_new_tokens`` are dropped and counted; the counts travel in
+the batch's ``stats`` and are logged under ``train/online/*`` and ``val/online/*``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from alignlab.data.collate import PreferenceBatch, PreferenceCollator, mask_rows, pad_rows
+from alignlab.data.offline import EpochShuffleSampler
+from alignlab.data.pairs import BadRow, Messages, PairTokenizer, TokenizedPair
+from alignlab.data.sources import Skipped, load_records
+from alignlab.errors import ConfigError, DataError
+from alignlab.generation import Generation, generate
+from alignlab.judges.base import Judge
+
+log = logging.getLogger(__name__)
+UNFINISHED = ("keep", "penalize", "drop")
+
+
+@dataclass
+class PromptExample:
+    example_id: int
+    where: str
+    prompt_ids: list[int]
+    question: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PromptBatch:
+    """``prompt_ids``, ``prompt_mask``: ``[B, P]`` left-padded; the rest per prompt."""
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    example_id: Tensor
+    questions: list[str]
+    metas: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def prompt_lists(self) -> list[list[int]]:
+        return [row[mask.bool()].tolist() for row, mask in zip(self.prompt_ids, self.prompt_mask, strict=True)]
+
+
+def _question(prompt: str | Messages) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(m["content"] for m in prompt if m["role"] == "user")
+
+
+class OnlinePairsDataModule(pl.LightningDataModule):
+    """Prompts in, judged on-policy pairs out.
+
+    Args:
+        tokenizer: the policy's tokenizer.
+        judge: a :class:`alignlab.judges.Judge`.
+        path, split, val_path, val_fraction, prompt_key, chat_template, system_prompt, max_prompt_length,
+            overlong_prompt, on_bad_row, max_bad_fraction: the prompt dataset, as for offline data.
+        sample_from: ``policy`` (on-policy, the paper's setting) or ``reference`` (online, off-policy).
+        temperature, top_p, max_new_tokens: sampling.
+        unfinished: an answer cut at ``max_new_tokens``: ``keep`` it as is, ``penalize`` it (it loses to a
+            finished answer whatever the judge says), or ``drop`` the pair.
+        drop_ties: drop pairs the judge finds equally good (probability within ``tie_tolerance`` of 0.5).
+    """
+
+    def __init__(self, tokenizer, judge: Judge, path: str, split: str = "train", val_path: str | None = None,
+                 val_fraction: float = 0.1, prompt_key: str = "prompt", chat_template: bool = True,
+                 system_prompt: str | None = None, max_prompt_length: int = 256, overlong_prompt: str = "truncate",
+                 on_bad_row: str = "skip", max_bad_fraction: float = 0.05, batch_size: int = 4,
+                 eval_batch_size: int | None = None, seed: int = 0, sample_from: str = "policy",
+                 temperature: float = 0.9, top_p: float = 1.0, max_new_tokens: int = 64,
+                 unfinished: str = "penalize", drop_ties: bool = True, tie_tolerance: float = 0.0,
+                 max_train_pairs: int | None = None, max_val_pairs: int | None = None) -> None:
+        super().__init__()
+        if sample_from not in ("policy", "reference"):
+            raise ConfigError(f"data.sample_from={sample_from!r} is not 'policy' or 'reference'")
+        if unfinished not in UNFINISHED:
+            raise ConfigError(f"data.unfinished={unfinished!r} is not one of {UNFINISHED}")
+        self.tokenizer, self.judge = tokenizer, judge
+        self.path, self.split, self.val_path, self.val_fraction = path, split, val_path, val_fraction
+        self.prompt_key = prompt_key
+        self.prompt_tokenizer = PairTokenizer(tokenizer, chat_template, system_prompt, max_prompt_length,
+                                              max_response_length=max_new_tokens + 1, overlong_prompt=overlong_prompt)
+        self.on_bad_row, self.max_bad_fraction = on_bad_row, max_bad_fraction
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size or batch_size, seed
+        self.sample_from, self.temperature, self.top_p = sample_from, temperature, top_p
+        self.max_new_tokens, self.unfinished = max_new_tokens, unfinished
+        self.drop_ties, self.tie_tolerance = drop_ties, tie_tolerance
+        self.max_train_pairs, self.max_val_pairs = max_train_pairs, max_val_pairs
+        self.collator = PreferenceCollator(tokenizer.pad_token_id)
+        self.train_prompts: list[PromptExample] = []
+        self.val_prompts: list[PromptExample] = []
+        self.report: dict[str, Any] = {}
+
+    # ----- prompts ---------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_prompts:
+            return
+        train = self._read(self.path, self.split)
+        if self.val_path:
+            val = self._read(self.val_path, "train")
+        else:
+            order = list(range(len(train)))
+            random.Random(self.seed).shuffle(order)
+            held_out = set(order[: max(1, round(self.val_fraction * len(train)))] if self.val_fraction > 0 else [])
+            val = [p for i, p in enumerate(train) if i in held_out]
+            train = [p for i, p in enumerate(train) if i not in held_out]
+        self.train_prompts = train[: self.max_train_pairs] if self.max_train_pairs else train
+        self.val_prompts = val[: self.max_val_pairs] if self.max_val_pairs else val
+        for i, p in enumerate(self.train_prompts + self.val_prompts):
+            p.example_id = i
+        if not self.train_prompts:
+            raise DataError(f"{self.path}: no usable prompts")
+        self.report.update(train_prompts=len(self.train_prompts), val_prompts=len(self.val_prompts),
+                           truncated_prompts=self.prompt_tokenizer.truncated_prompts)
+
+    @property
+    def num_val_examples(self) -> int:
+        return len(self.val_prompts)
+
+    def _read(self, source: str, split: str) -> list[PromptExample]:
+        records = load_records(source, split)
+        if not records:
+            raise DataError(f"{source}: the dataset is empty")
+        if not any(r.row and self.prompt_key in r.row for r in records):
+            raise DataError(f"{source}: missing column '{self.prompt_key}'; set data.prompt_key")
+        skipped, prompts = Skipped(total=len(records)), []
+        for record in records:
+            try:
+                if record.problem:
+                    raise BadRow(record.problem)
+                prompt = record.row.get(self.prompt_key)
+                if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+                    raise BadRow("empty prompt")
+                if not isinstance(prompt, (str, list)):
+                    raise BadRow(f"'{self.prompt_key}' is neither text nor a list of messages")
+                ids = self.prompt_tokenizer.prompt_ids(prompt)
+                limit = self.prompt_tokenizer.max_prompt_length
+                if len(ids) > limit:
+                    if self.prompt_tokenizer.overlong_prompt == "error":
+                        raise DataError(f"{record.where}: prompt longer than max_prompt_length={limit} "
+                                        f"({len(ids)} tokens)")
+                    if self.prompt_tokenizer.overlong_prompt == "skip":
+                        raise BadRow(f"prompt longer than max_prompt_length={limit}")
+                    ids = ids[-limit:]
+                    self.prompt_tokenizer.truncated_prompts += 1
+                meta = {k: v for k, v in record.row.items() if k != self.prompt_key}
+                prompts.append(PromptExample(len(prompts), record.where, ids, _question(prompt), meta))
+            except BadRow as e:
+                if self.on_bad_row == "error":
+                    raise DataError(f"{record.where}: {e}") from None
+                skipped.add(str(e), record.where)
+        if skipped.count:
+            log.warning(skipped.summary(source))
+            if skipped.count > self.max_bad_fraction * len(records):
+                raise DataError(f"{skipped.summary(source)}; more than data.max_bad_fraction={self.max_bad_fraction}")
+        self.report.setdefault("skipped", {})[f"{source}[{split}]"] = skipped.as_dict()
+        return prompts
+
+    def _collate(self, examples: list[PromptExample]) -> PromptBatch:
+        rows = [e.prompt_ids for e in examples]
+        width = max(map(len, rows))
+        return PromptBatch(pad_rows(rows, width, self.tokenizer.pad_token_id, left=True),
+                           mask_rows(rows, width, left=True), torch.tensor([e.example_id for e in examples]),
+                           [e.question for e in examples], [e.meta for e in examples])
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = EpochShuffleSampler(len(self.train_prompts), self.seed)
+        return DataLoader(self.train_prompts, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_prompts, batch_size=self.eval_batch_size, collate_fn=self._collate)
+
+    # ----- pairs on the device ---------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not isinstance(batch, PromptBatch) or self.trainer is None:
+            return batch
+        return self.make_pairs(self.trainer.lightning_module, batch)
+
+    def _sampler_model(self, module):
+        if self.sample_from == "reference" and getattr(module, "_reference", None) is not None:
+            return module._reference
+        return module.policy
+
+    def make_pairs(self, module, batch: PromptBatch) -> PreferenceBatch:
+        prompts = batch.prompt_lists()
+        doubled = [p for p in prompts for _ in range(2)]  # [p0, p0, p1, p1, ...]
+        model = self._sampler_model(module)
+        if self.sample_from == "reference" and model is module.policy and getattr(module, "reference_from_adapter", False):
+            with module.policy.disable_adapter():
+                samples = self._generate(model, doubled)
+        else:
+            samples = self._generate(model, doubled)
+        firsts, seconds = samples[0::2], samples[1::2]
+        verdicts = self.judge(batch.questions, [(a.text, b.text) for a, b in zip(firsts, seconds, strict=True)],
+                              batch.metas)
+        stats = {"pairs": float(len(prompts)), "judge_failures": 0.0, "ties": 0.0, "empty": 0.0,
+                 "unfinished_dropped": 0.0, "unfinished_answers": 0.0,
+                 "mean_length": sum(len(s.token_ids) for s in samples) / max(1, len(samples))}
+        kept = []
+        for i, (a, b, prob) in enumerate(zip(firsts, seconds, verdicts.prob_first, strict=True)):
+            stats["unfinished_answers"] += (not a.finished) + (not b.finished)
+            if not a.token_ids or not b.token_ids:
+                stats["empty"] += 1
+                continue
+            if prob is None:
+                stats["judge_failures"] += 1
+                continue
+            if self.unfinished == "drop" and not (a.finished and b.finished):
+                stats["unfinished_dropped"] += 1
+                continue
+            if self.unfinished == "penalize" and a.finished != b.finished:
+                prob = 1.0 if a.finished else 0.0
+            if self.drop_ties and abs(prob - 0.5) <= self.tie_tolerance:
+                stats["ties"] += 1
+                continue
+            chosen, rejected = (a, b) if prob >= 0.5 else (b, a)
+            kept.append(TokenizedPair(int(batch.example_id[i]), "online", prompts[i], _with_eos(chosen, self),
+                                      _with_eos(rejected, self)))
+        kept = [p for p in kept if p.chosen_ids != p.rejected_ids] if kept else kept
+        consistent = [c for c in verdicts.consistent if c is not None]
+        if consistent:
+            stats["position_consistency"] = sum(consistent) / len(consistent)
+        stats["kept"] = float(len(kept))
+        device = batch.prompt_ids.device
+        if not kept:
+            return _empty_batch(device, stats)
+        pairs = self.collator(kept)
+        pairs.stats = stats
+        return pairs.to(device)
+
+    def _generate(self, model, prompts: list[list[int]]) -> list[Generation]:
+        return generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
+                        temperature=self.temperature, top_p=self.top_p, batch_size=len(prompts))
+
+
+def _with_eos(generation: Generation, dm: OnlinePairsDataModule) -> list[int]:
+    return generation.token_ids + ([dm.tokenizer.eos_token_id] if generation.finished else [])
+
+
+def _empty_batch(device, stats) -> PreferenceBatch:
+    empty = torch.zeros((0, 1), dtype=torch.long, device=device)
+    return PreferenceBatch(empty, empty, empty, empty, empty, empty, torch.zeros(0, dtype=torch.long, device=device),
+                           stats=stats)

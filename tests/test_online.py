@@ -1,0 +1,120 @@
+"""OAIF: on-policy pairs sampled and judged during training, dropped pairs counted, judges' contracts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from alignlab.data.online import OnlinePairsDataModule, PromptBatch
+from alignlab.judges.base import Verdicts
+from alignlab.judges.llm import PairwiseLLMJudge, PointwiseLLMJudge
+from alignlab.judges.rule import RuleJudge
+from alignlab.models import LoadedModel
+from alignlab.train import run_train
+
+from .test_train import column, read_metrics
+
+
+class FewerEsJudge:
+    """A deterministic judge for a random model: prefers the answer with fewer letters 'e'; fails on request."""
+
+    def __init__(self, fail_every: int = 0):
+        self.calls, self.fail_every = 0, fail_every
+
+    def __call__(self, prompts, pairs, metas=None):
+        probs = []
+        for a, b in pairs:
+            self.calls += 1
+            if self.fail_every and self.calls % self.fail_every == 0:
+                probs.append(None)
+            else:
+                ea, eb = a.count("e"), b.count("e")
+                probs.append(1.0 if ea < eb else 0.0 if ea > eb else 0.5)
+        return Verdicts(probs)
+
+
+def test_rule_judge_follows_its_instruction():
+    long_right = "The capital of France is Paris, a large city on the river Seine with many museums and parks."
+    short_right = "Paris."
+    meta = [{"answer": "Paris"}]
+    q = ["What is the capital of France?"]
+    assert RuleJudge("helpful")(q, [(long_right, short_right)], meta).prob_first == [0.5]
+    assert RuleJudge("helpful_very_short")(q, [(long_right, short_right)], meta).prob_first == [0.0]
+    assert RuleJudge("helpful")(q, [("Paris.", "Lyon.")], meta).prob_first == [1.0]
+
+
+def own_copy(tiny):
+    """Judges freeze their model: give them a copy, not the shared fixture."""
+    return LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, "judge")
+
+
+def test_pairwise_llm_judge_scores_both_orders(tiny):
+    judge = PairwiseLLMJudge(own_copy(tiny))
+    verdicts = judge(["Q?", "R?"], [("yes", "no"), ("a", "b")])
+    swapped = judge(["Q?", "R?"], [("no", "yes"), ("b", "a")])
+    # Averaged over both orders, so swapping the pair mirrors the probability exactly.
+    assert [p + s for p, s in zip(verdicts.prob_first, swapped.prob_first, strict=True)] == pytest.approx([1, 1])
+    assert len(verdicts.consistent) == 2
+
+
+def test_pointwise_llm_judge_compares_yes_no_odds(tiny):
+    judge = PointwiseLLMJudge(own_copy(tiny))
+    verdicts = judge(["Q?"], [("same", "same")])
+    assert verdicts.prob_first == pytest.approx([0.5])
+
+
+def make_online(tiny, write_jsonl, judge, **kw):
+    path = write_jsonl([{"prompt": f"Say something about {w}.", "answer": w} for w in
+                        ("cats", "dogs", "rain", "trees", "bread", "music", "stars", "boats", "snow", "clocks")])
+    dm = OnlinePairsDataModule(tiny.tokenizer, judge, str(path), batch_size=4, val_fraction=0.2,
+                               max_new_tokens=6, **kw)
+    dm.setup("fit")
+    return dm
+
+
+class Holder(torch.nn.Module):
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+
+def test_pairs_are_sampled_judged_and_counted(tiny, write_jsonl):
+    judge = FewerEsJudge(fail_every=4)
+    dm = make_online(tiny, write_jsonl, judge, unfinished="keep")
+    batch = dm._collate(dm.train_prompts[:4])
+    assert isinstance(batch, PromptBatch)
+    pairs = dm.make_pairs(Holder(tiny.model), batch)
+    s = pairs.stats
+    assert s["pairs"] == 4 and s["judge_failures"] == 1
+    assert s["kept"] == len(pairs) == 4 - s["judge_failures"] - s["ties"] - s["empty"]
+    for i in range(len(pairs)):  # chosen has no more 'e's than rejected, as the judge said
+        chosen = tiny.tokenizer.decode(pairs.chosen_ids[i][pairs.chosen_mask[i].bool()], skip_special_tokens=True)
+        rejected = tiny.tokenizer.decode(pairs.rejected_ids[i][pairs.rejected_mask[i].bool()], skip_special_tokens=True)
+        assert chosen.strip().count("e") < rejected.strip().count("e")
+
+
+def test_unfinished_answers_can_be_dropped(tiny, write_jsonl):
+    dm = make_online(tiny, write_jsonl, FewerEsJudge(), unfinished="drop")
+    pairs = dm.make_pairs(Holder(tiny.model), dm._collate(dm.train_prompts[:4]))
+    # A random tiny model almost never stops within 6 tokens: those pairs are dropped and counted, not trained on.
+    assert pairs.stats["unfinished_dropped"] + pairs.stats["kept"] + pairs.stats["ties"] + pairs.stats["empty"] == 4
+    assert pairs.stats["unfinished_dropped"] >= 1
+
+
+def test_oaif_training_runs_on_policy_samples(make_cfg, monkeypatch):
+    import alignlab.judges.rule as rule
+
+    monkeypatch.setattr(rule, "RuleJudge", lambda **kw: FewerEsJudge())
+    cfg = make_cfg("objective=oaif", "data.max_new_tokens=8", "trainer.max_steps=3", "optimizer.lr=1e-3",
+                   "data.max_train_pairs=24", "data.max_val_pairs=8")
+    with open_dict(cfg):
+        cfg.data.unfinished = "keep"
+    metrics, objects = run_train(cfg)
+    rows = read_metrics(objects["output_dir"])
+    kept = column(rows, "train/online/kept")
+    assert len(kept) == 3 and sum(kept) > 0
+    assert len(column(rows, "train/loss")) >= 1 and "val/online/kept" in metrics
+    assert objects["module"].reference_logps is None and objects["module"]._reference is not None
