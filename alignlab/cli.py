@@ -58,6 +58,17 @@ def _evaluate(cfg: DictConfig) -> None:
     run_or_exit(run_evaluate, cfg)
 
 
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
+def _generate(cfg: DictConfig) -> None:
+    from alignlab.generate import run_generate
+
+    run_or_exit(run_generate, cfg)
+
+
+def generate() -> None:
+    _generate()
+
+
 def train() -> None:
     _train()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -118,3 +119,22 @@ def test_oaif_training_runs_on_policy_samples(make_cfg, monkeypatch):
     assert len(kept) == 3 and sum(kept) > 0
     assert len(column(rows, "train/loss")) >= 1 and "val/online/kept" in metrics
     assert objects["module"].reference_logps is None and objects["module"]._reference is not None
+
+
+def test_generate_writes_an_offline_baseline_that_trains(tmp_path, make_cfg, monkeypatch):
+    import alignlab.judges.rule as rule
+    from alignlab.generate import run_generate
+
+    from .conftest import compose_config
+
+    monkeypatch.setattr(rule, "RuleJudge", lambda **kw: FewerEsJudge())
+    cfg = compose_config("generate", ["model=tiny", f"output={tmp_path}/pairs.jsonl", "data.max_new_tokens=8",
+                                      "data.max_train_pairs=12", "data.unfinished=keep"])
+    totals, output = run_generate(cfg)
+    lines = output.read_text().splitlines()
+    assert len(lines) == totals["kept"] > 0 and totals["pairs"] == 12
+    row = json.loads(lines[0])
+    assert {"prompt", "chosen", "rejected", "answer", "judge_confidence", "produced_by"} <= set(row)
+    assert row["chosen"].count("e") < row["rejected"].count("e")
+    _, run = run_train(make_cfg(f"data.path={output}", "data.val_fraction=0.25", "trainer.max_steps=1"))
+    assert (run["output_dir"] / "metrics.csv").exists()

@@ -44,6 +44,19 @@ class PromptExample:
 
 
 @dataclass
+class LabelledPair:
+    """A judged pair of samples; ``confidence`` is the judge's probability that ``chosen`` is better."""
+
+    example_id: int
+    prompt_ids: list[int]
+    question: str
+    meta: dict[str, Any]
+    chosen: Generation
+    rejected: Generation
+    confidence: float
+
+
+@dataclass
 class PromptBatch:
     """``prompt_ids``, ``prompt_mask``: ``[B, P]`` left-padded; the rest per prompt."""
 
@@ -162,7 +175,7 @@ class OnlinePairsDataModule(pl.LightningDataModule):
                         raise BadRow(f"prompt longer than max_prompt_length={limit}")
                     ids = ids[-limit:]
                     self.prompt_tokenizer.truncated_prompts += 1
-                meta = {k: v for k, v in record.row.items() if k != self.prompt_key}
+                meta = {**{k: v for k, v in record.row.items() if k != self.prompt_key}, "prompt": prompt}
                 prompts.append(PromptExample(len(prompts), record.where, ids, _question(prompt), meta))
             except BadRow as e:
                 if self.on_bad_row == "error":
@@ -198,14 +211,29 @@ class OnlinePairsDataModule(pl.LightningDataModule):
     def _sampler_model(self, module):
         if self.sample_from == "reference" and getattr(module, "_reference", None) is not None:
             return module._reference
-        return module.policy
+        return module.policy  # with sample_from=reference and LoRA: the policy with its adapter disabled
 
     def make_pairs(self, module, batch: PromptBatch) -> PreferenceBatch:
+        """Sample, judge and tokenize: the training batch for ``batch``'s prompts (see the module docstring)."""
+        labelled, stats = self.label(self._sampler_model(module), batch, disable_adapter=self._use_base(module))
+        device = batch.prompt_ids.device
+        kept = [TokenizedPair(p.example_id, "online", p.prompt_ids, _with_eos(p.chosen, self),
+                              _with_eos(p.rejected, self)) for p in labelled]
+        if not kept:
+            return _empty_batch(device, stats)
+        pairs = self.collator(kept)
+        pairs.stats = stats
+        return pairs.to(device)
+
+    def _use_base(self, module) -> bool:
+        return self.sample_from == "reference" and getattr(module, "reference_from_adapter", False)
+
+    def label(self, model, batch: PromptBatch, disable_adapter: bool = False) -> tuple[list[LabelledPair], dict]:
+        """Two samples per prompt from ``model``, judged; returns the kept pairs and the counts of dropped ones."""
         prompts = batch.prompt_lists()
         doubled = [p for p in prompts for _ in range(2)]  # [p0, p0, p1, p1, ...]
-        model = self._sampler_model(module)
-        if self.sample_from == "reference" and model is module.policy and getattr(module, "reference_from_adapter", False):
-            with module.policy.disable_adapter():
+        if disable_adapter:
+            with model.disable_adapter():
                 samples = self._generate(model, doubled)
         else:
             samples = self._generate(model, doubled)
@@ -218,8 +246,8 @@ class OnlinePairsDataModule(pl.LightningDataModule):
         kept = []
         for i, (a, b, prob) in enumerate(zip(firsts, seconds, verdicts.prob_first, strict=True)):
             stats["unfinished_answers"] += (not a.finished) + (not b.finished)
-            if not a.token_ids or not b.token_ids:
-                stats["empty"] += 1
+            if not a.token_ids or not b.token_ids or a.token_ids == b.token_ids:
+                stats["empty"] += 1  # nothing to learn from an empty answer or two identical ones
                 continue
             if prob is None:
                 stats["judge_failures"] += 1
@@ -233,19 +261,13 @@ class OnlinePairsDataModule(pl.LightningDataModule):
                 stats["ties"] += 1
                 continue
             chosen, rejected = (a, b) if prob >= 0.5 else (b, a)
-            kept.append(TokenizedPair(int(batch.example_id[i]), "online", prompts[i], _with_eos(chosen, self),
-                                      _with_eos(rejected, self)))
-        kept = [p for p in kept if p.chosen_ids != p.rejected_ids] if kept else kept
+            kept.append(LabelledPair(int(batch.example_id[i]), prompts[i], batch.questions[i], batch.metas[i],
+                                     chosen, rejected, prob if prob >= 0.5 else 1 - prob))
         consistent = [c for c in verdicts.consistent if c is not None]
         if consistent:
             stats["position_consistency"] = sum(consistent) / len(consistent)
         stats["kept"] = float(len(kept))
-        device = batch.prompt_ids.device
-        if not kept:
-            return _empty_batch(device, stats)
-        pairs = self.collator(kept)
-        pairs.stats = stats
-        return pairs.to(device)
+        return kept, stats
 
     def _generate(self, model, prompts: list[list[int]]) -> list[Generation]:
         return generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
