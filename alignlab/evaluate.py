@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import alignlab.config  # noqa: F401
-from alignlab.data.collate import mask_rows, pad_rows
 from alignlab.errors import ConfigError
-from alignlab.generation import Generation, generate
-from alignlab.logprobs import response_logps
 from alignlab.module import PreferenceModule
+from alignlab.samples import sample_and_rate
 from alignlab.train import prepare_output_dir
 
 log = logging.getLogger(__name__)
@@ -69,68 +66,6 @@ def _merge_run_config(cfg: DictConfig, run_config: Path) -> DictConfig:
     return cfg
 
 
-@torch.no_grad()
-def kl_to_reference(policy, reference, prompts: list[list[int]], gens: list[Generation], pad_id: int, eos_id: int,
-                    batch_size: int = 16) -> float:
-    """Monte-Carlo estimate of KL(policy || reference) per answer: mean of ``log pi(y|x) - log pi_ref(y|x)`` over
-    the policy's own samples (EOS included when the answer ended). With temperature != 1 the samples come from the
-    tempered policy, so this is an estimate of the divergence the sampled answers actually show."""
-    diffs = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = [(p, g.token_ids + ([eos_id] if g.finished else [])) for p, g in
-                 zip(prompts[start: start + batch_size], gens[start: start + batch_size], strict=True)]
-        chunk = [(p, r) for p, r in chunk if r]
-        if not chunk:
-            continue
-        p_width, r_width = max(len(p) for p, _ in chunk), max(len(r) for _, r in chunk)
-        tensors = (pad_rows([p for p, _ in chunk], p_width, pad_id, left=True),
-                   mask_rows([p for p, _ in chunk], p_width, left=True),
-                   pad_rows([r for _, r in chunk], r_width, pad_id, left=False),
-                   mask_rows([r for _, r in chunk], r_width, left=False))
-        device = next(policy.parameters()).device
-        tensors = tuple(t.to(device) for t in tensors)
-        diffs += (response_logps(policy, *tensors) - response_logps(reference, *tensors)).tolist()
-    return statistics.fmean(diffs) if diffs else 0.0
-
-
-def sample_and_rate(policy, reference, tokenizer, pairs, gen_cfg, reward) -> dict[str, Any]:
-    pairs = pairs[: gen_cfg.num_prompts]
-    prompts = [p.prompt_ids for p in pairs]
-    options = dict(max_new_tokens=gen_cfg.max_new_tokens, temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
-                   batch_size=gen_cfg.batch_size, seed=gen_cfg.get("seed", 0))
-    outputs = {"policy": generate(policy, tokenizer, prompts, **options),
-               "reference": generate(reference, tokenizer, prompts, **options)}
-    result: dict[str, Any] = {"num_prompts": len(pairs)}
-    result["policy/kl_to_reference"] = kl_to_reference(policy, reference, prompts, outputs["policy"],
-                                                       tokenizer.pad_token_id, tokenizer.eos_token_id,
-                                                       gen_cfg.batch_size)
-    ratings: dict[str, list] = {}
-    for who, gens in outputs.items():
-        result[f"{who}/mean_length"] = statistics.fmean(len(g.token_ids) for g in gens)
-        result[f"{who}/finished"] = statistics.fmean(g.finished for g in gens)
-        if reward is not None:
-            ratings[who] = [reward(_question(p), g.text, p.meta) for p, g in zip(pairs, gens, strict=True)]
-    if ratings and all(r is not None for r in ratings["policy"]):
-        for who, rs in ratings.items():
-            result[f"{who}/reward"] = statistics.fmean(r.reward for r in rs)
-            result[f"{who}/correct"] = statistics.fmean(r.correct for r in rs)
-            result[f"{who}/concise"] = statistics.fmean(r.concise for r in rs)
-            result[f"{who}/filler"] = statistics.fmean(r.filler > 0 for r in rs)
-        wins = [1.0 if a.reward > b.reward else 0.5 if a.reward == b.reward else 0.0
-                for a, b in zip(ratings["policy"], ratings["reference"], strict=True)]
-        result["win_rate_vs_reference"] = statistics.fmean(wins)
-    result["examples"] = [{"prompt": _question(p), "policy": a.text, "reference": b.text}
-                          for p, a, b in list(zip(pairs, outputs["policy"], outputs["reference"], strict=True))[:8]]
-    return result
-
-
-def _question(pair) -> str:
-    prompt = pair.meta.get("prompt", "")
-    if isinstance(prompt, list):
-        return " ".join(m["content"] for m in prompt if m["role"] == "user")
-    return prompt
-
-
 def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     policy_dir, run_config = resolve_policy_dir(cfg.policy_path)
     if run_config is not None and cfg.get("use_run_config", True):
@@ -161,7 +96,9 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     if cfg.generate.enabled:
         reward = instantiate(cfg.reward) if cfg.get("reward") else None
-        metrics["samples"] = sample_and_rate(policy, reference, loaded.tokenizer, pairs, cfg.generate, reward)
+        evaluator = instantiate(cfg.evaluator) if cfg.get("evaluator") else None
+        metrics["samples"] = sample_and_rate(policy, reference, loaded.tokenizer, pairs, cfg.generate, reward,
+                                             evaluator)
 
     (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
     _print_summary(metrics)
@@ -182,4 +119,8 @@ def _print_summary(metrics: dict[str, Any]) -> None:
         print(f"  {who:9s}: " + ", ".join(parts))
     print(f"  KL(policy || reference) per answer: {samples['policy/kl_to_reference']:.3f} nats")
     if "win_rate_vs_reference" in samples:
-        print(f"  win rate vs reference: {samples['win_rate_vs_reference']:.3f}")
+        print(f"  win rate vs reference (reward): {samples['win_rate_vs_reference']:.3f}")
+    if "judge/win_rate" in samples:
+        print(f"  win rate vs reference (evaluator): {samples['judge/win_rate']:.3f} "
+              f"(wins {samples['judge/wins']:g}, ties {samples['judge/ties']:g}, losses {samples['judge/losses']:g}, "
+              f"failures {samples['judge/failures']:g})")

@@ -110,7 +110,9 @@ def test_oaif_training_runs_on_policy_samples(make_cfg, monkeypatch):
 
     monkeypatch.setattr(rule, "RuleJudge", lambda **kw: FewerEsJudge())
     cfg = make_cfg("objective=oaif", "data.max_new_tokens=8", "trainer.max_steps=3", "optimizer.lr=1e-3",
-                   "data.max_train_pairs=24", "data.max_val_pairs=8")
+                   "data.max_train_pairs=24", "data.max_val_pairs=8", "callbacks=with_win_rate",
+                   "callbacks.win_rate.every_n_steps=2", "callbacks.win_rate.num_prompts=4",
+                   "callbacks.win_rate.max_new_tokens=6")
     with open_dict(cfg):
         cfg.data.unfinished = "keep"
     metrics, objects = run_train(cfg)
@@ -119,6 +121,9 @@ def test_oaif_training_runs_on_policy_samples(make_cfg, monkeypatch):
     assert len(kept) == 3 and sum(kept) > 0
     assert len(column(rows, "train/loss")) >= 1 and "val/online/kept" in metrics
     assert objects["module"].reference_logps is None and objects["module"]._reference is not None
+    win_rates = column(rows, "val/samples/win_rate")
+    assert len(win_rates) == 2 and all(0 <= w <= 1 for w in win_rates)  # at step 2 and at the end
+    assert len(column(rows, "val/samples/kl_to_reference")) == 2
 
 
 def test_generate_writes_an_offline_baseline_that_trains(tmp_path, make_cfg, monkeypatch):
