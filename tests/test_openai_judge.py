@@ -1,0 +1,130 @@
+"""The OpenAI-compatible judge against a real HTTP server on 127.0.0.1 that answers with a local model.
+
+The server injects faults by keyword in the question: SLOW (slower than the timeout), FLAKY (two 500s, then an
+answer), GARBAGE (an unparseable reply), REFUSE (a 400).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from alignlab.errors import ConfigError
+from alignlab.judges.openai import OpenAIJudge
+
+
+class ModelServer:
+    def __init__(self, loaded):
+        self.model = copy.deepcopy(loaded.model).eval()
+        self.tokenizer = loaded.tokenizer
+        self.requests = Counter()
+        self.lock = threading.Lock()
+        self.letter_ids = [self.tokenizer.encode(x, add_special_tokens=False)[0] for x in ("A", "B")]
+
+    @torch.no_grad()
+    def answer(self, text: str) -> str:
+        ids = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                 return_dict=True)["input_ids"]
+        logits = self.model(torch.tensor([list(ids)])).logits[0, -1]
+        return "AB"[int(logits[self.letter_ids].argmax())]
+
+    def handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                text = payload["messages"][-1]["content"]
+                with server.lock:
+                    server.requests[text] += 1
+                    seen = server.requests[text]
+                if "SLOW" in text:
+                    time.sleep(1.0)
+                if "REFUSE" in text:
+                    return self._send(400, {"error": "bad request"})
+                if "FLAKY" in text and seen <= 2:
+                    return self._send(500, {"error": "try again"})
+                reply = "banana" if "GARBAGE" in text else server.answer(text)
+                self._send(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
+
+            def _send(self, code, body):
+                data = json.dumps(body).encode()
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and left
+
+        return Handler
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    model_server = ModelServer(tiny)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), model_server.handler())
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    model_server.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    yield model_server
+    httpd.shutdown()
+
+
+def judge(server, tmp_path, **kw):
+    options = dict(timeout=0.5, max_retries=2, backoff=0.01, concurrency=4, cache_dir=str(tmp_path / "cache"))
+    return OpenAIJudge("tiny", base_url=server.url, api_key="test", **(options | kw))
+
+
+def test_pairwise_both_orders_from_the_model(server, tmp_path):
+    verdicts = judge(server, tmp_path)(["What is 2 plus 2?", "Name a colour."], [("4", "5"), ("red", "blue")])
+    assert all(p in (0.0, 0.5, 1.0) for p in verdicts.prob_first)
+    assert len(verdicts.consistent) == 2 and all(c is not None for c in verdicts.consistent)
+    # A tiny random model picks the same letter whatever the order: inconsistent, and the average is a tie.
+    for p, c in zip(verdicts.prob_first, verdicts.consistent, strict=True):
+        assert (p == 0.5) == (not c)
+
+
+def test_faults_cost_the_pair_not_the_run(server, tmp_path):
+    j = judge(server, tmp_path)
+    started = time.perf_counter()
+    verdicts = j(["SLOW question", "GARBAGE question", "REFUSE question", "FLAKY question", "fine question"],
+                 [("a", "b")] * 5)
+    assert verdicts.prob_first[0] is None  # timed out on every try
+    assert verdicts.prob_first[1] is None  # unparseable reply
+    assert verdicts.prob_first[2] is None  # 400: not retried
+    assert verdicts.prob_first[3] is not None and verdicts.prob_first[4] is not None  # 500s were retried
+    assert j.failures == 3
+    refused = [t for t in server.requests if "REFUSE" in t]
+    assert all(server.requests[t] == 1 for t in refused)
+    assert time.perf_counter() - started < 10  # bounded: timeouts x retries, in parallel
+
+
+def test_replies_are_cached_on_disk(server, tmp_path):
+    j = judge(server, tmp_path)
+    first = j(["Cache me?"], [("yes", "no")])
+    before = sum(server.requests.values())
+    second = judge(server, tmp_path)(["Cache me?"], [("yes", "no")])
+    assert second.prob_first == first.prob_first and sum(server.requests.values()) == before
+
+
+def test_pointwise_mode_and_config_errors(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "answer", lambda text: "Yes" if "Answer: good" in text else "No")
+    verdicts = judge(server, tmp_path, mode="pointwise")(["Q?", "Q?"], [("good", "bad"), ("bad", "good")])
+    assert verdicts.prob_first == [1.0, 0.0]
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ConfigError, match="base_url"):
+        OpenAIJudge("m")
+    with pytest.raises(ConfigError, match="mode"):
+        OpenAIJudge("m", base_url="http://127.0.0.1:1", mode="listwise")
