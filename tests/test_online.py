@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -143,3 +144,22 @@ def test_generate_writes_an_offline_baseline_that_trains(tmp_path, make_cfg, mon
     assert row["chosen"].count("e") < row["rejected"].count("e")
     _, run = run_train(make_cfg(f"data.path={output}", "data.val_fraction=0.25", "trainer.max_steps=1"))
     assert (run["output_dir"] / "metrics.csv").exists()
+
+
+def test_reward_model_judge_is_bradley_terry_on_its_scores(tiny, tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from alignlab.judges.reward_model import RewardModelJudge
+
+    config = LlamaConfig(vocab_size=len(tiny.tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, num_labels=1,
+                         pad_token_id=tiny.tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tiny.tokenizer.save_pretrained(tmp_path / "rm")
+    judge = RewardModelJudge(str(tmp_path / "rm"))
+    pairs = [("Paris.", "Lyon, I think, maybe."), ("x", "x")]
+    verdicts = judge(["Capital of France?", "Same?"], pairs)
+    ra, rb = judge.scores(["Capital of France?"] * 2, list(pairs[0]))
+    assert verdicts.prob_first[0] == pytest.approx(1 / (1 + math.exp(rb - ra)))
+    assert verdicts.prob_first[1] == pytest.approx(0.5)
