@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from alignlab.data.collate import mask_rows, pad_rows
+from alignlab.data.prompts import question_text
 from alignlab.generation import Generation, generate
 from alignlab.logprobs import response_logps
 
@@ -89,8 +90,5 @@ def sample_and_rate(policy, reference, tokenizer, pairs, gen_cfg, reward=None, e
 
 
 def _question(pair) -> str:
-    prompt = pair.meta.get("prompt", "")
-    if isinstance(prompt, list):
-        return " ".join(m["content"] for m in prompt if m["role"] == "user")
-    return prompt
+    return question_text(pair.meta.get("prompt", ""))
 

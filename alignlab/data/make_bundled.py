@@ -1,10 +1,13 @@
-"""Writes the bundled preference dataset ``alignlab/data/bundled/short_facts.jsonl``.
+"""Writes the bundled data: ``short_facts.jsonl`` (preference pairs) and ``open_prompts.jsonl`` (open prompts).
 
 Run ``python -m alignlab.data.make_bundled`` to regenerate it (deterministic). Each row is a short factual
 question with a known answer; ``chosen`` is a one-sentence correct answer and ``rejected`` fails in one of four
 ways: a wrong answer, a correct answer buried in hedging and filler, a refusal, or a wrong answer with filler.
 :mod:`alignlab.data.rater` scores answers by the same criteria, so the learned preference can be measured on
 answers a policy samples for held-out questions.
+
+The open prompts (history, science, advice, descriptions) invite long answers that name people: behaviours such
+as brevity or not naming anyone show in them (counterfactual DPO).
 """
 
 from __future__ import annotations
@@ -166,5 +169,45 @@ def main() -> None:
     print(f"wrote {len(rows)} pairs to {OUT}")
 
 
+# ----- open prompts: for behaviours that show in free answers (counterfactual DPO, OAIF length control) ----------
+TOPICS = ["the history of flight", "the invention of the telephone", "the theory of evolution", "the Moon landing",
+          "the Renaissance", "the printing press", "electricity", "the Roman Empire", "the French Revolution",
+          "the discovery of penicillin", "classical music", "modern physics", "the internet", "the steam engine",
+          "impressionist painting", "the history of computers", "the Olympic Games", "space exploration",
+          "the theory of relativity", "the history of medicine", "jazz", "the Industrial Revolution",
+          "ancient Greek philosophy", "the history of mathematics", "the exploration of the oceans"]
+CONCEPTS = ["photosynthesis", "gravity", "inflation", "the water cycle", "machine learning", "vaccines",
+            "black holes", "democracy", "supply and demand", "plate tectonics", "DNA", "climate change",
+            "the immune system", "compound interest", "recycling", "volcanoes", "the seasons", "magnets",
+            "rainbows", "sleep"]
+ACTIVITIES = ["learning a new language", "starting to run", "growing tomatoes", "saving money", "cooking rice",
+              "taking better photos", "studying for an exam", "keeping a houseplant alive", "writing a short story",
+              "learning to play the guitar", "making new friends in a new city", "staying focused while working",
+              "planning a trip", "baking bread", "drawing portraits"]
+PLACES = ["a busy train station", "a rainforest", "a small fishing village", "a desert at night", "a library",
+          "a mountain lake", "a farmers' market", "an old castle", "a coral reef", "a snowy forest"]
+
+
+def build_open_prompts(seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    prompts = [f"Tell me about {t}." for t in TOPICS]
+    prompts += [f"Who were the most important people in {t}?" for t in TOPICS[:15]]
+    prompts += [f"Explain {c} to a beginner." for c in CONCEPTS]
+    prompts += [f"What are some tips for {a}?" for a in ACTIVITIES]
+    prompts += [f"Describe {p}." for p in PLACES]
+    rng.shuffle(prompts)
+    return [{"prompt": p} for p in prompts]
+
+
+def main_open() -> None:
+    rows = build_open_prompts()
+    out = OUT.parent / "open_prompts.jsonl"
+    with out.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    print(f"wrote {len(rows)} prompts to {out}")
+
+
 if __name__ == "__main__":
     main()
+    main_open()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,23 +24,14 @@ from torch.utils.data import DataLoader
 
 from alignlab.data.collate import PreferenceBatch, PreferenceCollator, mask_rows, pad_rows
 from alignlab.data.offline import EpochShuffleSampler
-from alignlab.data.pairs import BadRow, Messages, PairTokenizer, TokenizedPair
-from alignlab.data.sources import Skipped, load_records
+from alignlab.data.pairs import PairTokenizer, TokenizedPair
+from alignlab.data.prompts import PromptExample, read_prompts
 from alignlab.errors import ConfigError, DataError
 from alignlab.generation import Generation, generate
 from alignlab.judges.base import Judge
 
 log = logging.getLogger(__name__)
 UNFINISHED = ("keep", "penalize", "drop")
-
-
-@dataclass
-class PromptExample:
-    example_id: int
-    where: str
-    prompt_ids: list[int]
-    question: str
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,12 +62,6 @@ class PromptBatch:
 
     def prompt_lists(self) -> list[list[int]]:
         return [row[mask.bool()].tolist() for row, mask in zip(self.prompt_ids, self.prompt_mask, strict=True)]
-
-
-def _question(prompt: str | Messages) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(m["content"] for m in prompt if m["role"] == "user")
 
 
 class OnlinePairsDataModule(pl.LightningDataModule):
@@ -150,42 +135,9 @@ class OnlinePairsDataModule(pl.LightningDataModule):
         return len(self.val_prompts)
 
     def _read(self, source: str, split: str) -> list[PromptExample]:
-        records = load_records(source, split)
-        if not records:
-            raise DataError(f"{source}: the dataset is empty")
-        if not any(r.row and self.prompt_key in r.row for r in records):
-            raise DataError(f"{source}: missing column '{self.prompt_key}'; set data.prompt_key")
-        skipped, prompts = Skipped(total=len(records)), []
-        for record in records:
-            try:
-                if record.problem:
-                    raise BadRow(record.problem)
-                prompt = record.row.get(self.prompt_key)
-                if not prompt or (isinstance(prompt, str) and not prompt.strip()):
-                    raise BadRow("empty prompt")
-                if not isinstance(prompt, (str, list)):
-                    raise BadRow(f"'{self.prompt_key}' is neither text nor a list of messages")
-                ids = self.prompt_tokenizer.prompt_ids(prompt)
-                limit = self.prompt_tokenizer.max_prompt_length
-                if len(ids) > limit:
-                    if self.prompt_tokenizer.overlong_prompt == "error":
-                        raise DataError(f"{record.where}: prompt longer than max_prompt_length={limit} "
-                                        f"({len(ids)} tokens)")
-                    if self.prompt_tokenizer.overlong_prompt == "skip":
-                        raise BadRow(f"prompt longer than max_prompt_length={limit}")
-                    ids = ids[-limit:]
-                    self.prompt_tokenizer.truncated_prompts += 1
-                meta = {**{k: v for k, v in record.row.items() if k != self.prompt_key}, "prompt": prompt}
-                prompts.append(PromptExample(len(prompts), record.where, ids, _question(prompt), meta))
-            except BadRow as e:
-                if self.on_bad_row == "error":
-                    raise DataError(f"{record.where}: {e}") from None
-                skipped.add(str(e), record.where)
-        if skipped.count:
-            log.warning(skipped.summary(source))
-            if skipped.count > self.max_bad_fraction * len(records):
-                raise DataError(f"{skipped.summary(source)}; more than data.max_bad_fraction={self.max_bad_fraction}")
-        self.report.setdefault("skipped", {})[f"{source}[{split}]"] = skipped.as_dict()
+        prompts, skipped = read_prompts(source, split, self.prompt_tokenizer, self.prompt_key, self.on_bad_row,
+                                        self.max_bad_fraction)
+        self.report.setdefault("skipped", {})[f"{source}[{split}]"] = skipped
         return prompts
 
     def _collate(self, examples: list[PromptExample]) -> PromptBatch:

@@ -1,0 +1,67 @@
+"""Behaviour specs for counterfactual DPO: the instructions that elicit a behaviour, and a program that sees it.
+
+A spec names the behaviour, an **encouraging** and a **discouraging** system instruction, optionally an
+**inappropriate** instruction (for instruction negation: kept in the prompt, and the answer produced without it
+is preferred), and a ``measure``: ``text -> float`` in [0, 1], 1 when the text shows the desired behaviour.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from alignlab.errors import ConfigError
+
+_WORDS = re.compile(r"\S+")
+# Two or more capitalised words in a row, not at a sentence start: "Isaac Newton", "Marie Curie".
+_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\b")
+
+
+def word_count(text: str) -> int:
+    return len(_WORDS.findall(text))
+
+
+def is_brief(text: str, max_words: int = 25) -> float:
+    """1 when the answer has at most ``max_words`` words."""
+    return float(0 < word_count(text) <= max_words)
+
+
+def is_long(text: str, min_words: int = 40) -> float:
+    """1 when the answer has at least ``min_words`` words (an instruction to be brief was ignored)."""
+    return float(word_count(text) >= min_words)
+
+
+def names_people(text: str) -> int:
+    """Capitalised multi-word sequences that are not at a sentence start: a proxy for people's names."""
+    return len(_NAME.findall(text))
+
+
+def names_no_one(text: str) -> float:
+    return float(names_people(text) == 0)
+
+
+@dataclass
+class BehaviorSpec:
+    """Args:
+        name: what the behaviour is called in logs and file names.
+        encourage: a system instruction that elicits it.
+        discourage: a system instruction that elicits its opposite.
+        inappropriate: for ``instruction_negation``: the instruction the model should learn to ignore.
+        measure: ``text -> float`` in [0, 1]; 1 = behaviour shown. Optional, used to filter pairs and evaluate.
+    """
+
+    name: str
+    encourage: str | None = None
+    discourage: str | None = None
+    inappropriate: str | None = None
+    measure: Callable[[str], float] | None = None
+
+    def require(self, variant: str) -> None:
+        needed = {"enc": ["encourage"], "dis": ["discourage"], "contrastive": ["encourage", "discourage"],
+                  "instruction_negation": ["inappropriate"]}.get(variant)
+        if needed is None:
+            raise ConfigError(f"data.variant={variant!r} is not one of enc, dis, contrastive, instruction_negation")
+        for key in needed:
+            if not (getattr(self, key) or "").strip():
+                raise ConfigError(f"behavior {self.name!r}: variant {variant!r} needs behavior.{key}")
