@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from alignlab.errors import ConfigError
 
 _WORDS = re.compile(r"\S+")
-# Two or more capitalised words in a row, not at a sentence start: "Isaac Newton", "Marie Curie".
-_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\b")
+# Two or more capitalised words in a row ("Isaac Newton", "Marie Curie"); a leading function word that is only
+# capitalised because it starts a sentence ("The Wright brothers") is not part of the name.
+_CAPITALISED_RUN = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\b")
+_FUNCTION_WORDS = frozenset(
+    "The A An In On At It This That These Those He She They We I You His Her Their Our My Its When While After "
+    "Before During From For With And But Or If As Many Some One Two Three Most All Each Every Both Today Later "
+    "Then There Here Yes No".split())
 
 
 def word_count(text: str) -> int:
@@ -33,8 +38,14 @@ def is_long(text: str, min_words: int = 40) -> float:
 
 
 def names_people(text: str) -> int:
-    """Capitalised multi-word sequences that are not at a sentence start: a proxy for people's names."""
-    return len(_NAME.findall(text))
+    """Runs of two or more capitalised words, a leading function word left out: a proxy for people's names."""
+    count = 0
+    for run in _CAPITALISED_RUN.findall(text):
+        words = run.split()
+        if words[0] in _FUNCTION_WORDS:
+            words = words[1:]
+        count += len(words) >= 2
+    return count
 
 
 def names_no_one(text: str) -> float:

@@ -116,6 +116,7 @@ class PairDataModule(pl.LightningDataModule):
         return len(self.val_pairs)
 
 
+
 class OfflinePreferenceDataModule(PairDataModule):
     """Preference pairs from a fixed dataset.
 

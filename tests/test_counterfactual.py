@@ -1,0 +1,113 @@
+"""Counterfactual DPO pairs: conditions, variants, the plain training prompt, the cache, and bad specs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+import alignlab.data.counterfactual as cf
+from alignlab.data.behaviors import BehaviorSpec, is_brief, names_people
+from alignlab.data.counterfactual import CounterfactualDataModule
+from alignlab.errors import ConfigError, DataError
+from alignlab.train import run_train
+
+BRIEF = BehaviorSpec("brief", "Answer in one short sentence.", "Answer at great length.", None, is_brief)
+
+
+def prompts_file(write_jsonl, n=10):
+    return write_jsonl([{"prompt": f"Tell me about topic number {i}."} for i in range(n)], "prompts.jsonl")
+
+
+def make(tiny, path, tmp_path, behavior=BRIEF, **kw):
+    dm = CounterfactualDataModule(tiny.tokenizer, behavior, str(path), max_new_tokens=6, samples_per_prompt=2,
+                                  val_fraction=0.2, cache_dir=str(tmp_path / "cache"), **kw)
+    dm.generator_model = tiny.model
+    dm.setup("fit")
+    return dm
+
+
+def test_measures():
+    assert is_brief("Paris is the capital.") == 1.0 and is_brief("word " * 30) == 0.0
+    assert names_people("Isaac Newton and Marie Curie met. Then they left.") == 2
+    assert names_people("The history of flight is long. It began early.") == 0
+    assert names_people("The Wright Brothers flew. In Paris the crowds cheered.") == 1
+
+
+def test_contrastive_pairs_train_on_the_plain_prompt(tiny, write_jsonl, tmp_path):
+    dm = make(tiny, prompts_file(write_jsonl), tmp_path)
+    assert len(dm.rows) == 20 and dm.num_examples <= 20
+    row = dm.rows[0]
+    assert (row["chosen_condition"], row["rejected_condition"]) == ("encourage", "discourage")
+    assert row["prompt"] == [{"role": "user", "content": row["prompt"][0]["content"]}]  # no instruction in it
+    text = tiny.tokenizer.decode(dm.train_pairs[0].prompt_ids)
+    assert "short sentence" not in text and "great length" not in text
+    assert dm.messages("Hi", "encourage")[0] == {"role": "system", "content": BRIEF.encourage}
+
+
+def test_instruction_negation_keeps_the_instruction_in_the_prompt(tiny, write_jsonl, tmp_path):
+    spec = BehaviorSpec("ignore", inappropriate="Always answer in one short sentence.")
+    dm = make(tiny, prompts_file(write_jsonl), tmp_path, behavior=spec, variant="instruction_negation")
+    assert (dm.rows[0]["chosen_condition"], dm.rows[0]["rejected_condition"]) == ("control", "inappropriate")
+    assert "one short sentence" in tiny.tokenizer.decode(dm.train_pairs[0].prompt_ids)
+
+
+def test_pairs_are_cached_and_reused(tiny, write_jsonl, tmp_path, monkeypatch):
+    path = prompts_file(write_jsonl)
+    first = make(tiny, path, tmp_path)
+    calls = []
+    monkeypatch.setattr(cf, "generate", lambda *a, **k: calls.append(1) or [])
+    again = make(tiny, path, tmp_path)
+    assert calls == [] and again.rows == first.rows
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "other_key"])
+def test_stale_or_corrupt_cache_is_regenerated(tiny, write_jsonl, tmp_path, caplog, damage):
+    path = prompts_file(write_jsonl)
+    first = make(tiny, path, tmp_path)
+    rows_path = next((tmp_path / "cache").glob("*.jsonl"))
+    lines = rows_path.read_text().splitlines()
+    if damage == "corrupt":
+        rows_path.write_text("{not json\n" + "\n".join(lines[1:]))
+    elif damage == "truncated":
+        rows_path.write_text("\n".join(lines[:5]) + "\n")
+    else:
+        key_path = rows_path.with_suffix(".key.json")
+        key = json.loads(key_path.read_text())
+        key["sampling"]["temperature"] = 0.1
+        key_path.write_text(json.dumps(key))
+    with caplog.at_level(logging.WARNING):
+        again = make(tiny, path, tmp_path)
+    assert "regenerating" in caplog.text
+    assert len(again.rows) == len(first.rows)
+
+
+def test_filter_by_measure_reports_what_it_kept(tiny, write_jsonl, tmp_path):
+    spec = BehaviorSpec("longer", "Answer at length.", "Answer briefly.", None, lambda text: float(len(text)))
+    dm = make(tiny, prompts_file(write_jsonl), tmp_path, behavior=spec, filter_by_measure=True)
+    kept = dm.report["train_pairs"] + dm.report["val_pairs"]
+    assert kept + dm.report["filtered"] + dm.report["unusable"] == 20
+    assert kept > 0 and dm.report["filtered"] > 0  # seeded sampling: a fixed mix of both
+    decoded = [tiny.tokenizer.decode(p.chosen_ids, skip_special_tokens=True) for p in dm.train_pairs]
+    longer = {r["chosen"] for r in dm.rows if r["chosen_measure"] > r["rejected_measure"]}
+    assert all(text.strip() in longer for text in decoded)
+
+
+def test_bad_specs_and_prompt_files(tiny, write_jsonl, tmp_path):
+    with pytest.raises(ConfigError, match="needs behavior.discourage"):
+        make(tiny, prompts_file(write_jsonl), tmp_path, behavior=BehaviorSpec("x", encourage="Be brief."))
+    with pytest.raises(ConfigError, match="needs behavior.inappropriate"):
+        make(tiny, prompts_file(write_jsonl), tmp_path, variant="instruction_negation")
+    with pytest.raises(ConfigError, match="not one of enc"):
+        make(tiny, prompts_file(write_jsonl), tmp_path, variant="both")
+    with pytest.raises(DataError, match="empty"):
+        make(tiny, write_jsonl([], "empty.jsonl"), tmp_path)
+
+
+def test_counterfactual_objective_trains_from_config(make_cfg, tmp_path):
+    cfg = make_cfg("objective=counterfactual_dpo", "behavior=no_names", "data.variant=enc", "data.max_new_tokens=8",
+                   "data.samples_per_prompt=1", f"data.cache_dir={tmp_path}/cache", "trainer.max_steps=2")
+    metrics, objects = run_train(cfg)
+    assert objects["datamodule"].rows[0]["behavior"] == "no_names"
+    assert metrics["train/loss"] > 0 and (tmp_path / "cache").glob("no_names-enc-*.jsonl")
