@@ -18,9 +18,7 @@ _WORDS = re.compile(r"\S+")
 # capitalised because it starts a sentence ("The Wright brothers") is not part of the name.
 _CAPITALISED_RUN = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\b")
 _FUNCTION_WORDS = frozenset(
-    "The A An In On At It This That These Those He She They We I You His Her Their Our My Its When While After "
-    "Before During From For With And But Or If As Many Some One Two Three Most All Each Every Both Today Later "
-    "Then There Here Yes No".split())
+    ["The", "A", "An", "In", "On", "At", "It", "This", "That", "These", "Those", "He", "She", "They", "We", "I", "You", "His", "Her", "Their", "Our", "My", "Its", "When", "While", "After", "Before", "During", "From", "For", "With", "And", "But", "Or", "If", "As", "Many", "Some", "One", "Two", "Three", "Most", "All", "Each", "Every", "Both", "Today", "Later", "Then", "There", "Here", "Yes", "No"])
 
 
 def word_count(text: str) -> int:
