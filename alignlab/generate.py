@@ -1,9 +1,11 @@
-"""``run_generate(cfg)``: the plain function behind ``alignlab-generate``.
+"""``run_generate(cfg)``: the plain function behind ``alignlab-generate``: preference pairs made by a model,
+written as an offline dataset (JSONL or Parquet) that ``objective=dpo data.path=<file>`` trains on. Each row
+records how it was produced.
 
-Samples two answers per prompt from the **initial** model, labels them with the configured judge, and writes an
-offline preference dataset (JSONL or Parquet) that ``objective=dpo data.path=<file>`` trains on. With the same
-prompts and annotator as an OAIF run, this is OAIF's offline baseline: the same feedback, gathered once before
-training instead of from the current policy at every step. Each row records how it was produced.
+* ``data=online`` (default): two answers per prompt from the **initial** model, labelled by the judge. With the
+  prompts and annotator of an OAIF run, this is OAIF's offline baseline: the same feedback, gathered once before
+  training instead of from the current policy at every step.
+* ``data=counterfactual``: the counterfactual pairs of a behaviour and variant (the same cache as training).
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ def run_generate(cfg: DictConfig) -> tuple[dict[str, float], Path]:
     pl.seed_everything(cfg.seed)
     loaded = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=loaded.tokenizer)
+    if hasattr(datamodule, "generator_model"):  # counterfactual pairs: generated (or read from cache) in setup
+        datamodule.generator_model = loaded.model
+        datamodule.setup("fit")
+        rows = [r for r in datamodule.rows if cfg.split == "all" or r["split"] == cfg.split]
+        write_rows(rows, output)
+        print(f"wrote {len(rows)} counterfactual pairs ({datamodule.behavior.name}, {datamodule.variant}) to {output}")
+        return {"pairs": float(len(rows))}, output
     datamodule.setup("fit")
     prompts = {"train": datamodule.train_prompts, "val": datamodule.val_prompts,
                "all": datamodule.train_prompts + datamodule.val_prompts}.get(cfg.split)

@@ -111,3 +111,21 @@ def test_counterfactual_objective_trains_from_config(make_cfg, tmp_path):
     metrics, objects = run_train(cfg)
     assert objects["datamodule"].rows[0]["behavior"] == "no_names"
     assert metrics["train/loss"] > 0 and (tmp_path / "cache").glob("no_names-enc-*.jsonl")
+
+
+def test_export_writes_pairs_the_offline_data_reads(tmp_path, make_cfg):
+    from alignlab.generate import run_generate
+
+    from .conftest import compose_config
+
+    cfg = compose_config("generate", ["model=tiny", "data=counterfactual", "behavior=brief", "data.max_new_tokens=8",
+                                      "data.samples_per_prompt=1", f"data.cache_dir={tmp_path}/cache",
+                                      f"output={tmp_path}/pairs.parquet", "split=all"])
+    totals, output = run_generate(cfg)
+    import pandas as pd
+
+    frame = pd.read_parquet(output)
+    assert len(frame) == totals["pairs"] == 85  # every bundled open prompt, one sample each
+    assert {"prompt", "chosen", "rejected", "chosen_condition", "variant", "chosen_measure"} <= set(frame.columns)
+    _, run = run_train(make_cfg(f"data.path={output}", "trainer.max_steps=1"))
+    assert run["datamodule"].num_examples > 0
