@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import alignlab.config  # noqa: F401
 from alignlab.errors import ConfigError
 from alignlab.module import PreferenceModule
-from alignlab.samples import sample_and_rate
+from alignlab.samples import behavior_rates, sample_and_rate
 from alignlab.train import prepare_output_dir
 
 log = logging.getLogger(__name__)
@@ -77,22 +77,28 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     reference = loaded.frozen_copy()
     policy = load_policy(policy_dir, reference)
     loss = instantiate(cfg.loss)
-    datamodule = instantiate(cfg.data, tokenizer=loaded.tokenizer)
+    datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=loaded.tokenizer)
+    if hasattr(datamodule, "generator_model"):  # counterfactual pairs come from the reference (usually cached)
+        datamodule.generator_model = reference
     datamodule.setup("validate")
-    pairs = {"val": datamodule.val_pairs, "train": datamodule.train_pairs,
-             "all": datamodule.train_pairs + datamodule.val_pairs}.get(cfg.split)
+    # Fixed pairs (offline, counterfactual) are scored as pairs; online data has prompts only.
+    fixed = hasattr(datamodule, "val_pairs")
+    train, val = (datamodule.train_pairs, datamodule.val_pairs) if fixed else \
+        (datamodule.train_prompts, datamodule.val_prompts)
+    pairs = {"val": val, "train": train, "all": train + val}.get(cfg.split)
     if pairs is None:
         raise ConfigError(f"split={cfg.split!r} is not one of val, train, all")
     if not pairs:
-        raise ConfigError(f"split={cfg.split!r} has no pairs (was the run trained with data.val_fraction=0?)")
+        raise ConfigError(f"split={cfg.split!r} has no examples (was the run trained with data.val_fraction=0?)")
 
-    module = PreferenceModule(policy, loss, optimizer=torch.optim.AdamW, reference=reference)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False,
-                          default_root_dir=str(output_dir))
-    loader = datamodule.loader(pairs, datamodule.eval_batch_size)
-    pair_metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
-    metrics: dict[str, Any] = {"policy": str(policy_dir), "split": cfg.split, "num_pairs": len(pairs),
-                               **{k.removeprefix("val/"): float(v) for k, v in pair_metrics.items()}}
+    metrics: dict[str, Any] = {"policy": str(policy_dir), "split": cfg.split, "num_pairs": len(pairs) if fixed else 0}
+    if fixed:
+        module = PreferenceModule(policy, loss, optimizer=torch.optim.AdamW, reference=reference)
+        trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False,
+                              default_root_dir=str(output_dir))
+        loader = datamodule.loader(pairs, datamodule.eval_batch_size)
+        pair_metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
+        metrics.update({k.removeprefix("val/"): float(v) for k, v in pair_metrics.items()})
 
     if cfg.generate.enabled:
         reward = instantiate(cfg.reward) if cfg.get("reward") else None
@@ -100,15 +106,34 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics["samples"] = sample_and_rate(policy, reference, loaded.tokenizer, pairs, cfg.generate, reward,
                                              evaluator)
 
+    if cfg.generate.enabled and hasattr(datamodule, "behavior"):  # counterfactual DPO: how often it behaves
+        metrics["behavior"] = behavior_rates(policy, reference, datamodule, cfg.generate)
+        metrics["capability"] = capability(policy, reference, loaded.tokenizer, cfg.generate.batch_size)
+
     (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
     _print_summary(metrics)
     print(f"results: {output_dir / 'eval.json'}")
-    return metrics, {"module": module, "datamodule": datamodule, "output_dir": output_dir}
+    return metrics, {"datamodule": datamodule, "output_dir": output_dir}
+
+
+def capability(policy, reference, tokenizer, batch_size: int = 16) -> dict[str, Any]:
+    """A capability check that the behaviour training should leave alone: held-out short_facts questions,
+    answered greedily, scored by the programmatic rater (correctness and total reward)."""
+    from alignlab.data.offline import OfflinePreferenceDataModule, bundled_path
+    from alignlab.data.rater import AnswerRater
+
+    facts = OfflinePreferenceDataModule(tokenizer, path=bundled_path(), seed=0)
+    facts.setup("validate")
+    gen = OmegaConf.create({"num_prompts": len(facts.val_pairs), "max_new_tokens": 48, "temperature": 0.0,
+                            "top_p": 1.0, "batch_size": batch_size, "seed": 0})
+    result = sample_and_rate(policy, reference, facts.tokenizer, facts.val_pairs, gen, AnswerRater())
+    return {k: v for k, v in result.items() if k.endswith(("/correct", "/reward", "/mean_length"))}
 
 
 def _print_summary(metrics: dict[str, Any]) -> None:
-    print(f"pairs ({metrics['split']}, {metrics['num_pairs']}): accuracy {metrics['rewards/accuracies']:.3f}, "
-          f"margin {metrics['rewards/margins']:.3f}, loss {metrics['loss']:.4f}")
+    if metrics["num_pairs"]:
+        print(f"pairs ({metrics['split']}, {metrics['num_pairs']}): accuracy {metrics['rewards/accuracies']:.3f}, "
+              f"margin {metrics['rewards/margins']:.3f}, loss {metrics['loss']:.4f}")
     samples = metrics.get("samples")
     if not samples:
         return
@@ -118,6 +143,10 @@ def _print_summary(metrics: dict[str, Any]) -> None:
             parts.insert(0, f"reward {samples[f'{who}/reward']:.3f}")
         print(f"  {who:9s}: " + ", ".join(parts))
     print(f"  KL(policy || reference) per answer: {samples['policy/kl_to_reference']:.3f} nats")
+    for key in ("behavior", "capability"):
+        if key in metrics:
+            print(f"  {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics[key].items()
+                                          if isinstance(v, float)))
     if "win_rate_vs_reference" in samples:
         print(f"  win rate vs reference (reward): {samples['win_rate_vs_reference']:.3f}")
     if "judge/win_rate" in samples:

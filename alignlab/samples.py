@@ -92,3 +92,28 @@ def sample_and_rate(policy, reference, tokenizer, pairs, gen_cfg, reward=None, e
 def _question(pair) -> str:
     return question_text(pair.meta.get("prompt", ""))
 
+
+
+def behavior_rates(policy, reference, datamodule, gen_cfg) -> dict[str, Any]:
+    """Behaviour rate on held-out prompts: the policy and the base model on the training prompt, and the base
+    model on the prompt that elicits the behaviour (the encouraging instruction; for instruction negation, the
+    prompt without the inappropriate instruction): the upper bound the policy should move toward."""
+    measure = datamodule.behavior.measure
+    pairs = datamodule.val_pairs[: gen_cfg.num_prompts]
+    users = [[m for m in p.meta["prompt"] if m["role"] == "user"] for p in pairs]
+    target = "control" if datamodule.variant == "instruction_negation" else "encourage"
+    tokenize = datamodule.pair_tokenizer.prompt_ids
+    conditions = {"policy": (policy, [p.prompt_ids for p in pairs]),
+                  "reference": (reference, [p.prompt_ids for p in pairs]),
+                  f"reference_{target}": (reference, [tokenize(datamodule.messages(u, target)) for u in users])}
+    options = dict(max_new_tokens=gen_cfg.max_new_tokens, temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
+                   batch_size=gen_cfg.batch_size, seed=gen_cfg.get("seed", 0))
+    result: dict[str, Any] = {"behavior": datamodule.behavior.name, "variant": datamodule.variant,
+                              "num_prompts": len(pairs)}
+    for name, (model, prompts) in conditions.items():
+        gens = generate(model, datamodule.tokenizer, prompts, **options)
+        result[f"{name}/mean_length"] = statistics.fmean(len(g.token_ids) for g in gens)
+        if measure is not None:
+            result[f"{name}/behavior_rate"] = statistics.fmean(measure(g.text) for g in gens)
+        result.setdefault("examples", []).append({"condition": name, "answer": gens[0].text})
+    return result

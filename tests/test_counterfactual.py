@@ -129,3 +129,20 @@ def test_export_writes_pairs_the_offline_data_reads(tmp_path, make_cfg):
     assert {"prompt", "chosen", "rejected", "chosen_condition", "variant", "chosen_measure"} <= set(frame.columns)
     _, run = run_train(make_cfg(f"data.path={output}", "trainer.max_steps=1"))
     assert run["datamodule"].num_examples > 0
+
+
+def test_evaluation_reports_behaviour_rates_and_capability(make_cfg, tmp_path):
+    from alignlab.evaluate import run_evaluate
+
+    from .test_evaluate import eval_cfg
+
+    cfg = make_cfg("objective=counterfactual_dpo", "behavior=brief", "data.max_new_tokens=8",
+                   "data.samples_per_prompt=1", f"data.cache_dir={tmp_path}/cache", "trainer.max_steps=1",
+                   "save_policy=true")
+    _, run = run_train(cfg)
+    metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval", "generate.max_new_tokens=6"))
+    behavior = metrics["behavior"]
+    assert behavior["behavior"] == "brief" and behavior["num_prompts"] == 6
+    for name in ("policy", "reference", "reference_encourage"):
+        assert 0 <= behavior[f"{name}/behavior_rate"] <= 1
+    assert {"policy/correct", "reference/correct"} <= set(metrics["capability"])

@@ -163,3 +163,17 @@ def test_reward_model_judge_is_bradley_terry_on_its_scores(tiny, tmp_path):
     ra, rb = judge.scores(["Capital of France?"] * 2, list(pairs[0]))
     assert verdicts.prob_first[0] == pytest.approx(1 / (1 + math.exp(rb - ra)))
     assert verdicts.prob_first[1] == pytest.approx(0.5)
+
+
+def test_evaluating_an_oaif_run_samples_its_held_out_prompts(make_cfg, tmp_path, monkeypatch):
+    import alignlab.judges.rule as rule
+    from alignlab.evaluate import run_evaluate
+
+    from .test_evaluate import eval_cfg
+
+    monkeypatch.setattr(rule, "RuleJudge", lambda **kw: FewerEsJudge())
+    cfg = make_cfg("objective=oaif", "data.max_new_tokens=6", "trainer.max_steps=1", "data.max_train_pairs=8",
+                   "data.max_val_pairs=4", "save_policy=true")
+    _, run = run_train(cfg)
+    metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval"))
+    assert metrics["num_pairs"] == 0 and metrics["samples"]["num_prompts"] == 4
