@@ -66,7 +66,7 @@ def test_pairs_are_cached_and_reused(tiny, write_jsonl, tmp_path, monkeypatch):
 def test_stale_or_corrupt_cache_is_regenerated(tiny, write_jsonl, tmp_path, caplog, damage):
     path = prompts_file(write_jsonl)
     first = make(tiny, path, tmp_path)
-    rows_path = next((tmp_path / "cache").glob("*.jsonl"))
+    rows_path = sorted((tmp_path / "cache").rglob("*.jsonl"))[0]
     lines = rows_path.read_text().splitlines()
     if damage == "corrupt":
         rows_path.write_text("{not json\n" + "\n".join(lines[1:]))
@@ -110,7 +110,7 @@ def test_counterfactual_objective_trains_from_config(make_cfg, tmp_path):
                    "data.samples_per_prompt=1", f"data.cache_dir={tmp_path}/cache", "trainer.max_steps=2")
     metrics, objects = run_train(cfg)
     assert objects["datamodule"].rows[0]["behavior"] == "no_names"
-    assert metrics["train/loss"] > 0 and (tmp_path / "cache").glob("no_names-enc-*.jsonl")
+    assert metrics["train/loss"] > 0 and len(list((tmp_path / "cache").rglob("*.jsonl"))) == 2
 
 
 def test_export_writes_pairs_the_offline_data_reads(tmp_path, make_cfg):
@@ -146,3 +146,11 @@ def test_evaluation_reports_behaviour_rates_and_capability(make_cfg, tmp_path):
     for name in ("policy", "reference", "reference_encourage"):
         assert 0 <= behavior[f"{name}/behavior_rate"] <= 1
     assert {"policy/correct", "reference/correct"} <= set(metrics["capability"])
+
+
+def test_variants_share_the_answers_of_a_common_condition(tiny, write_jsonl, tmp_path):
+    path = prompts_file(write_jsonl)
+    enc = make(tiny, path, tmp_path, variant="enc")
+    dis = make(tiny, path, tmp_path, variant="dis")
+    assert len(list((tmp_path / "cache").rglob("*.jsonl"))) == 3  # control, encourage, discourage
+    assert [r["rejected"] for r in enc.rows] == [r["chosen"] for r in dis.rows]  # the same control answers

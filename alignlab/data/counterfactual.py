@@ -13,9 +13,10 @@ model is trained on the **plain** prompt (for instruction negation: the prompt *
 instruction), so the behaviour moves into the weights. "Plain" means the chat template's own default: SmolLM2's
 inserts its default system prompt, which the encouraging instruction replaces; ``data.system_prompt`` sets one.
 
-Pairs are generated once in ``setup()`` (``samples_per_prompt`` per prompt and condition, batched) and cached on
-disk under a hash of everything that produced them: the model's weights fingerprint, the prompts, the spec, the
-variant and the sampling settings. A stale or corrupt cache is regenerated, with a log line saying why.
+Answers are generated once in ``setup()`` (``samples_per_prompt`` per prompt and condition, batched) and cached on
+disk per condition, under a hash of everything that produced them: the model's weights fingerprint, the prompts,
+the condition's messages and the sampling settings; variants sharing a condition share its answers. A stale or
+corrupt cache is regenerated, with a log line saying why.
 """
 
 from __future__ import annotations
@@ -126,16 +127,18 @@ class CounterfactualDataModule(PairDataModule):
         return self.messages(prompt, "inappropriate" if self.variant == "instruction_negation" else "control")
 
     # ----- generation and cache --------------------------------------------------------------------------------
-    def cache_key(self, model: torch.nn.Module, prompts: list[PromptExample]) -> dict[str, Any]:
+    # Answers are cached per condition, so variants that share one (enc and dis share control) generate it once.
+    CONDITION_SEED = {"control": 0, "encourage": 1, "discourage": 2, "inappropriate": 3}
+
+    def cache_key(self, model: torch.nn.Module, prompts: list[PromptExample], condition: str) -> dict[str, Any]:
         return {"model": model_fingerprint(model), "prompts": [p.meta["prompt"] for p in prompts],
-                "behavior": {k: getattr(self.behavior, k) for k in ("name", "encourage", "discourage",
-                                                                      "inappropriate")},
-                "variant": self.variant, "samples_per_prompt": self.samples_per_prompt, "sampling": self.sampling,
-                "seed": self.generation_seed, "system_prompt": self.system_prompt, "format": 1}
+                "condition": condition, "messages": self.messages("{prompt}", condition),
+                "samples_per_prompt": self.samples_per_prompt, "sampling": self.sampling,
+                "seed": self.generation_seed + self.CONDITION_SEED[condition], "format": 2}
 
     def _cache_paths(self, key: dict[str, Any]) -> tuple[Path, Path]:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        stem = self.cache_dir / f"{self.behavior.name}-{self.variant}-{digest}"
+        stem = self.cache_dir / key["model"] / f"{key['condition']}-{digest}"
         return stem.with_suffix(".jsonl"), stem.with_suffix(".key.json")
 
     def _load_cache(self, key: dict[str, Any], expected: int) -> list[dict[str, Any]] | None:
@@ -151,10 +154,10 @@ class CounterfactualDataModule(PairDataModule):
             log.warning("counterfactual cache %s is unreadable (%s): regenerating", rows_path, e)
             return None
         if len(rows) != expected:
-            log.warning("counterfactual cache %s has %d pairs, expected %d (interrupted?): regenerating",
+            log.warning("counterfactual cache %s has %d answers, expected %d (interrupted?): regenerating",
                         rows_path, len(rows), expected)
             return None
-        log.info("counterfactual pairs reused from %s", rows_path)
+        log.info("counterfactual answers reused from %s", rows_path)
         return rows
 
     def _save_cache(self, key: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
@@ -163,30 +166,42 @@ class CounterfactualDataModule(PairDataModule):
         tmp = rows_path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         key_path.write_text(json.dumps(key, sort_keys=True))
-        tmp.replace(rows_path)  # the rows appear whole or not at all
+        tmp.replace(rows_path)  # the answers appear whole or not at all
         return rows_path
 
-    def generate_rows(self, model: torch.nn.Module, prompts: list[PromptExample], split: str) -> list[dict]:
+    def answers(self, model: torch.nn.Module, prompts: list[PromptExample], condition: str) -> list[dict]:
+        """``samples_per_prompt`` answers per prompt under ``condition`` (prompt-major), from cache if there."""
+        key = self.cache_key(model, prompts, condition)
+        expected = len(prompts) * self.samples_per_prompt
+        cached = self._load_cache(key, expected)
+        if cached is not None:
+            return cached
+        log.info("generating %d answers under the %s condition (%s)", expected, condition, self.behavior.name)
+        ids = [self.pair_tokenizer.prompt_ids(self.messages(p.meta["prompt"], condition))
+               for p in prompts for _ in range(self.samples_per_prompt)]
+        gens = generate(model, self.tokenizer, ids, batch_size=self.generation_batch_size,
+                        seed=key["seed"], **self.sampling)
+        rows = [{"text": g.text, "finished": g.finished} for g in gens]
+        self.report.setdefault("cache", []).append(str(self._save_cache(key, rows)))
+        return rows
+
+    def pair_rows(self, model: torch.nn.Module, prompts: list[PromptExample], splits: list[str]) -> list[dict]:
         chosen_condition, rejected_condition = VARIANTS[self.variant]
-        answers = {}
-        for offset, condition in enumerate((chosen_condition, rejected_condition)):
-            ids = [self.pair_tokenizer.prompt_ids(self.messages(p.meta["prompt"], condition))
-                   for p in prompts for _ in range(self.samples_per_prompt)]
-            answers[condition] = generate(model, self.tokenizer, ids, batch_size=self.generation_batch_size,
-                                          seed=self.generation_seed + offset, **self.sampling)
+        chosen_answers = self.answers(model, prompts, chosen_condition)
+        rejected_answers = self.answers(model, prompts, rejected_condition)
         rows = []
-        for i, prompt in enumerate(prompts):
+        for i, (prompt, split) in enumerate(zip(prompts, splits, strict=True)):
             for k in range(self.samples_per_prompt):
-                chosen = answers[chosen_condition][i * self.samples_per_prompt + k]
-                rejected = answers[rejected_condition][i * self.samples_per_prompt + k]
-                row = {"prompt": self.training_prompt(prompt.meta["prompt"]), "chosen": chosen.text,
-                       "rejected": rejected.text, "split": split, "behavior": self.behavior.name,
+                chosen = chosen_answers[i * self.samples_per_prompt + k]
+                rejected = rejected_answers[i * self.samples_per_prompt + k]
+                row = {"prompt": self.training_prompt(prompt.meta["prompt"]), "chosen": chosen["text"],
+                       "rejected": rejected["text"], "split": split, "behavior": self.behavior.name,
                        "variant": self.variant, "chosen_condition": chosen_condition,
-                       "rejected_condition": rejected_condition, "chosen_finished": chosen.finished,
-                       "rejected_finished": rejected.finished}
+                       "rejected_condition": rejected_condition, "chosen_finished": chosen["finished"],
+                       "rejected_finished": rejected["finished"]}
                 if self.behavior.measure is not None:
-                    row["chosen_measure"] = self.behavior.measure(chosen.text)
-                    row["rejected_measure"] = self.behavior.measure(rejected.text)
+                    row["chosen_measure"] = self.behavior.measure(chosen["text"])
+                    row["rejected_measure"] = self.behavior.measure(rejected["text"])
                 rows.append(row)
         return rows
 
@@ -207,14 +222,8 @@ class CounterfactualDataModule(PairDataModule):
         if not train_prompts:
             raise DataError(f"{self.path}: no usable prompts")
         model = self._generator()
-        key = self.cache_key(model, train_prompts + val_prompts)
-        expected = (len(train_prompts) + len(val_prompts)) * self.samples_per_prompt
-        rows = self._load_cache(key, expected)
-        if rows is None:
-            log.info("generating %d counterfactual pairs (%s, %s) with the reference model", expected,
-                     self.behavior.name, self.variant)
-            rows = self.generate_rows(model, train_prompts, "train") + self.generate_rows(model, val_prompts, "val")
-            self.report["cache"] = str(self._save_cache(key, rows))
+        rows = self.pair_rows(model, train_prompts + val_prompts,
+                              ["train"] * len(train_prompts) + ["val"] * len(val_prompts))
         self.rows = rows
         self._tokenize(rows)
 
