@@ -41,7 +41,7 @@ def main(root: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(runs)), 4.5))
     width = 0.27
-    for i, (name, m) in enumerate(runs):
+    for i, (_, m) in enumerate(runs):
         b = m["behavior"]
         target = next(k for k in b if k.startswith("reference_") and k.endswith("/behavior_rate"))
         for j, (key, label, color) in enumerate([("reference/behavior_rate", "base, plain prompt", "#999999"),
