@@ -99,6 +99,10 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         loader = datamodule.loader(pairs, datamodule.eval_batch_size)
         pair_metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
         metrics.update({k.removeprefix("val/"): float(v) for k, v in pair_metrics.items()})
+        # Validation's teardown leaves the policy on the CPU and the reference where it ran: sample on one device.
+        device = trainer.strategy.root_device
+        policy.to(device)
+        reference.to(device)
 
     if cfg.generate.enabled:
         reward = instantiate(cfg.reward) if cfg.get("reward") else None

@@ -69,16 +69,19 @@ def run_generate(cfg: DictConfig) -> tuple[dict[str, float], Path]:
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value
         for pair in labelled:
-            meta = {k: v for k, v in pair.meta.items() if k != "prompt"}
-            rows.append({"prompt": pair.meta.get("prompt", pair.question), "chosen": pair.chosen.text,
-                         "rejected": pair.rejected.text, **meta, "judge_confidence": pair.confidence,
+            # The prompt row's other columns travel along (e.g. a reference answer), but never as the pair itself.
+            meta = {k: v for k, v in pair.meta.items() if k not in ("prompt", "chosen", "rejected")}
+            rows.append({**meta, "prompt": pair.meta.get("prompt", pair.question), "chosen": pair.chosen.text,
+                         "rejected": pair.rejected.text, "judge_confidence": pair.confidence,
                          "chosen_finished": pair.chosen.finished, "rejected_finished": pair.rejected.finished,
                          "produced_by": json.dumps(produced_by)})
         log.info("%d / %d prompts, %d pairs kept", min(start + datamodule.batch_size, len(prompts)), len(prompts),
                  len(rows))
     write_rows(rows, output)
     batches = -(-len(prompts) // datamodule.batch_size)
-    totals["mean_length"] = totals.get("mean_length", 0.0) / max(1, batches)
+    for key in ("mean_length", "position_consistency"):  # per-batch means, not counts
+        if key in totals:
+            totals[key] /= batches
     print("pairs: " + ", ".join(f"{k} {v:g}" for k, v in totals.items()))
     print(f"wrote {len(rows)} pairs to {output}")
     return totals, output

@@ -79,6 +79,7 @@ class PreferenceModule(pl.LightningModule):
             layout = "packed"  # checkpointing turns the KV cache off in training
         self.layout = layout
         self.reference_logps: Tensor | None = None  # [num_examples, 2] when precomputed
+        self.reference_logps_key: str | None = None  # the data fingerprint they were computed for
         self.last_validated_step = -1
         if loss.needs_reference and reference is None and not reference_from_adapter:
             raise ValueError(f"{loss!r} needs a reference model, and none was given")
@@ -150,12 +151,17 @@ class PreferenceModule(pl.LightningModule):
     def _log_stats(self, batch: PreferenceBatch, split: str) -> None:
         if batch.stats:
             on_step = split == "train"
+            prompts = int(batch.stats.get("pairs", len(batch)))  # weight by prompts, not by pairs kept
             self.log_dict({f"{split}/online/{k}": float(v) for k, v in batch.stats.items()}, on_step=on_step,
-                          on_epoch=not on_step, batch_size=max(1, len(batch)))
+                          on_epoch=not on_step, batch_size=max(1, prompts))
 
     def training_step(self, batch: PreferenceBatch, batch_idx: int) -> Tensor | None:
         self._log_stats(batch, "train")
-        if len(batch) == 0:  # every pair of this batch was dropped (counted in the stats): skip the update
+        if len(batch) == 0:
+            # Every pair of this batch was dropped (counted in the stats). Gradients set to None make the optimizer
+            # leave every parameter and its moments alone; the LR schedule still advances one step. (Under DDP
+            # all ranks must agree to skip: online data with several devices should keep drop_ties off.)
+            self.policy.zero_grad(set_to_none=True)
             return None
         loss, metrics = self.preference_step(batch)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
@@ -181,9 +187,9 @@ class PreferenceModule(pl.LightningModule):
         if self._reference is not None:
             self._reference.to(self.device).eval()
         datamodule = self.trainer.datamodule
-        if self.reference_logps is not None and len(self.reference_logps) != getattr(datamodule, "num_examples", -1):
-            log.warning("the checkpoint's reference log-probs cover %d pairs, the data has %d: recomputing",
-                        len(self.reference_logps), getattr(datamodule, "num_examples", -1))
+        data_key = getattr(datamodule, "fingerprint", None)
+        if self.reference_logps is not None and self.reference_logps_key != data_key:
+            log.warning("the checkpoint's reference log-probs belong to other pairs than this data's: recomputing")
             self.reference_logps = None
         if self.precompute_reference and self.reference_logps is None:
             if not hasattr(datamodule, "reference_dataloader"):
@@ -192,6 +198,7 @@ class PreferenceModule(pl.LightningModule):
                 raise ConfigError("no reference model to precompute log-probs with (the checkpoint's table is stale)")
             log.info("precomputing reference log-probs for %d pairs", datamodule.num_examples)
             # Under the training precision (e.g. bf16 autocast), so that h = 0 at step 0 as with a live reference.
+            self.reference_logps_key = data_key
             with self.evaluating(), self.trainer.precision_plugin.forward_context():
                 self.reference_logps = self.precompute_reference_logps(datamodule.reference_dataloader(),
                                                                        datamodule.num_examples)
@@ -202,9 +209,11 @@ class PreferenceModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.reference_logps is not None:
             checkpoint["reference_logps"] = self.reference_logps
+            checkpoint["reference_logps_key"] = self.reference_logps_key
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.reference_logps = checkpoint.get("reference_logps")
+        self.reference_logps_key = checkpoint.get("reference_logps_key")
 
     # ----- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -62,10 +62,25 @@ def test_pairwise_llm_judge_scores_both_orders(tiny):
     assert len(verdicts.consistent) == 2
 
 
-def test_pointwise_llm_judge_compares_yes_no_odds(tiny):
+def test_pairwise_llm_judge_direction(tiny, monkeypatch):
+    """log_odds > 0 means the judge picked the answer shown first ('A')."""
+    judge = PairwiseLLMJudge(own_copy(tiny))
+    # Shown (good, bad): picks A = good; swapped (bad, good): picks B = good. Consistent, good wins.
+    monkeypatch.setattr(judge, "log_odds", lambda texts: [2.0, -2.0])
+    verdicts = judge(["Q?"], [("good", "bad")])
+    assert verdicts.prob_first[0] == pytest.approx(1 / (1 + math.exp(-2))) and verdicts.consistent == [True]
+    # Always 'A' whatever the order: position bias, inconsistent, a tie.
+    monkeypatch.setattr(judge, "log_odds", lambda texts: [2.0, 2.0])
+    verdicts = judge(["Q?"], [("good", "bad")])
+    assert verdicts.prob_first[0] == pytest.approx(0.5) and verdicts.consistent == [False]
+
+
+def test_pointwise_llm_judge_direction(tiny, monkeypatch):
     judge = PointwiseLLMJudge(own_copy(tiny))
-    verdicts = judge(["Q?"], [("same", "same")])
-    assert verdicts.prob_first == pytest.approx([0.5])
+    assert judge(["Q?"], [("same", "same")]).prob_first == pytest.approx([0.5])
+    # log-odds of 'yes': first answer 1.0, second -1.0 -> the first is better with sigmoid(2).
+    monkeypatch.setattr(judge, "log_odds", lambda texts: [1.0, -1.0])
+    assert judge(["Q?"], [("good", "bad")]).prob_first == pytest.approx([1 / (1 + math.exp(-2))])
 
 
 def make_online(tiny, write_jsonl, judge, **kw):
@@ -84,18 +99,51 @@ class Holder(torch.nn.Module):
 
 
 def test_pairs_are_sampled_judged_and_counted(tiny, write_jsonl):
-    judge = FewerEsJudge(fail_every=4)
+    judge = FewerEsJudge(fail_every=2)
     dm = make_online(tiny, write_jsonl, judge, unfinished="keep")
     batch = dm._collate(dm.train_prompts[:4])
     assert isinstance(batch, PromptBatch)
     pairs = dm.make_pairs(Holder(tiny.model), batch)
     s = pairs.stats
-    assert s["pairs"] == 4 and s["judge_failures"] == 1
+    assert s["pairs"] == 4 and s["judge_failures"] == judge.calls // 2 >= 1
     assert s["kept"] == len(pairs) == 4 - s["judge_failures"] - s["ties"] - s["empty"]
     for i in range(len(pairs)):  # chosen has no more 'e's than rejected, as the judge said
         chosen = tiny.tokenizer.decode(pairs.chosen_ids[i][pairs.chosen_mask[i].bool()], skip_special_tokens=True)
         rejected = tiny.tokenizer.decode(pairs.rejected_ids[i][pairs.rejected_mask[i].bool()], skip_special_tokens=True)
         assert chosen.strip().count("e") < rejected.strip().count("e")
+
+
+def test_inconsistent_verdicts_and_missing_reference(tiny, write_jsonl):
+    class PositionBiased:
+        def __call__(self, prompts, pairs, metas=None):
+            return Verdicts([0.5] * len(pairs), [False] * len(pairs))
+
+    dm = make_online(tiny, write_jsonl, PositionBiased(), unfinished="keep")
+    pairs = dm.make_pairs(Holder(tiny.model), dm._collate(dm.train_prompts[:4]))
+    assert len(pairs) == 0 and pairs.stats["inconsistent"] + pairs.stats["empty"] == 4
+    from alignlab.errors import ConfigError
+
+    off_policy = make_online(tiny, write_jsonl, FewerEsJudge(), sample_from="reference")
+    with pytest.raises(ConfigError, match="no reference model"):
+        off_policy.make_pairs(Holder(tiny.model), off_policy._collate(off_policy.train_prompts[:2]))
+
+
+def test_a_batch_with_no_pairs_changes_nothing(make_cfg, monkeypatch):
+    import alignlab.judges.rule as rule
+
+    class AllTies:
+        def __call__(self, prompts, pairs, metas=None):
+            return Verdicts([0.5] * len(pairs))
+
+    monkeypatch.setattr(rule, "RuleJudge", lambda **kw: AllTies())
+    cfg = make_cfg("objective=oaif", "data.max_new_tokens=4", "trainer.max_steps=2", "optimizer.lr=1e-2",
+                   "data.max_train_pairs=8", "data.unfinished=keep", "validate_before_training=false")
+    from alignlab.models import tiny_random
+
+    initial = {k: v.clone() for k, v in tiny_random(cfg.model.tokenizer).model.state_dict().items()}
+    _, objects = run_train(cfg)
+    after = objects["module"].policy.state_dict()
+    assert all(torch.equal(initial[k], after[k]) for k in initial)
 
 
 def test_unfinished_answers_can_be_dropped(tiny, write_jsonl):
@@ -139,9 +187,10 @@ def test_generate_writes_an_offline_baseline_that_trains(tmp_path, make_cfg, mon
     totals, output = run_generate(cfg)
     lines = output.read_text().splitlines()
     assert len(lines) == totals["kept"] > 0 and totals["pairs"] == 12
-    row = json.loads(lines[0])
-    assert {"prompt", "chosen", "rejected", "answer", "judge_confidence", "produced_by"} <= set(row)
-    assert row["chosen"].count("e") < row["rejected"].count("e")
+    rows = [json.loads(line) for line in lines]
+    assert {"prompt", "chosen", "rejected", "answer", "judge_confidence", "produced_by"} <= set(rows[0])
+    # Every row is the judged pair of samples (the prompt file's own chosen/rejected columns never leak in).
+    assert all(r["chosen"].count("e") < r["rejected"].count("e") for r in rows)
     _, run = run_train(make_cfg(f"data.path={output}", "data.val_fraction=0.25", "trainer.max_steps=1"))
     assert (run["output_dir"] / "metrics.csv").exists()
 

@@ -44,6 +44,8 @@ class ModelServer:
 
             def do_POST(self):
                 payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self.path.startswith("/v1/"):
+                    return self._send(404, {"error": "no such route"})
                 text = payload["messages"][-1]["content"]
                 with server.lock:
                     server.requests[text] += 1
@@ -94,6 +96,24 @@ def test_pairwise_both_orders_from_the_model(server, tmp_path):
     # A tiny random model picks the same letter whatever the order: inconsistent, and the average is a tie.
     for p, c in zip(verdicts.prob_first, verdicts.consistent, strict=True):
         assert (p == 0.5) == (not c)
+
+
+def test_pairwise_direction_and_lenient_parsing(server, tmp_path, monkeypatch):
+    # The server's model prefers whichever answer is "good", wherever it is shown, and words its reply variously.
+    phrasings = iter(["Answer: {}", "The answer is {}", "**{}**", "{}."] * 4)
+    monkeypatch.setattr(server, "answer",
+                        lambda text: next(phrasings).format("A" if "Answer A: good" in text else "B"))
+    verdicts = judge(server, tmp_path, cache_dir=None)(["Q?", "Q?"], [("good", "bad"), ("bad", "good")])
+    assert verdicts.prob_first == [1.0, 0.0] and verdicts.consistent == [True, True]
+    monkeypatch.setattr(server, "answer", lambda text: "The answer is B")
+    assert judge(server, tmp_path, cache_dir=None)(["Q?"], [("x", "y")]).prob_first == [0.5]  # always B: a tie
+
+
+def test_wrong_credentials_stop_the_run(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "answer", lambda text: "A")
+    bad = OpenAIJudge("tiny", base_url=server.url.replace("/v1", "/missing"), timeout=1, max_retries=0)
+    with pytest.raises(ConfigError, match="answered 404"):
+        bad(["Q?"], [("a", "b")])
 
 
 def test_faults_cost_the_pair_not_the_run(server, tmp_path):

@@ -16,7 +16,7 @@ from alignlab.errors import ConfigError
 _WORDS = re.compile(r"\S+")
 # Two or more capitalised words in a row ("Isaac Newton", "Marie Curie"); a leading function word that is only
 # capitalised because it starts a sentence ("The Wright brothers") is not part of the name.
-_CAPITALISED_RUN = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\b")
+_CAPITALISED_RUN = re.compile(r"\b[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+)+\b")  # not across line breaks
 _FUNCTION_WORDS = frozenset(
     ["The", "A", "An", "In", "On", "At", "It", "This", "That", "These", "Those", "He", "She", "They", "We", "I", "You", "His", "Her", "Their", "Our", "My", "Its", "When", "While", "After", "Before", "During", "From", "For", "With", "And", "But", "Or", "If", "As", "Many", "Some", "One", "Two", "Three", "Most", "All", "Each", "Every", "Both", "Today", "Later", "Then", "There", "Here", "Yes", "No"])
 

@@ -131,9 +131,11 @@ class CounterfactualDataModule(PairDataModule):
     CONDITION_SEED = {"control": 0, "encourage": 1, "discourage": 2, "inappropriate": 3}
 
     def cache_key(self, model: torch.nn.Module, prompts: list[PromptExample], condition: str) -> dict[str, Any]:
-        return {"model": model_fingerprint(model), "prompts": [p.meta["prompt"] for p in prompts],
-                "condition": condition, "messages": self.messages("{prompt}", condition),
-                "samples_per_prompt": self.samples_per_prompt, "sampling": self.sampling,
+        template = hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest()[:12]
+        return {"model": model_fingerprint(model), "chat_template": template,
+                "prompts": [p.meta["prompt"] for p in prompts], "condition": condition,
+                "messages": self.messages("{prompt}", condition), "samples_per_prompt": self.samples_per_prompt,
+                "sampling": self.sampling, "batch_size": self.generation_batch_size,  # batching changes samples
                 "seed": self.generation_seed + self.CONDITION_SEED[condition], "format": 2}
 
     def _cache_paths(self, key: dict[str, Any]) -> tuple[Path, Path]:
@@ -208,11 +210,13 @@ class CounterfactualDataModule(PairDataModule):
     def _generator(self) -> torch.nn.Module:
         if self.generator_model is not None:
             return self.generator_model
-        module = getattr(self.trainer, "lightning_module", None) if getattr(self, "trainer", None) else None
+        trainer = getattr(self, "trainer", None)
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
         if module is None:
             raise DataError("counterfactual pairs need a model to generate with: run through alignlab-train or "
                             "alignlab-generate")
-        return getattr(module, "_reference", None) or module.policy  # at setup the policy is still the initial one
+        model = getattr(module, "_reference", None) or module.policy  # at setup the policy is still the initial one
+        return model.to(trainer.strategy.root_device)  # setup() runs before Lightning moves the model
 
     # ----- setup -----------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -222,10 +226,22 @@ class CounterfactualDataModule(PairDataModule):
         if not train_prompts:
             raise DataError(f"{self.path}: no usable prompts")
         model = self._generator()
-        rows = self.pair_rows(model, train_prompts + val_prompts,
-                              ["train"] * len(train_prompts) + ["val"] * len(val_prompts))
+        prompts, splits = train_prompts + val_prompts, ["train"] * len(train_prompts) + ["val"] * len(val_prompts)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            # One rank generates and writes the cache; the others wait, then read it.
+            if trainer.is_global_zero:
+                self.pair_rows(model, prompts, splits)
+            trainer.strategy.barrier("counterfactual-pairs")
+        rows = self.pair_rows(model, prompts, splits)
         self.rows = rows
         self._tokenize(rows)
+
+    def _cut_if_unfinished(self, ids: list[int], finished: bool) -> list[int]:
+        eos = self.tokenizer.eos_token_id
+        if finished or eos not in ids:
+            return ids
+        return ids[: ids.index(eos)]
 
     def _tokenize(self, rows: list[dict[str, Any]]) -> None:
         kept = {"train": [], "val": []}
@@ -236,7 +252,13 @@ class CounterfactualDataModule(PairDataModule):
                 continue
             pair = PreferencePair(row["prompt"], row["chosen"], row["rejected"], {})
             try:
-                kept[row["split"]].append(self.pair_tokenizer(pair, 0, f"generated pair {i}"))
+                tokenized = self.pair_tokenizer(pair, 0, f"generated pair {i}")
+                # An answer cut at max_new_tokens did not end: train on its tokens without an end of turn, or
+                # the length signal would come with an artificial "stop mid-sentence" ending.
+                tokenized = dataclasses.replace(
+                    tokenized, chosen_ids=self._cut_if_unfinished(tokenized.chosen_ids, row["chosen_finished"]),
+                    rejected_ids=self._cut_if_unfinished(tokenized.rejected_ids, row["rejected_finished"]))
+                kept[row["split"]].append(tokenized)
             except BadRow:  # an empty answer, or two identical ones
                 dropped["unusable"] += 1
         train = kept["train"][: self.max_train_pairs] if self.max_train_pairs else kept["train"]

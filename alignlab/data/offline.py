@@ -10,6 +10,7 @@ tokenizes them TRL's way (:class:`alignlab.data.pairs.PairTokenizer`), splits of
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import random
 from collections.abc import Callable, Iterator
@@ -32,6 +33,21 @@ def bundled_path(name: str = BUNDLED) -> str:
     from importlib.resources import files
 
     return str(files("alignlab.data") / "bundled" / f"{name}.jsonl")
+
+
+def examples_done(trainer, batch_size: int) -> int:
+    """Examples of the current epoch already trained on: non-zero only when resuming mid-epoch.
+
+    Lightning restores its loop counters after building the dataloader but before iterating it, and on its own
+    restarts the epoch's iteration from the first batch; skipping these keeps the data order exact.
+    """
+    if trainer is None:
+        return 0
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    if done and trainer.world_size > 1:
+        log.warning("mid-epoch resume on %d devices restarts the epoch's data order", trainer.world_size)
+        return 0
+    return done * batch_size
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -86,19 +102,7 @@ class PairDataModule(pl.LightningDataModule):
         return self.loader(self.train_pairs, self.batch_size, sampler)
 
     def _examples_done(self) -> int:
-        """Examples of the current epoch already trained on: non-zero only when resuming mid-epoch.
-
-        Lightning restores its loop counters after building the dataloader but before iterating it, and on its
-        own restarts the epoch's iteration from the first batch; skipping here keeps the data order exact.
-        """
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        if done and trainer.world_size > 1:
-            log.warning("mid-epoch resume on %d devices restarts the epoch's data order", trainer.world_size)
-            return 0
-        return done * self.batch_size
+        return examples_done(getattr(self, "trainer", None), self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.val_pairs, self.eval_batch_size)
@@ -114,6 +118,14 @@ class PairDataModule(pl.LightningDataModule):
     @property
     def num_val_examples(self) -> int:
         return len(self.val_pairs)
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of every pair's token ids, in id order: what precomputed reference log-probs belong to."""
+        digest = hashlib.sha256()
+        for pair in self.train_pairs + self.val_pairs:
+            digest.update(repr((pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)).encode())
+        return digest.hexdigest()[:16]
 
 
 

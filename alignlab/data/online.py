@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from alignlab.data.collate import PreferenceBatch, PreferenceCollator, mask_rows, pad_rows
-from alignlab.data.offline import EpochShuffleSampler
+from alignlab.data.offline import EpochShuffleSampler, examples_done
 from alignlab.data.pairs import PairTokenizer, TokenizedPair
 from alignlab.data.prompts import PromptExample, read_prompts
 from alignlab.errors import ConfigError, DataError
@@ -77,6 +77,7 @@ class OnlinePairsDataModule(pl.LightningDataModule):
         unfinished: an answer cut at ``max_new_tokens``: ``keep`` it as is, ``penalize`` it (it loses to a
             finished answer whatever the judge says), or ``drop`` the pair.
         drop_ties: drop pairs the judge finds equally good (probability within ``tie_tolerance`` of 0.5).
+        drop_inconsistent: drop pairs whose two orders a pairwise judge decided differently (position bias).
     """
 
     def __init__(self, tokenizer, judge: Judge, path: str, split: str = "train", val_path: str | None = None,
@@ -86,6 +87,7 @@ class OnlinePairsDataModule(pl.LightningDataModule):
                  eval_batch_size: int | None = None, seed: int = 0, sample_from: str = "policy",
                  temperature: float = 0.9, top_p: float = 1.0, max_new_tokens: int = 64,
                  unfinished: str = "penalize", drop_ties: bool = True, tie_tolerance: float = 0.0,
+                 drop_inconsistent: bool = True,
                  max_train_pairs: int | None = None, max_val_pairs: int | None = None) -> None:
         super().__init__()
         if sample_from not in ("policy", "reference"):
@@ -101,7 +103,7 @@ class OnlinePairsDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size or batch_size, seed
         self.sample_from, self.temperature, self.top_p = sample_from, temperature, top_p
         self.max_new_tokens, self.unfinished = max_new_tokens, unfinished
-        self.drop_ties, self.tie_tolerance = drop_ties, tie_tolerance
+        self.drop_ties, self.tie_tolerance, self.drop_inconsistent = drop_ties, tie_tolerance, drop_inconsistent
         self.max_train_pairs, self.max_val_pairs = max_train_pairs, max_val_pairs
         self.collator = PreferenceCollator(tokenizer.pad_token_id)
         self.train_prompts: list[PromptExample] = []
@@ -148,7 +150,9 @@ class OnlinePairsDataModule(pl.LightningDataModule):
                            [e.question for e in examples], [e.meta for e in examples])
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochShuffleSampler(len(self.train_prompts), self.seed)
+        sampler = EpochShuffleSampler(len(self.train_prompts), self.seed,
+                                      skip_examples=lambda: examples_done(getattr(self, "trainer", None),
+                                                                          self.batch_size))
         return DataLoader(self.train_prompts, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate)
 
     def val_dataloader(self) -> DataLoader:
@@ -161,13 +165,21 @@ class OnlinePairsDataModule(pl.LightningDataModule):
         return self.make_pairs(self.trainer.lightning_module, batch)
 
     def _sampler_model(self, module):
-        if self.sample_from == "reference" and getattr(module, "_reference", None) is not None:
+        if self.sample_from == "policy":
+            return module.policy
+        if getattr(module, "_reference", None) is not None:
             return module._reference
-        return module.policy  # with sample_from=reference and LoRA: the policy with its adapter disabled
+        if getattr(module, "reference_from_adapter", False):
+            return module.policy  # sampled with its adapter disabled
+        raise ConfigError("data.sample_from=reference, but no reference model is kept (a reference-free loss?)")
 
     def make_pairs(self, module, batch: PromptBatch) -> PreferenceBatch:
         """Sample, judge and tokenize: the training batch for ``batch``'s prompts (see the module docstring)."""
-        labelled, stats = self.label(self._sampler_model(module), batch, disable_adapter=self._use_base(module))
+        # Validation answers are seeded by their prompts, so validation neither moves the training samples' random
+        # stream nor varies between evaluations for reasons other than the policy.
+        seed = None if module.training else self.seed + int(batch.example_id[0])
+        labelled, stats = self.label(self._sampler_model(module), batch, disable_adapter=self._use_base(module),
+                                     seed=seed)
         device = batch.prompt_ids.device
         kept = [TokenizedPair(p.example_id, "online", p.prompt_ids, _with_eos(p.chosen, self),
                               _with_eos(p.rejected, self)) for p in labelled]
@@ -180,36 +192,43 @@ class OnlinePairsDataModule(pl.LightningDataModule):
     def _use_base(self, module) -> bool:
         return self.sample_from == "reference" and getattr(module, "reference_from_adapter", False)
 
-    def label(self, model, batch: PromptBatch, disable_adapter: bool = False) -> tuple[list[LabelledPair], dict]:
+    def label(self, model, batch: PromptBatch, disable_adapter: bool = False,
+              seed: int | None = None) -> tuple[list[LabelledPair], dict]:
         """Two samples per prompt from ``model``, judged; returns the kept pairs and the counts of dropped ones."""
         prompts = batch.prompt_lists()
         doubled = [p for p in prompts for _ in range(2)]  # [p0, p0, p1, p1, ...]
         if disable_adapter:
             with model.disable_adapter():
-                samples = self._generate(model, doubled)
+                samples = self._generate(model, doubled, seed)
         else:
-            samples = self._generate(model, doubled)
+            samples = self._generate(model, doubled, seed)
         firsts, seconds = samples[0::2], samples[1::2]
-        verdicts = self.judge(batch.questions, [(a.text, b.text) for a, b in zip(firsts, seconds, strict=True)],
-                              batch.metas)
         stats = {"pairs": float(len(prompts)), "judge_failures": 0.0, "ties": 0.0, "empty": 0.0,
-                 "unfinished_dropped": 0.0, "unfinished_answers": 0.0,
+                 "inconsistent": 0.0, "unfinished_dropped": 0.0, "unfinished_answers": 0.0,
                  "mean_length": sum(len(s.token_ids) for s in samples) / max(1, len(samples))}
+        # Nothing to learn from an empty answer or two identical ones: dropped before the judge is asked.
+        usable = [i for i, (a, b) in enumerate(zip(firsts, seconds, strict=True))
+                  if a.token_ids and b.token_ids and a.token_ids != b.token_ids]
+        stats["empty"] = float(len(prompts) - len(usable))
+        verdicts = self.judge([batch.questions[i] for i in usable],
+                              [(firsts[i].text, seconds[i].text) for i in usable], [batch.metas[i] for i in usable])
+        consistent_flags = verdicts.consistent or [None] * len(usable)
         kept = []
-        for i, (a, b, prob) in enumerate(zip(firsts, seconds, verdicts.prob_first, strict=True)):
+        for i, prob, consistent in zip(usable, verdicts.prob_first, consistent_flags, strict=True):
+            a, b = firsts[i], seconds[i]
             stats["unfinished_answers"] += (not a.finished) + (not b.finished)
-            if not a.token_ids or not b.token_ids or a.token_ids == b.token_ids:
-                stats["empty"] += 1  # nothing to learn from an empty answer or two identical ones
-                continue
-            if prob is None:
-                stats["judge_failures"] += 1
-                continue
             if self.unfinished == "drop" and not (a.finished and b.finished):
                 stats["unfinished_dropped"] += 1
                 continue
             if self.unfinished == "penalize" and a.finished != b.finished:
-                prob = 1.0 if a.finished else 0.0
-            if self.drop_ties and abs(prob - 0.5) <= self.tie_tolerance:
+                prob = 1.0 if a.finished else 0.0  # decided by which answer ended, whatever the judge said
+            elif prob is None:
+                stats["judge_failures"] += 1
+                continue
+            elif self.drop_inconsistent and consistent is False:
+                stats["inconsistent"] += 1  # the two orders disagreed: position bias, not a preference
+                continue
+            elif self.drop_ties and abs(prob - 0.5) <= self.tie_tolerance:
                 stats["ties"] += 1
                 continue
             chosen, rejected = (a, b) if prob >= 0.5 else (b, a)
@@ -221,9 +240,9 @@ class OnlinePairsDataModule(pl.LightningDataModule):
         stats["kept"] = float(len(kept))
         return kept, stats
 
-    def _generate(self, model, prompts: list[list[int]]) -> list[Generation]:
+    def _generate(self, model, prompts: list[list[int]], seed: int | None = None) -> list[Generation]:
         return generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
-                        temperature=self.temperature, top_p=self.top_p, batch_size=len(prompts))
+                        temperature=self.temperature, top_p=self.top_p, batch_size=len(prompts), seed=seed)
 
 
 def _with_eos(generation: Generation, dm: OnlinePairsDataModule) -> list[int]:

@@ -42,9 +42,11 @@ def _token_ids(tokenizer, words: list[str]) -> list[int]:
 
 class _LocalJudge:
     def __init__(self, model: str | LoadedModel, template: str, choices: tuple[list[str], list[str]],
-                 batch_size: int = 8, max_length: int = 1024, dtype: str = "float32") -> None:
+                 batch_size: int = 8, max_length: int = 1024, dtype: str = "float32", device: str = "auto") -> None:
         self.loaded = model if isinstance(model, LoadedModel) else load_pretrained(model, dtype=dtype)
-        self.loaded.model.eval().requires_grad_(False)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.loaded.model.to(device).eval().requires_grad_(False)
         self.template = template
         self.positive = _token_ids(self.loaded.tokenizer, choices[0])
         self.negative = _token_ids(self.loaded.tokenizer, choices[1])

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,9 +33,11 @@ from alignlab.judges.base import Verdicts
 from alignlab.judges.llm import PAIRWISE, POINTWISE
 
 log = logging.getLogger(__name__)
-_LETTER = re.compile(r"^\W*(?:answer\s*)?([AB])\b", re.IGNORECASE)
+# "A", "B.", "Answer: A", "The answer is B", "**A**"
+_LETTER = re.compile(r"^\W*(?:(?:the\s+)?(?:better\s+)?answer(?:\s+is)?\s*:?\s*\W*)?([AB])\b", re.IGNORECASE)
 _YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
 RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
+FATAL = {401, 403, 404}  # a wrong key, model or URL: every request would fail, so the run stops at once
 
 
 class OpenAIJudge:
@@ -75,7 +78,10 @@ class OpenAIJudge:
         payload = self._payload(text)
         cached = self._cache_path(payload)
         if cached is not None and cached.is_file():
-            return json.loads(cached.read_text())["reply"]
+            try:
+                return json.loads(cached.read_text())["reply"]
+            except (OSError, ValueError, KeyError) as e:  # a damaged entry is a miss, not a failure
+                log.warning("judge cache entry %s is unreadable (%s): asking again", cached, e)
         body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -87,9 +93,14 @@ class OpenAIJudge:
                     reply = json.loads(response.read())["choices"][0]["message"]["content"] or ""
                 if cached is not None:
                     cached.parent.mkdir(parents=True, exist_ok=True)
-                    cached.write_text(json.dumps({"request": payload, "reply": reply}))
+                    tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+                    tmp.write_text(json.dumps({"request": payload, "reply": reply}))
+                    tmp.replace(cached)  # whole or absent, also with concurrent writers
                 return reply
             except urllib.error.HTTPError as e:
+                if e.code in FATAL:
+                    raise ConfigError(f"judge endpoint {self.url} answered {e.code} {e.reason}: check judge.base_url, "
+                                      f"judge.model and the API key") from None
                 if e.code not in RETRYABLE:
                     log.warning("judge endpoint answered %d: %s", e.code, e.reason)
                     return None

@@ -18,12 +18,16 @@ from alignlab.models import resolve_name_or_path
 
 
 class RewardModelJudge:
-    def __init__(self, model: str, batch_size: int = 8, max_length: int = 1024, dtype: str = "float32") -> None:
+    def __init__(self, model: str, batch_size: int = 8, max_length: int = 1024, dtype: str = "float32",
+                 device: str = "auto") -> None:
         path = resolve_name_or_path(model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
+        self.model.to(device).eval()
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size, self.max_length = batch_size, max_length
 
