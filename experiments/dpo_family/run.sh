@@ -5,10 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=experiments/dpo_family/runs
 BIN=.venv/bin
-$BIN/alignlab-train -m experiment=dpo_family loss=sigmoid,ipo,hinge loss.beta=0.1,0.5 paths.root=$ROOT \
-  trainer.enable_progress_bar=false
+if ! ls $ROOT/multirun/*/*/*/policy >/dev/null 2>&1; then
+  $BIN/alignlab-train -m experiment=dpo_family loss=sigmoid,ipo,hinge loss.beta=0.1,0.5 paths.root=$ROOT \
+    trainer.enable_progress_bar=false
+fi
 for run in $(ls -d $ROOT/multirun/*/*/*/ | sort); do
-  $BIN/alignlab-eval policy_path="$run" paths.output_dir="$run/eval" generate.num_prompts=30 \
+  [ -f "$run/eval/eval.json" ] && continue  # evaluated earlier
+  # Quoted: multirun folder names hold '=' and ',', which Hydra's override grammar would parse.
+  $BIN/alignlab-eval "policy_path='$run'" "paths.output_dir='$run/eval'" generate.num_prompts=30 \
     generate.max_new_tokens=64
 done
 $BIN/python experiments/dpo_family/report.py $ROOT
