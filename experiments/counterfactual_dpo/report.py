@@ -52,7 +52,7 @@ def main(root: Path) -> None:
     ax.set_ylabel("behaviour rate on held-out prompts")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    ax.set_title("Counterfactual DPO on SmolLM2-135M: behaviour moved into the weights")
+    ax.set_title("Counterfactual DPO, SmolLM2-135M")
     fig.tight_layout()
     fig.savefig(HERE / "results.png", dpi=120)
     print(f"wrote {HERE / 'results.md'} and {HERE / 'results.png'}")
