@@ -183,6 +183,22 @@ def run_trl(args, precompute: bool) -> dict:
     return summarize(timer.times, timer.tokens, getattr(timer, "one_off", 0.0))
 
 
+def run_children(script: str, names: list[str], options: list[str]) -> dict[str, dict]:
+    """Run ``script --child NAME options`` for each name, one process each; collect their RESULT lines."""
+    results = {}
+    env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    for name in names:
+        proc = subprocess.run([sys.executable, script, "--child", name, *options], capture_output=True, text=True,
+                              env=env)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+            continue
+        results[name] = json.loads(lines[-1][len("RESULT "):])
+        print(f"{name}: done", file=sys.stderr, flush=True)
+    return results
+
+
 def child(args) -> None:
     runners = {"alignlab": lambda: run_alignlab(args, True), "alignlab_live": lambda: run_alignlab(args, False),
                "trl": lambda: run_trl(args, False), "trl_precompute": lambda: run_trl(args, True)}
@@ -201,18 +217,8 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    results = {}
-    for name in args.which.split(","):
-        cmd = [sys.executable, __file__, "--child", name, "--model", args.model, "--steps", str(args.steps),
-               "--batch-size", str(args.batch_size)]
-        env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results[name] = json.loads(lines[-1][len("RESULT "):])
-        print(f"{CONFIGS[name]}: {results[name]['tokens_per_s']:.1f} tokens/s", file=sys.stderr, flush=True)
+    results = run_children(__file__, args.which.split(","), ["--model", args.model, "--steps", str(args.steps),
+                                                             "--batch-size", str(args.batch_size)])
 
     print(f"\nOffline DPO, {args.model}, batch {args.batch_size} pairs, {args.steps} steps (throughput over steps 2..N)")
     header = (f"{'configuration':52s} {'tokens/s':>9s} {'s/step':>8s} {'tokens/step':>11s} {'one-off s':>9s} "

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_dpo import SAMPLER, SMOLLM2, load_rows, peak_rss_mib  # noqa: E402
+from bench_dpo import SAMPLER, SMOLLM2, load_rows, peak_rss_mib, run_children  # noqa: E402
 
 CONFIGS = {"alignlab": "alignlab objective=oaif", "trl": "TRL OnlineDPOTrainer"}
 
@@ -164,17 +162,9 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
 
-    results = {}
-    for name in args.which.split(","):
-        cmd = [sys.executable, __file__, "--child", name, "--model", args.model, "--steps", str(args.steps),
-               "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens)]
-        env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results[name] = json.loads(lines[-1][len("RESULT "):])
+    results = run_children(__file__, args.which.split(","),
+                           ["--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                            "--max-new-tokens", str(args.max_new_tokens)])
 
     print(f"\nOne online DPO step, {args.model}, {args.batch_size} prompts x 2 samples, {args.max_new_tokens} new "
           f"tokens, {args.steps} steps (medians over steps 2..N)")
