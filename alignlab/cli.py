@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 import alignlab.config  # noqa: F401  (registers resolvers)
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("alignlab")
@@ -31,6 +32,10 @@ def _root_cause(error: BaseException) -> BaseException:
 
 
 def run_or_exit(fn: Callable[[DictConfig], object], cfg: DictConfig) -> object:
+    """``fn(cfg)``; a user error ends a single run with one line and exit code 2. In a multirun it is raised
+    instead, so that Hydra records the job as failed (see :mod:`alignlab.sweeps`) and runs the others."""
+    from alignlab.sweeps import JobError, in_multirun
+
     try:
         return fn(cfg)
     except USER_ERRORS as e:
@@ -39,8 +44,23 @@ def run_or_exit(fn: Callable[[DictConfig], object], cfg: DictConfig) -> object:
         if os.environ.get("ALIGNLAB_DEBUG") or not isinstance(cause, (AlignlabError, ValueError, FileNotFoundError)):
             raise
         message = " ".join(str(cause).split())
+        if in_multirun():
+            raise JobError(message) from e
         print(f"alignlab: error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def sweep_value(metrics: dict[str, float], name: str) -> float | None:
+    """The value a sweeper optimises. A metric no run logs would make every Optuna trial fail alike: say so."""
+    if name not in metrics:
+        from alignlab.sweeps import in_multirun
+
+        message = f"optimized_metric={name!r} was not logged; logged: {', '.join(sorted(metrics))}"
+        if in_multirun() and "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")):
+            raise ConfigError(message)
+        log.warning(message)
+        return None
+    return metrics[name]
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -48,7 +68,7 @@ def _train(cfg: DictConfig) -> float | None:
     from alignlab.train import run_train
 
     metrics, _ = run_or_exit(run_train, cfg)
-    return metrics.get(cfg.optimized_metric)
+    return sweep_value(metrics, cfg.optimized_metric)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")

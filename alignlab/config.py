@@ -11,9 +11,32 @@ def _bundled(name: str) -> str:
     return bundled_path(name)
 
 
+def _sqlite_url(path: str) -> str:
+    from alignlab.sweeps import sqlite_url
+
+    return sqlite_url(path)
+
+
+def _optuna_trials_left(storage: str, study_name: str, total: int) -> int:
+    from alignlab.sweeps import trials_left
+
+    return trials_left(storage, study_name, total)
+
+
+def _optuna_sampler_seed(storage: str, study_name: str, seed: int) -> int:
+    from alignlab.sweeps import sampler_seed
+
+    return sampler_seed(storage, study_name, seed)
+
+
+RESOLVERS = {"bundled": _bundled, "sqlite_url": _sqlite_url, "optuna_trials_left": _optuna_trials_left,
+             "optuna_sampler_seed": _optuna_sampler_seed}
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("bundled"):
-        OmegaConf.register_new_resolver("bundled", _bundled)
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 register_resolvers()

@@ -18,6 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 import alignlab.config  # noqa: F401
 from alignlab.errors import ConfigError
@@ -63,7 +64,8 @@ def run_generate(cfg: DictConfig) -> tuple[dict[str, float], Path]:
                    "max_new_tokens": datamodule.max_new_tokens, "unfinished": datamodule.unfinished,
                    "seed": cfg.seed}
     rows, totals = [], {}
-    for start in range(0, len(prompts), datamodule.batch_size):
+    for start in tqdm(range(0, len(prompts), datamodule.batch_size), desc="sampling and judging pairs",
+                      unit="batch", disable=None):
         batch = datamodule._collate(prompts[start: start + datamodule.batch_size])
         labelled, stats = datamodule.label(loaded.model, batch)
         for key, value in stats.items():

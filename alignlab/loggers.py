@@ -17,14 +17,21 @@ def wandb_logger(project: str, save_dir: str, entity: str | None = None, group: 
     """A Lightning ``WandbLogger`` that works without a network.
 
     ``mode=auto`` logs online when ``WANDB_API_KEY`` is set (or ``WANDB_MODE`` says so) and offline otherwise;
-    offline runs sync later with ``wandb sync <run dir>/wandb``. ``group`` defaults to the run's parent folder
-    (one multirun = one group) and ``name`` to the run folder. :func:`alignlab.train.run_train` finishes the
-    W&B run at the end of each job, so every job of a multirun gets its own run.
+    offline runs sync later with ``wandb sync <run dir>/wandb``. ``group`` defaults to the sweep (its folder's
+    last two parts, e.g. ``loss_beta/2026-11-30_18-40-01.123456``: one multirun = one group) or, outside a
+    multirun, the run's parent folder; ``name`` to the run folder. Each job's overrides are added to ``tags``
+    (``loss=ipo``, ``loss.beta=0.5``), so runs filter by them. :func:`alignlab.train.run_train` finishes the W&B
+    run at the end of each job, so every job of a multirun gets its own run.
     """
+    from alignlab.sweeps import in_multirun, job_overrides
+
     if mode not in MODES:
         raise ConfigError(f"logger.wandb.mode={mode!r} is not one of {MODES}")
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     run_dir = Path(save_dir)
-    return WandbLogger(project=project, entity=entity, group=group or run_dir.parent.name,
-                       name=name or run_dir.name, tags=list(tags or []), save_dir=str(run_dir), mode=mode)
+    if group is None:
+        group = "/".join(run_dir.parent.parts[-2:]) if in_multirun() else run_dir.parent.name
+    tags = list(dict.fromkeys([*(tags or []), *(o[:64] for o in job_overrides())]))  # W&B's tag limit: 64 chars
+    return WandbLogger(project=project, entity=entity, group=group, name=name or run_dir.name, tags=tags,
+                       save_dir=str(run_dir), mode=mode)

@@ -166,6 +166,7 @@ class PreferenceModule(pl.LightningModule):
         loss, metrics = self.preference_step(batch)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
                       batch_size=len(batch))
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=len(batch))  # progress bar only
         return loss
 
     def validation_step(self, batch: PreferenceBatch, batch_idx: int) -> None:

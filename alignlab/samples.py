@@ -52,8 +52,8 @@ def sample_and_rate(policy, reference, tokenizer, pairs, gen_cfg, reward=None, e
     prompts = [p.prompt_ids for p in pairs]
     options = dict(max_new_tokens=gen_cfg.max_new_tokens, temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
                    batch_size=gen_cfg.batch_size, seed=gen_cfg.get("seed", 0))
-    outputs = {"policy": generate(policy, tokenizer, prompts, **options),
-               "reference": generate(reference, tokenizer, prompts, **options)}
+    outputs = {name: generate(model, tokenizer, prompts, progress=f"sampling ({name})", **options)
+               for name, model in (("policy", policy), ("reference", reference))}
     result: dict[str, Any] = {"num_prompts": len(pairs)}
     result["policy/kl_to_reference"] = kl_to_reference(policy, reference, prompts, outputs["policy"],
                                                        tokenizer.pad_token_id, tokenizer.eos_token_id,
@@ -111,7 +111,7 @@ def behavior_rates(policy, reference, datamodule, gen_cfg) -> dict[str, Any]:
     result: dict[str, Any] = {"behavior": datamodule.behavior.name, "variant": datamodule.variant,
                               "num_prompts": len(pairs)}
     for name, (model, prompts) in conditions.items():
-        gens = generate(model, datamodule.tokenizer, prompts, **options)
+        gens = generate(model, datamodule.tokenizer, prompts, progress=f"sampling ({name})", **options)
         result[f"{name}/mean_length"] = statistics.fmean(len(g.token_ids) for g in gens)
         if measure is not None:
             result[f"{name}/behavior_rate"] = statistics.fmean(measure(g.text) for g in gens)

@@ -1,7 +1,8 @@
 """``run_train(cfg) -> (metrics, objects)``: the plain function behind ``alignlab-train``.
 
 Tests and notebooks call it with a composed config; the CLI is a thin Hydra wrapper (:mod:`alignlab.cli`).
-Every run writes, under its own folder: the composed ``config.yaml``, ``metrics.csv``, ``data_report.json``,
+Every run writes, under its own folder: the composed ``config.yaml``, ``run_info.json`` (overrides and group
+choices), ``metrics.csv``, ``data_report.json``,
 ``checkpoints/last.ckpt``, the final policy (``policy/``, loadable with ``from_pretrained``) and
 ``summary.json`` with the final metrics.
 """
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import alignlab.config  # noqa: F401  (registers resolvers)
 from alignlab.errors import ConfigError
+from alignlab.sweeps import group_choices, job_overrides
 
 log = logging.getLogger(__name__)
 # The run folder already holds config.yaml when the CSV logger starts: that is expected, not a warning.
@@ -47,6 +49,13 @@ def prepare_output_dir(cfg: DictConfig) -> Path:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     return output_dir
+
+
+def write_run_info(output_dir: Path) -> None:
+    """``run_info.json``: the command-line overrides and config-group choices that made this run, which
+    ``alignlab-compare --by`` groups on (the resolved config.yaml no longer says which group file was chosen)."""
+    info = {"overrides": job_overrides(), "choices": group_choices(), "started": datetime.now().isoformat()}
+    (output_dir / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
 def resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -95,6 +104,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train the configured policy; returns the final metrics and the objects that produced them."""
     output_dir = prepare_output_dir(cfg)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    write_run_info(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
     loaded = instantiate(cfg.model)
@@ -102,6 +112,10 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=loaded.tokenizer)
     module = build_module(cfg, loaded, loss)
     trainer = build_trainer(cfg, output_dir)
+    hyperparameters = {**OmegaConf.to_container(cfg, resolve=True), "choices": group_choices(),
+                       "overrides": job_overrides()}
+    for logger in trainer.loggers:  # W&B's run config: what alignlab-compare and the W&B UI group runs by
+        logger.log_hyperparams(hyperparameters)
     log.info("policy %s, %s, output %s", loaded.name, loss, output_dir)
 
     try:
@@ -129,8 +143,8 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     shown = {k: metrics[k] for k in ("train/loss", "val/loss", "val/rewards/accuracies", "val/rewards/margins")
              if k in metrics}
-    print(f"done: step {trainer.global_step}, " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
-    print(f"run directory: {output_dir}")
+    print(f"done: step {trainer.global_step}, " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+          + f"; run directory: {output_dir}")
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "model": loaded,
                      "output_dir": output_dir}
 

@@ -163,18 +163,6 @@ def test_bad_config_key_fails_naming_it(tmp_path):
     assert result.returncode == 2 and "takes no parameter ['gamma']" in result.stderr
 
 
-def test_wandb_offline_logs_every_multirun_job(tmp_path):
-    result = run_cli("-m", "debug=fast", "logger=wandb", "loss=sigmoid,hinge", f"paths.root={tmp_path}",
-                     "trainer.max_steps=1", "tags=[smoke]", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = sorted(p.parent for p in tmp_path.glob("multirun/*/*/*/metrics.csv"))
-    assert len(runs) == 2
-    for run in runs:
-        offline = list((run / "wandb").glob("offline-run-*"))
-        assert len(offline) == 1, run
-        assert list(offline[0].glob("*.wandb")), "the W&B run recorded no data"
-
-
 def test_gradient_checkpointing_falls_back_from_the_kv_cache_layout(make_cfg):
     metrics, objects = run_train(make_cfg("model.gradient_checkpointing=true", "objective.module.layout=shared_prompt"))
     assert objects["module"].layout == "packed"

@@ -182,7 +182,7 @@ class CounterfactualDataModule(PairDataModule):
         ids = [self.pair_tokenizer.prompt_ids(self.messages(p.meta["prompt"], condition))
                for p in prompts for _ in range(self.samples_per_prompt)]
         gens = generate(model, self.tokenizer, ids, batch_size=self.generation_batch_size,
-                        seed=key["seed"], **self.sampling)
+                        seed=key["seed"], progress=f"generating ({condition})", **self.sampling)
         rows = [{"text": g.text, "finished": g.finished} for g in gens]
         self.report.setdefault("cache", []).append(str(self._save_cache(key, rows)))
         return rows

@@ -1,0 +1,175 @@
+"""Multirun bookkeeping: one record per job in ``<sweep dir>/sweep_summary.json``, and Optuna study helpers.
+
+Hydra's sweepers run every job of a batch even when one fails, but they report the failure only by raising at
+the end, and ``on_multirun_end`` is then never called. So :class:`SweepSummary` rewrites the summary after each
+job (``on_job_end`` runs in the job's own process, also under the submitit launcher), and the file is complete
+however the sweep ends.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from alignlab.errors import AlignlabError
+
+log = logging.getLogger(__name__)
+SUMMARY = "sweep_summary.json"
+JOBS_DIR = ".jobs"  # one record per job; the summary is rebuilt from them
+
+
+class JobError(AlignlabError, CompactHydraException):
+    """A user error in one job of a multirun: recorded for that job, and reported by Hydra in one line."""
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def job_overrides() -> list[str]:
+    """The overrides that tell this job from the others (empty outside Hydra)."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def group_choices() -> dict[str, str]:
+    """Config-group choices of this job (``{"loss": "ipo", "model": "smollm2", ...}``); empty outside Hydra."""
+    if not HydraConfig.initialized():
+        return {}
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if isinstance(v, str)
+            and not k.startswith("hydra/")}
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _locked(path: Path):
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _error_text(error: BaseException) -> str:
+    """``Type: message`` of the error's root cause, on one line."""
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    return f"{type(root).__name__}: {' '.join(str(error if isinstance(error, JobError) else root).split())}"
+
+
+def job_record(config: DictConfig, job_return: JobReturn) -> dict[str, Any]:
+    """What the summary says of one job: overrides, status, error, run folder and final metrics."""
+    runtime = config.hydra.runtime
+    run_dir = Path(config.get("paths", {}).get("output_dir") or runtime.output_dir)
+    record: dict[str, Any] = {"num": int(config.hydra.job.num), "overrides": list(config.hydra.overrides.task),
+                              "run_dir": str(run_dir)}
+    if job_return.status == JobStatus.COMPLETED:
+        record["status"] = "completed"
+        value = job_return.return_value
+        record["objective_value"] = value if isinstance(value, (int, float)) and math.isfinite(value) else None
+    else:
+        error = job_return._return_value  # the exception; reading .return_value would raise it
+        record["status"] = "failed"
+        record["error"] = _error_text(error) if isinstance(error, BaseException) else str(error)
+        if isinstance(error, BaseException):
+            (run_dir / "error.txt").parent.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text("".join(traceback.format_exception(error)))
+    summary = run_dir / "summary.json"
+    record["metrics"] = json.loads(summary.read_text()).get("metrics", {}) if summary.is_file() else {}
+    return record
+
+
+def rebuild_summary(sweep_dir: Path) -> dict[str, Any]:
+    """Merge the per-job records of ``sweep_dir`` into ``sweep_summary.json``; returns the summary."""
+    records = []
+    for path in sorted((sweep_dir / JOBS_DIR).glob("*.json"), key=lambda p: int(p.stem)):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as e:  # a record being replaced right now is read next time
+            log.warning("sweep summary: skipping %s (%s)", path, e)
+    counts = {status: sum(r["status"] == status for r in records) for status in ("completed", "failed")}
+    summary = {"sweep_dir": str(sweep_dir), "jobs": len(records), **counts, "records": records}
+    write_json_atomic(sweep_dir / SUMMARY, summary)
+    return summary
+
+
+class SweepSummary(Callback):
+    """Hydra callback (``hydra.callbacks`` in ``conf/hydra/default.yaml``) keeping ``sweep_summary.json`` current."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        (sweep_dir / JOBS_DIR).mkdir(parents=True, exist_ok=True)
+        record = job_record(config, job_return)
+        write_json_atomic(sweep_dir / JOBS_DIR / f"{record['num']}.json", record)
+        with _locked(sweep_dir / ".summary.lock"):
+            summary = rebuild_summary(sweep_dir)
+        if record["status"] == "failed":
+            log.error("job %d (%s) failed: %s; the sweep goes on", record["num"], " ".join(record["overrides"]),
+                      record["error"])
+        log.info("sweep: %d completed, %d failed so far; %s", summary["completed"], summary["failed"],
+                 sweep_dir / SUMMARY)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if (sweep_dir / JOBS_DIR).is_dir():
+            summary = rebuild_summary(sweep_dir)
+            print(f"sweep done: {summary['completed']} completed, {summary['failed']} failed; "
+                  f"summary: {sweep_dir / SUMMARY}")
+
+
+# --- Optuna: a study in SQLite that a relaunch resumes --------------------------------------------------------
+
+def sqlite_url(path: str) -> str:
+    """``sqlite:///<absolute path>``, creating the folder (SQLite does not)."""
+    file = Path(path).expanduser().resolve()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
+def _trial_states(storage: str, study_name: str) -> list:
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # no such study yet
+        return []
+    return [trial.state for trial in study.get_trials(deepcopy=False)]
+
+
+def trials_left(storage: str, study_name: str, total: int) -> int:
+    """Trials still to run for a study of ``total`` finished trials, so relaunching an interrupted search resumes
+    it instead of starting ``total`` more. A trial a killed launch left RUNNING does not count: it is run again."""
+    import optuna
+
+    finished = _trial_states(storage, study_name).count(optuna.trial.TrialState.COMPLETE)
+    return max(0, int(total) - finished)
+
+
+def sampler_seed(storage: str, study_name: str, seed: int) -> int:
+    """``seed`` plus the trials the study already holds: a relaunch must not replay the first launch's draws
+    (a seeded sampler would propose the same parameters again), yet stays reproducible from the study."""
+    return int(seed) + len(_trial_states(storage, study_name))
