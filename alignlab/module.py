@@ -225,6 +225,21 @@ class PreferenceModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip the gradient norm here rather than through Lightning, which refuses both a fused optimizer under
+        mixed precision and norm clipping under FSDP. Under FSDP the sharded module computes the global norm."""
+        if not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:  # fp16: clip the true gradients (bf16 has no loss scaler)
+            scaler.unscale_(optimizer)
+        wrapped = self.trainer.strategy.model
+        if hasattr(wrapped, "clip_grad_norm_"):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                           gradient_clip_val)
+
     def optimizer_zero_grad(self, epoch, batch_idx, optimizer) -> None:
         # Gradients stay allocated between steps: re-allocating the policy's size every step fragments the CPU heap.
         optimizer.zero_grad(set_to_none=False)

@@ -112,16 +112,16 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=loaded.tokenizer)
     module = build_module(cfg, loaded, loss)
     trainer = build_trainer(cfg, output_dir)
-    hyperparameters = {**OmegaConf.to_container(cfg, resolve=True), "choices": group_choices(),
-                       "overrides": job_overrides()}
-    for logger in trainer.loggers:  # W&B's run config: what alignlab-compare and the W&B UI group runs by
-        logger.log_hyperparams(hyperparameters)
     log.info("policy %s, %s, output %s", loaded.name, loss, output_dir)
 
     try:
         ckpt = resolve_ckpt(cfg.get("ckpt_path"), output_dir)
         if ckpt is not None:
-            keep_earlier_metrics(output_dir)
+            keep_earlier_metrics(output_dir)  # before any logger opens metrics.csv
+        hyperparameters = {**OmegaConf.to_container(cfg, resolve=True), "choices": group_choices(),
+                           "overrides": job_overrides()}
+        for logger in trainer.loggers:  # W&B's run config: what alignlab-compare and the W&B UI group runs by
+            logger.log_hyperparams(hyperparameters)
         if cfg.get("validate_before_training") and ckpt is None:
             trainer.validate(module, datamodule=datamodule, verbose=False)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)

@@ -163,6 +163,17 @@ def test_bad_config_key_fails_naming_it(tmp_path):
     assert result.returncode == 2 and "takes no parameter ['gamma']" in result.stderr
 
 
+def test_gradient_clipping_bounds_the_policy_gradient_norm(make_cfg):
+    _, objects = run_train(make_cfg("trainer.max_steps=1"))
+    module, trainer = objects["module"], objects["trainer"]
+    params = [p for p in module.policy.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.full_like(p, 3.0)
+    module.configure_gradient_clipping(trainer.optimizers[0], gradient_clip_val=0.5, gradient_clip_algorithm="norm")
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.double()) for p in params]))
+    assert norm == pytest.approx(0.5, rel=1e-2)  # torch sums 3M squares in fp32: ~0.1% off
+
+
 def test_gradient_checkpointing_falls_back_from_the_kv_cache_layout(make_cfg):
     metrics, objects = run_train(make_cfg("model.gradient_checkpointing=true", "objective.module.layout=shared_prompt"))
     assert objects["module"].layout == "packed"
