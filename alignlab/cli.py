@@ -85,6 +85,28 @@ def _generate(cfg: DictConfig) -> None:
     run_or_exit(run_generate, cfg)
 
 
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="opo")
+def _opo(cfg: DictConfig) -> None:
+    from alignlab.opo.evaluate import run_opo
+
+    run_or_exit(run_opo, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="opo_questions")
+def _opo_questions(cfg: DictConfig) -> None:
+    from alignlab.opo.make_questions import run_make_questions
+
+    run_or_exit(run_make_questions, cfg)
+
+
+def opo() -> None:
+    _opo()
+
+
+def opo_questions() -> None:
+    _opo_questions()
+
+
 def generate() -> None:
     _generate()
 

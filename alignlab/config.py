@@ -11,6 +11,12 @@ def _bundled(name: str) -> str:
     return bundled_path(name)
 
 
+def _opo_data(name: str) -> str:
+    from importlib.resources import files
+
+    return str(files("alignlab.opo") / "bundled" / f"{name}.jsonl")
+
+
 def _sqlite_url(path: str) -> str:
     from alignlab.sweeps import sqlite_url
 
@@ -29,7 +35,7 @@ def _optuna_sampler_seed(storage: str, study_name: str, seed: int) -> int:
     return sampler_seed(storage, study_name, seed)
 
 
-RESOLVERS = {"bundled": _bundled, "sqlite_url": _sqlite_url, "optuna_trials_left": _optuna_trials_left,
+RESOLVERS = {"bundled": _bundled, "opo_data": _opo_data, "sqlite_url": _sqlite_url, "optuna_trials_left": _optuna_trials_left,
              "optuna_sampler_seed": _optuna_sampler_seed}
 
 

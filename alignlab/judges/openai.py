@@ -40,30 +40,32 @@ RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
 FATAL = {401, 403, 404}  # a wrong key, model or URL: every request would fail, so the run stops at once
 
 
-class OpenAIJudge:
+class ChatEndpoint:
+    """Requests to an OpenAI-compatible ``/chat/completions`` endpoint: timeouts, bounded retries, concurrency and
+    an on-disk cache keyed by the request. Shared by the judge below and OPO's scorer and question generator."""
+
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
-                 mode: str = "pairwise", template: str | None = None, system_prompt: str | None = None,
-                 timeout: float = 30.0, max_retries: int = 3, backoff: float = 1.0, concurrency: int = 4,
-                 max_tokens: int = 4, temperature: float = 0.0, cache_dir: str | None = None) -> None:
-        if mode not in ("pairwise", "pointwise"):
-            raise ConfigError(f"judge.mode={mode!r} is not 'pairwise' or 'pointwise'")
+                 system_prompt: str | None = None, timeout: float = 30.0, max_retries: int = 3, backoff: float = 1.0,
+                 concurrency: int = 4, max_tokens: int = 4, temperature: float = 0.0,
+                 cache_dir: str | None = None) -> None:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
-            raise ConfigError("judge.base_url is not set (nor OPENAI_BASE_URL)")
+            raise ConfigError("base_url is not set (nor OPENAI_BASE_URL)")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY", "")
-        self.model, self.mode = model, mode
-        self.template = template or (PAIRWISE if mode == "pairwise" else POINTWISE)
-        self.system_prompt = system_prompt
+        self.model, self.system_prompt = model, system_prompt
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.concurrency, self.max_tokens, self.temperature = concurrency, max_tokens, temperature
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.failures = 0
 
     # ----- one request -----------------------------------------------------------------------------------------
-    def _payload(self, text: str) -> dict[str, Any]:
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": text})
+    def _payload(self, prompt: str | list[dict[str, str]]) -> dict[str, Any]:
+        if isinstance(prompt, list):  # whole chat messages
+            messages = list(prompt)
+        else:
+            messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+            messages.append({"role": "user", "content": prompt})
         return {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
                 "temperature": self.temperature}
 
@@ -73,15 +75,16 @@ class OpenAIJudge:
         key = hashlib.sha256(json.dumps([self.url, payload], sort_keys=True).encode()).hexdigest()
         return self.cache_dir / key[:2] / f"{key}.json"
 
-    def complete(self, text: str) -> str | None:
-        """The endpoint's reply to ``text``, or ``None`` after the retries are spent."""
-        payload = self._payload(text)
+    def complete(self, prompt: str | list[dict[str, str]]) -> str | None:
+        """The endpoint's reply to ``prompt`` (a user message, or whole chat messages), or ``None`` after the
+        retries are spent."""
+        payload = self._payload(prompt)
         cached = self._cache_path(payload)
         if cached is not None and cached.is_file():
             try:
                 return json.loads(cached.read_text())["reply"]
             except (OSError, ValueError, KeyError) as e:  # a damaged entry is a miss, not a failure
-                log.warning("judge cache entry %s is unreadable (%s): asking again", cached, e)
+                log.warning("endpoint cache entry %s is unreadable (%s): asking again", cached, e)
         body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -99,25 +102,41 @@ class OpenAIJudge:
                 return reply
             except urllib.error.HTTPError as e:
                 if e.code in FATAL:
-                    raise ConfigError(f"judge endpoint {self.url} answered {e.code} {e.reason}: check judge.base_url, "
-                                      f"judge.model and the API key") from None
+                    raise ConfigError(f"endpoint {self.url} answered {e.code} {e.reason}: check its base_url, "
+                                      f"model and API key") from None
                 if e.code not in RETRYABLE:
-                    log.warning("judge endpoint answered %d: %s", e.code, e.reason)
+                    log.warning("endpoint answered %d: %s", e.code, e.reason)
                     return None
                 error = f"HTTP {e.code}"
             except (urllib.error.URLError, TimeoutError, OSError) as e:
                 error = f"{type(e).__name__}: {e}"
             except (KeyError, IndexError, json.JSONDecodeError) as e:
-                log.warning("judge endpoint sent a malformed response: %s", e)
+                log.warning("endpoint sent a malformed response: %s", e)
                 return None
             if attempt < self.max_retries:
                 time.sleep(self.backoff * 2 ** attempt)
-        log.warning("judge request failed after %d tries (%s)", self.max_retries + 1, error)
+        log.warning("endpoint request failed after %d tries (%s)", self.max_retries + 1, error)
         return None
 
-    def _complete_all(self, texts: list[str]) -> list[str | None]:
+    def complete_all(self, prompts: list) -> list[str | None]:
+        """Replies in the order of ``prompts`` (``None`` where a request failed), ``concurrency`` at a time."""
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(self.complete, texts))
+            return list(pool.map(self.complete, prompts))
+
+
+class OpenAIJudge(ChatEndpoint):
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
+                 mode: str = "pairwise", template: str | None = None, system_prompt: str | None = None,
+                 timeout: float = 30.0, max_retries: int = 3, backoff: float = 1.0, concurrency: int = 4,
+                 max_tokens: int = 4, temperature: float = 0.0, cache_dir: str | None = None) -> None:
+        if mode not in ("pairwise", "pointwise"):
+            raise ConfigError(f"judge.mode={mode!r} is not 'pairwise' or 'pointwise'")
+        if not (base_url or os.environ.get("OPENAI_BASE_URL")):
+            raise ConfigError("judge.base_url is not set (nor OPENAI_BASE_URL)")
+        super().__init__(model, base_url, api_key, system_prompt, timeout, max_retries, backoff, concurrency,
+                         max_tokens, temperature, cache_dir)
+        self.mode = mode
+        self.template = template or (PAIRWISE if mode == "pairwise" else POINTWISE)
 
     # ----- verdicts --------------------------------------------------------------------------------------------
     def __call__(self, prompts: list[str], pairs: list[tuple[str, str]],
@@ -126,14 +145,14 @@ class OpenAIJudge:
         if self.mode == "pointwise":
             texts = [self.template.format(prompt=p, answer=a) for p, (a, _) in zip(prompts, pairs, strict=True)]
             texts += [self.template.format(prompt=p, answer=b) for p, (_, b) in zip(prompts, pairs, strict=True)]
-            scores = [_parse(r, _YES_NO, {"yes": 1.0, "no": 0.0}) for r in self._complete_all(texts)]
+            scores = [_parse(r, _YES_NO, {"yes": 1.0, "no": 0.0}) for r in self.complete_all(texts)]
             probs = [None if scores[i] is None or scores[n + i] is None else 0.5 + (scores[i] - scores[n + i]) / 2
                      for i in range(n)]
             self.failures += sum(p is None for p in probs)
             return Verdicts(probs)
         shown = [self.template.format(prompt=p, first=a, second=b) for p, (a, b) in zip(prompts, pairs, strict=True)]
         swapped = [self.template.format(prompt=p, first=b, second=a) for p, (a, b) in zip(prompts, pairs, strict=True)]
-        letters = [_parse(r, _LETTER, {"a": 1.0, "b": 0.0}) for r in self._complete_all(shown + swapped)]
+        letters = [_parse(r, _LETTER, {"a": 1.0, "b": 0.0}) for r in self.complete_all(shown + swapped)]
         probs, consistent = [], []
         for i in range(n):
             first, second = letters[i], letters[n + i]
