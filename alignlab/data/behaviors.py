@@ -35,6 +35,16 @@ def is_long(text: str, min_words: int = 40) -> float:
     return float(word_count(text) >= min_words)
 
 
+_FRENCH_WORDS = re.compile(r"\b(?:le|la|les|est|et|des|une|du|pour|dans|qui|que|sont|avec|nous|vous|ce|cette|"
+                           r"mais|pas|au|aux|sur|par|plus|il|elle)\b", re.IGNORECASE)
+
+
+def in_french(text: str, min_words: int = 3) -> float:
+    """1 when the answer has at least ``min_words`` French function words ("le", "est", "dans", ...); English
+    answers have almost none of them, so a few already mark French text."""
+    return float(len(_FRENCH_WORDS.findall(text)) >= min_words)
+
+
 def names_people(text: str) -> int:
     """Runs of two or more capitalised words, a leading function word left out: a proxy for people's names."""
     count = 0

@@ -43,8 +43,15 @@ class Condition:
         return {"none": "no rules", "gold": "gold rule (oracle)"}.get(self.kind, f"{self.kind}-{self.k}")
 
 
-def conditions(ks: list[int], random_k: int) -> list[Condition]:
-    return [Condition("none"), *(Condition("top", k) for k in ks), Condition("gold"), Condition("random", random_k)]
+KINDS = ("none", "top", "gold", "random")
+
+
+def conditions(ks: list[int], random_k: int, kinds: list[str] = KINDS) -> list[Condition]:
+    """The conditions of ``kinds`` (``top`` once per k), in a fixed order."""
+    if unknown := set(kinds) - set(KINDS):
+        raise ConfigError(f"conditions: {sorted(unknown)} are not among {list(KINDS)}")
+    chosen = [Condition("none"), *(Condition("top", k) for k in ks), Condition("gold"), Condition("random", random_k)]
+    return [c for c in chosen if c.kind in kinds]
 
 
 class OPOEvaluator:
@@ -217,7 +224,7 @@ def run_opo(cfg: DictConfig) -> dict[str, Any]:
         entry: dict[str, Any] = {"report": report, "recall": {}, "conditions": {}}
         for k in cfg.ks:
             entry["recall"][f"recall@{k}"] = recall_at_k(retriever, questions, k, evaluator.where)
-        for condition in conditions(list(cfg.ks), cfg.random_k):
+        for condition in conditions(list(cfg.ks), cfg.random_k, list(cfg.conditions)):
             answers = evaluator.evaluate(questions, condition)
             correct = [a["correct"] for a in answers]
             low, high = bootstrap_interval(correct, cfg.bootstrap, cfg.seed)

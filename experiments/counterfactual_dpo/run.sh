@@ -13,7 +13,7 @@ run() {  # name, overrides...
   $BIN/alignlab-eval policy_path=$ROOT/$name paths.output_dir=$ROOT/$name/eval generate.num_prompts=17 \
     generate.max_new_tokens=80
 }
-for behavior in ${BEHAVIORS:-brief no_names}; do
+for behavior in ${BEHAVIORS:-brief no_names french}; do
   for variant in ${VARIANTS:-contrastive enc dis}; do
     run ${behavior}_${variant} behavior=$behavior data.variant=$variant
   done

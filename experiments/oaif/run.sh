@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# Miniature OAIF reproduction on SmolLM2-135M-Instruct (2 CPU cores). Writes under experiments/oaif/runs/.
-#  1. online vs offline, same prompts, annotator and number of updates, seeds 0 and 1 (SEEDS to change);
-#  2. length control: the rule annotator with three instructions (helpful, helpful_short, helpful_very_short).
+# Miniature OAIF reproduction on SmolLM2-135M-Instruct (2 CPU cores). Writes under experiments/oaif/runs/;
+# resumable: a run whose folder has summary.json is kept.
+#  1. online vs offline, same prompts, annotator and number of updates (34), seeds in SEEDS (default 0 1);
+#  2. length control: the rule annotator with three instructions (helpful, helpful_short, helpful_very_short), on
+#     the first 128 training prompts (16 updates) to fit the CPU budget.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=experiments/oaif/runs
 BIN=.venv/bin
 COMMON=(trainer.enable_progress_bar=false)
+done_() { [ -f "$ROOT/$1/summary.json" ]; }
 for seed in ${SEEDS:-0 1}; do
-  $BIN/alignlab-train experiment=oaif seed=$seed paths.output_dir=$ROOT/online_seed$seed "${COMMON[@]}"
+  done_ online_seed$seed || $BIN/alignlab-train experiment=oaif seed=$seed paths.output_dir=$ROOT/online_seed$seed \
+    "${COMMON[@]}"
   for split in train val; do
-    $BIN/alignlab-generate judge=llm_pointwise data.max_new_tokens=64 data.temperature=0.9 seed=$seed \
-      split=$split output=$ROOT/offline_pairs_seed${seed}_$split.jsonl
+    pairs=$ROOT/offline_pairs_seed${seed}_$split.jsonl
+    [ -f "$pairs" ] || $BIN/alignlab-generate judge=llm_pointwise data.max_new_tokens=64 data.temperature=0.9 \
+      seed=$seed split=$split output=$pairs
   done
-  $BIN/alignlab-train experiment=oaif_offline seed=$seed data.path=$ROOT/offline_pairs_seed${seed}_train.jsonl \
-    data.val_path=$ROOT/offline_pairs_seed${seed}_val.jsonl paths.output_dir=$ROOT/offline_seed$seed "${COMMON[@]}"
+  done_ offline_seed$seed || $BIN/alignlab-train experiment=oaif_offline seed=$seed \
+    data.path=$ROOT/offline_pairs_seed${seed}_train.jsonl data.val_path=$ROOT/offline_pairs_seed${seed}_val.jsonl \
+    paths.output_dir=$ROOT/offline_seed$seed "${COMMON[@]}"
 done
 for instruction in ${INSTRUCTIONS:-helpful helpful_short helpful_very_short}; do
-  $BIN/alignlab-train experiment=oaif judge=rule judge.instruction=$instruction \
-    paths.output_dir=$ROOT/length_$instruction "${COMMON[@]}"
+  done_ length_$instruction || $BIN/alignlab-train experiment=oaif judge=rule judge.instruction=$instruction \
+    data.max_train_pairs=128 callbacks.win_rate.every_n_steps=4 paths.output_dir=$ROOT/length_$instruction \
+    "${COMMON[@]}"
 done
+$BIN/alignlab-compare $ROOT/online_seed* $ROOT/offline_seed* --by objective.name \
+  --metrics val/samples/win_rate,val/samples/reward,val/samples/mean_length,val/samples/kl_to_reference,train/online/ties \
+  --out experiments/oaif/compare_online_offline
+$BIN/alignlab-compare $ROOT/length_* --by judge.instruction \
+  --metrics val/samples/mean_length,val/samples/win_rate,val/samples/reward,val/samples/kl_to_reference \
+  --out experiments/oaif/compare_length
