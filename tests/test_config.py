@@ -37,8 +37,9 @@ def test_every_yaml_parses(path):
 def test_every_group_option_composes(group, option):
     overrides = [f"{group}={option}"]
     overrides += ["model.name_or_path=some/model"] if (group, option) == ("model", "hf") else []
-    # The evaluator group belongs to alignlab-eval's config; every other group to alignlab-train's.
-    name = "eval" if group == "evaluator" else "train"
+    # Groups of alignlab-eval's and OPO's configs; every other group belongs to alignlab-train's.
+    name = {"evaluator": "eval", "retriever": "opo", "scorer": "opo", "generator": "opo_questions",
+            "checker": "opo_questions"}.get(group, "train")
     overrides += ["policy_path=somewhere"] if name == "eval" else []
     cfg = compose_config(name, overrides)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
