@@ -16,3 +16,6 @@ for run in $(ls -d $ROOT/multirun/*/*/*/ | sort); do
     generate.max_new_tokens=64
 done
 $BIN/python experiments/dpo_family/report.py $ROOT
+# The same runs through the generic comparison tool: table (Markdown, CSV) and learning curves.
+$BIN/alignlab-compare $ROOT --by loss,loss.beta --out experiments/dpo_family/compare \
+  --metrics val/rewards/accuracies,val/rewards/margins,train/loss,eval/samples/policy/reward,eval/samples/policy/kl_to_reference
