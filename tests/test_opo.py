@@ -25,7 +25,7 @@ from alignlab.opo.memory import Rule, RuleMemory
 from alignlab.opo.prompting import PromptTemplate, messages, pack_rules
 from alignlab.opo.questions import MCQuestion, load_questions
 from alignlab.opo.retrievers import BM25Retriever, DenseRetriever
-from alignlab.opo.scoring import EndpointLetterScorer, LocalLetterScorer
+from alignlab.opo.scoring import EndpointLetterScorer, LocalLetterScorer, OptionLikelihoodScorer, Scorer
 
 from .conftest import compose_config
 
@@ -66,17 +66,18 @@ def questions(tmp_path, memory):
     return load_questions(write_rows(tmp_path / "questions.jsonl", QUESTIONS), {r.id for r in memory})[0]
 
 
-class RuleReader:
-    """A stand-in model that follows rules perfectly: it picks the option whose words appear in the rules shown,
+class RuleReader(Scorer):
+    """A stand-in model that follows rules perfectly: it picks the option whose text appears in the rules shown,
     and with no rules shown always answers 'A' (pure letter bias)."""
 
-    def __call__(self, conversations, num_options):
+    def __call__(self, conversations, options):
         out = []
-        for conversation, n in zip(conversations, num_options, strict=True):
-            system = conversation[0]["content"] if conversation[0]["role"] == "system" else ""
-            options = re.findall(r"^([A-H])\. (.*)$", conversation[-1]["content"], re.MULTILINE)
-            probs = np.zeros(n)
-            hits = [i for i, (_, text) in enumerate(options) if text.lower() in system.lower()]
+        for conversation, shown in zip(conversations, options, strict=True):
+            prompt = conversation[-1]["content"]
+            rules = prompt.split("Question:")[0].lower()
+            assert re.findall(r"^[A-H]\. (.*)$", prompt, re.MULTILINE) == shown  # listed as shown
+            probs = np.zeros(len(shown))
+            hits = [i for i, text in enumerate(shown) if text.lower() in rules]
             probs[hits[0] if hits else 0] = 1.0
             out.append(probs)
         return out
@@ -154,21 +155,44 @@ def test_rules_are_packed_in_rank_order_under_the_token_budget(tiny, memory):
     assert pack_rules(tiny.tokenizer, rules, sum(costs[:2]), template) == rules[:2]
     assert pack_rules(tiny.tokenizer, rules, sum(costs[:2]) - 1, template) == rules[:1]
     assert pack_rules(tiny.tokenizer, rules, 0, template) == []
-    shown = messages("Q?", ["x", "y"], rules[:1], template)
-    assert rules[0].text in shown[0]["content"] and "A. x\nB. y" in shown[1]["content"]
-    assert messages("Q?", ["x"], [], PromptTemplate(system_without_rules=None))[0]["role"] == "user"
+    (shown,) = messages("Q?", ["x", "y"], rules[:1], template)  # no system message: the template's default
+    assert shown["content"] == f"Rules:\n- {rules[0].text}\n\nQuestion: Q?\nA. x\nB. y\n" \
+        "Answer with the letter of the correct option."
+    in_system = messages("Q?", ["x"], rules[:1], PromptTemplate(system="Follow: {rules}", user="{question}"))
+    assert in_system[0] == {"role": "system", "content": f"Follow: Rules:\n- {rules[0].text}\n\n"}
+    assert messages("Q?", ["x"], [], PromptTemplate(system="S{rules}", user="{rules}{question}"))[1]["content"] == "Q?"
 
 
-def test_local_scorer_reads_letter_probabilities(tiny):
-    scorer = LocalLetterScorer(tiny, batch_size=2)
-    conversations = [messages("Q?", ["x", "y", "z", "w"], [], PromptTemplate()),
-                     messages("A longer question here?", ["x", "y"], [], PromptTemplate()),
-                     messages("Third?", ["a", "b", "c"], [], PromptTemplate())]
-    probs = scorer(conversations, [4, 2, 3])
+OPTIONS = [["x", "y", "z", "w"], ["yes", "no"], ["a b c", "d", "e f"]]
+
+
+@pytest.mark.parametrize("scorer_class", [LocalLetterScorer, OptionLikelihoodScorer])
+def test_local_scorers_give_probabilities_independent_of_batching(tiny, scorer_class):
+    scorer = scorer_class(tiny, batch_size=2)
+    conversations = [messages(q, o, [], scorer.template) for q, o in
+                     zip(["Q?", "A longer question here?", "Third?"], OPTIONS, strict=True)]
+    probs = scorer(conversations, OPTIONS)
     assert [len(p) for p in probs] == [4, 2, 3]
     assert all(p.sum() == pytest.approx(1.0, abs=1e-5) for p in probs)
-    alone = scorer(conversations[1:2], [2])[0]  # batching and left padding do not change the answer
+    alone = scorer(conversations[1:2], OPTIONS[1:2])[0]  # batching and left padding do not change the answer
     assert alone == pytest.approx(probs[1], abs=1e-4)
+
+
+def test_option_likelihood_is_the_answer_tokens_log_probability(tiny):
+    import torch
+
+    scorer = OptionLikelihoodScorer(tiny)
+    conversation = messages("Q?", [], [], scorer.template)
+    prompt = scorer.prompt_ids(conversation)
+    expected = []
+    for option in OPTIONS[2]:
+        answer = tiny.tokenizer.encode(option, add_special_tokens=False)
+        with torch.no_grad():
+            logits = tiny.model(torch.tensor([prompt + answer])).logits[0].float()
+        logprobs = torch.log_softmax(logits[len(prompt) - 1: -1], dim=-1)
+        expected.append(logprobs[range(len(answer)), answer].sum())
+    probs = scorer([conversation], [OPTIONS[2]])[0]
+    assert probs == pytest.approx(torch.softmax(torch.stack(expected), 0).numpy(), abs=1e-4)
 
 
 def test_endpoint_scorer_parses_letters_and_counts_garbage():
@@ -177,7 +201,7 @@ def test_endpoint_scorer_parses_letters_and_counts_garbage():
             return ["B", "The answer is C.", "I think so", None, "D"]
 
     scorer = EndpointLetterScorer(Endpoint())
-    probs = scorer([[]] * 5, [4, 4, 4, 4, 3])
+    probs = scorer([[]] * 5, [["a", "b", "c", "d"]] * 4 + [["a", "b", "c"]])
     assert list(probs[0]) == [0, 1, 0, 0] and list(probs[1]) == [0, 0, 1, 0]
     assert probs[2] is None and probs[3] is None and probs[4] is None  # D is not among 3 options
     assert scorer.failures == 3
@@ -185,8 +209,8 @@ def test_endpoint_scorer_parses_letters_and_counts_garbage():
 
 # --- evaluation ---------------------------------------------------------------------------------------------------
 
-def make_evaluator(memory, tiny, scorer=None, **kw):
-    return OPOEvaluator(memory, BM25Retriever(memory), scorer or RuleReader(), tiny.tokenizer, PromptTemplate(),
+def make_evaluator(memory, tiny, orders=None, **kw):
+    return OPOEvaluator(memory, BM25Retriever(memory), RuleReader(orders=orders), tiny.tokenizer,
                         budget_tokens=kw.pop("budget_tokens", 256), **kw)
 
 
@@ -303,6 +327,8 @@ def test_checking_pass_drops_bad_questions_with_reasons(tmp_path, memory):
     wrong_key = MCQuestion("X", "Which day?", ["Monday", "Tuesdays"], 0, ["R2"])
     assert check(wrong_key, rule) == "the keyed option is not supported by the rule"
     assert check_all([Draft(rule, wrong_key)], checker=RuleReader())[1]["kept"] == 0
+    right_key = MCQuestion("Y", "Which day?", ["Monday", "Tuesdays"], 1, ["R2"])
+    assert check_all([Draft(rule, right_key)], checker=RuleReader())[1]["kept"] == 1
 
 
 def test_run_make_questions_writes_kept_questions(tmp_path):

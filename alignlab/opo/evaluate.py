@@ -55,14 +55,14 @@ def conditions(ks: list[int], random_k: int, kinds: list[str] = KINDS) -> list[C
 
 
 class OPOEvaluator:
-    """Asks questions under conditions. ``scorer(conversations, num_options)`` gives letter probabilities."""
+    """Asks questions under conditions. ``scorer`` (:mod:`alignlab.opo.scoring`) holds the prompt template and the
+    number of option orders, and gives probabilities over the options; ``tokenizer`` measures the rule budget."""
 
-    def __init__(self, memory: RuleMemory, retriever: Retriever, scorer, tokenizer, template: PromptTemplate,
-                 budget_tokens: int = 256, orders: int | None = None, filter_key: str | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, memory: RuleMemory, retriever: Retriever, scorer, tokenizer, budget_tokens: int = 256,
+                 filter_key: str | None = None, seed: int = 0) -> None:
         self.memory, self.retriever, self.scorer, self.tokenizer = memory, retriever, scorer, tokenizer
-        self.template, self.budget_tokens, self.orders = template, budget_tokens, orders
-        self.filter_key, self.seed = filter_key, seed
+        self.template: PromptTemplate = scorer.template
+        self.budget_tokens, self.filter_key, self.seed = budget_tokens, filter_key, seed
 
     def where(self, question: MCQuestion) -> dict[str, Any] | None:
         """Metadata filter from the question (e.g. its ``location``), which also admits rules valid everywhere."""
@@ -85,17 +85,18 @@ class OPOEvaluator:
 
     def ask(self, questions: list[MCQuestion], rules: list[list[Rule]]) -> list[dict[str, Any]]:
         """Per question: option probabilities averaged over orders, the chosen option, and the rules shown."""
-        conversations, index, shown_rules = [], [], []
+        conversations, shown_options, index, shown_rules = [], [], [], []
         for qi, (question, candidates) in enumerate(zip(questions, rules, strict=True)):
             packed = pack_rules(self.tokenizer, candidates, self.budget_tokens, self.template)
             shown_rules.append(packed)
             n = len(question.options)
-            for shift in range(min(self.orders or n, n)):
+            for shift in range(min(self.scorer.orders or n, n)):
                 order = [(j + shift) % n for j in range(n)]  # shown position j holds original option order[j]
-                conversations.append(messages(question.question, [question.options[o] for o in order], packed,
-                                              self.template))
+                shown = [question.options[o] for o in order]
+                conversations.append(messages(question.question, shown, packed, self.template))
+                shown_options.append(shown)
                 index.append((qi, order))
-        probabilities = self.scorer(conversations, [len(questions[qi].options) for qi, _ in index])
+        probabilities = self.scorer(conversations, shown_options)
         totals = [np.zeros(len(q.options)) for q in questions]
         counts = [0] * len(questions)
         for (qi, order), probs in zip(index, probabilities, strict=True):
@@ -205,13 +206,12 @@ def run_opo(cfg: DictConfig) -> dict[str, Any]:
     loaded = instantiate(cfg.model)
     memory = RuleMemory.load(cfg.memory)
     retriever = instantiate(cfg.retriever, _partial_=True)(memory=memory)
-    scorer = instantiate(cfg.scorer, _partial_=True)(loaded=loaded)
-    template = PromptTemplate(**OmegaConf.to_container(cfg.template, resolve=True))
-    evaluator = OPOEvaluator(memory, retriever, scorer, loaded.tokenizer, template, cfg.budget_tokens,
-                             cfg.get("orders"), cfg.get("filter_key"), cfg.seed)
+    scorer = instantiate(cfg.scorer, _partial_=True, _convert_="all")(loaded=loaded)
+    evaluator = OPOEvaluator(memory, retriever, scorer, loaded.tokenizer, cfg.budget_tokens, cfg.get("filter_key"),
+                             cfg.seed)
     known = {r.id for r in memory}
     results: dict[str, Any] = {"memory": cfg.memory, "rules": len(memory), "retriever": type(retriever).__name__,
-                               "model": loaded.name, "sets": {}}
+                               "scorer": type(scorer).__name__, "model": loaded.name, "sets": {}}
     predictions = []
     all_questions: dict[str, MCQuestion] = {}
     for set_name, path in cfg.questions.items():

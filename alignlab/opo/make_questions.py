@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 
 from alignlab.errors import DataError
 from alignlab.opo.memory import Rule, RuleMemory
-from alignlab.opo.prompting import PromptTemplate, messages
+from alignlab.opo.prompting import messages
 from alignlab.opo.questions import LETTERS, MCQuestion, parse_question, save_questions
 from alignlab.opo.retrievers import tokenize
 
@@ -172,8 +172,8 @@ def check(question: MCQuestion, rule: Rule) -> str | None:
     return None
 
 
-def check_all(drafts: list[Draft], checker=None, template: PromptTemplate | None = None,
-              min_probability: float = 0.5) -> tuple[list[MCQuestion], dict[str, Any]]:
+def check_all(drafts: list[Draft], checker=None, min_probability: float = 0.5) -> tuple[list[MCQuestion],
+                                                                                      dict[str, Any]]:
     """Keep the drafts that pass :func:`check` (and the checker model, when given); count the reasons."""
     reasons: Counter[str] = Counter()
     passed: list[tuple[MCQuestion, Rule]] = []
@@ -185,9 +185,8 @@ def check_all(drafts: list[Draft], checker=None, template: PromptTemplate | None
             passed.append((draft.question, draft.rule))
     kept = [q for q, _ in passed]
     if checker is not None and passed:
-        template = template or PromptTemplate()
-        conversations = [messages(q.question, q.options, [rule], template) for q, rule in passed]
-        probabilities = checker(conversations, [len(q.options) for q, _ in passed])
+        conversations = [messages(q.question, q.options, [rule], checker.template) for q, rule in passed]
+        probabilities = checker(conversations, [q.options for q, _ in passed])
         kept = []
         for (question, _), probs in zip(passed, probabilities, strict=True):
             if probs is None or probs[question.answer] < min_probability:

@@ -12,14 +12,15 @@ from alignlab.opo.questions import LETTERS
 
 @dataclass
 class PromptTemplate:
-    """``system`` holds ``{rules}`` (the packed rule lines); ``system_without_rules`` is used when there are none
-    (``None``: the chat template's default system prompt). ``user`` holds ``{question}`` and ``{options}``."""
+    """How a question is asked. ``{rules}`` (in ``system`` or ``user``) becomes ``rules_block`` holding the packed
+    rule lines, or nothing when no rule is shown; ``system: None`` keeps the chat template's default system prompt.
+    ``user`` holds ``{question}`` and, for letter answers, ``{options}`` (lettered lines)."""
 
-    system: str = "Answer the question according to these rules:\n{rules}"
-    system_without_rules: str | None = "Answer the question."
+    system: str | None = None
+    user: str = "{rules}Question: {question}\n{options}\nAnswer with the letter of the correct option."
+    rules_block: str = "Rules:\n{rules}\n\n"
     rule: str = "- {text}"
     option: str = "{letter}. {text}"
-    user: str = "{question}\n{options}\nAnswer with the letter of the correct option."
     rule_separator: str = "\n"
 
 
@@ -40,12 +41,10 @@ def pack_rules(tokenizer: PreTrainedTokenizerBase, rules: list[Rule], budget: in
 
 def messages(question: str, options: list[str], rules: list[Rule], template: PromptTemplate) -> list[dict]:
     """Chat messages for one question with its options in the order shown."""
+    lines = template.rule_separator.join(template.rule.format(text=r.text) for r in rules)
+    block = template.rules_block.format(rules=lines) if rules else ""
     lettered = "\n".join(template.option.format(letter=LETTERS[i], text=o) for i, o in enumerate(options))
-    user = template.user.format(question=question, options=lettered)
-    if rules:
-        lines = template.rule_separator.join(template.rule.format(text=r.text) for r in rules)
-        system = template.system.format(rules=lines)
-    else:
-        system = template.system_without_rules
+    user = template.user.format(rules=block, question=question, options=lettered)
+    system = template.system.format(rules=block) if template.system is not None else None
     return ([{"role": "system", "content": system}] if system is not None else []) + \
         [{"role": "user", "content": user}]

@@ -1,32 +1,79 @@
-"""Multiple-choice answers as probabilities over the option letters.
+"""Multiple-choice answers as probabilities over the options. A scorer owns how it asks (its prompt template and
+how many option orders it needs) and answers ``scorer(conversations, options) -> [probabilities or None]``.
 
-A local model is read, not asked: the next-token distribution right after the assistant turn opens, restricted to
-the letters shown (``A`` and `` A`` both count), so there is no free text to parse. An OpenAI-compatible endpoint
-is asked, and the letter is parsed from its reply; a reply with no valid letter is a counted failure.
+* :class:`LocalLetterScorer` reads a local model, not its text: the next-token distribution right after the
+  assistant turn opens, restricted to the letters shown (``A`` and `` A`` both count). Asked once per cyclic
+  order of the options, which cancels the model's preference for a letter.
+* :class:`OptionLikelihoodScorer` scores each option's text as the assistant's answer by its log-likelihood
+  (lm-evaluation-harness's multiple-choice method). The options are not listed in the prompt, so one order
+  suffices; small models that cannot yet map content to a letter can still show what they know this way.
+* :class:`EndpointLetterScorer` asks an OpenAI-compatible endpoint and parses the letter from its reply; a reply
+  with no valid letter is a counted failure.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from alignlab.errors import ConfigError
+from alignlab.opo.prompting import PromptTemplate
 from alignlab.opo.questions import LETTERS
 
 
-class LetterScorer(Protocol):
-    def __call__(self, conversations: list[list[dict]], num_options: list[int]) -> list[np.ndarray | None]:
-        """Per conversation, probabilities over its ``num_options`` letters (``None``: no answer)."""
+class Scorer:
+    """``template``: :class:`PromptTemplate` fields (config text); ``orders``: option orders asked per question
+    (cyclic shifts; None: all of them)."""
+
+    def __init__(self, template: dict[str, Any] | None = None, orders: int | None = None) -> None:
+        self.template = PromptTemplate(**(template or {}))
+        self.orders = orders
+
+    def __call__(self, conversations: list[list[dict]], options: list[list[str]]) -> list[np.ndarray | None]:
+        raise NotImplementedError
 
 
-class LocalLetterScorer:
+def _left_padded(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+class _LocalScorer(Scorer):
+    def __init__(self, loaded, batch_size: int = 8, template: dict[str, Any] | None = None,
+                 orders: int | None = None) -> None:
+        super().__init__(template, orders)
+        self.model, self.tokenizer, self.batch_size = loaded.model, loaded.tokenizer, batch_size
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
+            self.tokenizer.eos_token_id
+
+    def prompt_ids(self, conversation: list[dict]) -> list[int]:
+        return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=False)
+
+    @torch.no_grad()
+    def __call__(self, conversations: list[list[dict]], options: list[list[str]]) -> list[np.ndarray | None]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.score(conversations, options, next(self.model.parameters()).device)
+        finally:
+            self.model.train(was_training)
+
+
+class LocalLetterScorer(_LocalScorer):
     """``loaded``: a :class:`~alignlab.models.LoadedModel` (model and tokenizer)."""
 
-    def __init__(self, loaded, batch_size: int = 8) -> None:
-        self.model, self.tokenizer, self.batch_size = loaded.model, loaded.tokenizer, batch_size
+    def __init__(self, loaded, batch_size: int = 8, template: dict[str, Any] | None = None,
+                 orders: int | None = None) -> None:
+        super().__init__(loaded, batch_size, template, orders)
         self.letter_ids = [self._ids_of(letter) for letter in LETTERS]
 
     def _ids_of(self, letter: str) -> list[int]:
@@ -39,50 +86,72 @@ class LocalLetterScorer:
             raise ConfigError(f"the tokenizer has no single token for the letter {letter!r}")
         return ids
 
-    @torch.no_grad()
-    def __call__(self, conversations: list[list[dict]], num_options: list[int]) -> list[np.ndarray | None]:
-        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True,
-                                                      return_dict=False) for c in conversations]
-        device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        was_training = self.model.training
-        self.model.eval()
+    def score(self, conversations, options, device) -> list[np.ndarray | None]:
+        prompts = [self.prompt_ids(c) for c in conversations]
         results: list[np.ndarray | None] = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        try:
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start: start + self.batch_size]
-                width = max(len(prompts[i]) for i in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):  # left padding: every prompt ends at the last position
-                    ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                    mask[row, width - len(prompts[i]):] = 1
-                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                    logits_to_keep=1).logits[:, -1].float()
-                logprobs = torch.log_softmax(logits, dim=-1).cpu()
-                for row, i in enumerate(chunk):
-                    letters = torch.stack([torch.logsumexp(logprobs[row, self.letter_ids[j]], dim=0)
-                                           for j in range(num_options[i])])
-                    results[i] = torch.softmax(letters, dim=0).numpy()
-        finally:
-            self.model.train(was_training)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start: start + self.batch_size]
+            ids, mask = _left_padded([prompts[i] for i in chunk], self.pad)  # every prompt ends at the last column
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                logits_to_keep=1).logits[:, -1].float()
+            logprobs = torch.log_softmax(logits, dim=-1).cpu()
+            for row, i in enumerate(chunk):
+                letters = torch.stack([torch.logsumexp(logprobs[row, self.letter_ids[j]], dim=0)
+                                       for j in range(len(options[i]))])
+                results[i] = torch.softmax(letters, dim=0).numpy()
         return results
 
 
-class EndpointLetterScorer:
-    """Asks an OpenAI-compatible endpoint (:class:`~alignlab.judges.openai.ChatEndpoint`) and parses the letter."""
+class OptionLikelihoodScorer(_LocalScorer):
+    """Probabilities ∝ exp(log-likelihood of each option's text as the answer); ``normalize="mean"`` uses the
+    per-token mean instead of the sum (less favour to short options)."""
+
+    def __init__(self, loaded, batch_size: int = 8, template: dict[str, Any] | None = None, orders: int | None = 1,
+                 normalize: str = "sum") -> None:
+        super().__init__(loaded, batch_size, template, orders)
+        if normalize not in ("sum", "mean"):
+            raise ConfigError(f"scorer.normalize={normalize!r} is not 'sum' or 'mean'")
+        self.normalize = normalize
+
+    def score(self, conversations, options, device) -> list[np.ndarray | None]:
+        rows = []  # (conversation index, prompt ids, option ids)
+        for i, (conversation, texts) in enumerate(zip(conversations, options, strict=True)):
+            prompt = self.prompt_ids(conversation)
+            rows += [(i, prompt, self.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+        scores: list[list[float]] = [[] for _ in conversations]
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start: start + self.batch_size]
+            sequences = [prompt + answer for _, prompt, answer in chunk]
+            ids, mask = _left_padded(sequences, self.pad)
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            width = ids.shape[1]
+            for row, (i, _, answer) in enumerate(chunk):
+                positions = torch.arange(width - len(answer) - 1, width - 1, device=logprobs.device)
+                targets = torch.tensor(answer, device=logprobs.device)
+                total = logprobs[row, positions, targets].sum().item()
+                scores[i].append(total / len(answer) if self.normalize == "mean" else total)
+        return [torch.softmax(torch.tensor(s), dim=0).numpy() for s in scores]
+
+
+class EndpointLetterScorer(Scorer):
+    """Asks an OpenAI-compatible endpoint (:class:`~alignlab.judges.openai.ChatEndpoint`) and parses the letter.
+    ``loaded``: the local model, whose tokenizer measures the rule budget."""
 
     _LETTER = re.compile(r"^\W*(?:(?:the\s+)?(?:correct\s+)?(?:answer|option)(?:\s+is)?\s*:?\s*\W*)?([A-H])\b",
                          re.IGNORECASE)
 
-    def __init__(self, endpoint, loaded=None) -> None:  # loaded: the local model, whose tokenizer sizes prompts
+    def __init__(self, endpoint, template: dict[str, Any] | None = None, orders: int | None = None,
+                 loaded=None) -> None:
+        super().__init__(template, orders)
         self.endpoint = endpoint
         self.failures = 0
 
-    def __call__(self, conversations: list[list[dict]], num_options: list[int]) -> list[np.ndarray | None]:
+    def __call__(self, conversations: list[list[dict]], options: list[list[str]]) -> list[np.ndarray | None]:
         results: list[np.ndarray | None] = []
-        for reply, n in zip(self.endpoint.complete_all(conversations), num_options, strict=True):
+        for reply, shown in zip(self.endpoint.complete_all(conversations), options, strict=True):
+            n = len(shown)
             match = self._LETTER.match(reply.strip()) if reply else None
             letter = match.group(1).upper() if match else None
             if letter is None or LETTERS.index(letter) >= n:
