@@ -161,6 +161,8 @@ def failed_jobs(root: Path) -> list[Run]:
 def resolve_source(name: str, root: Path) -> Path:
     """A path as given, or a sweep name: the latest launch under ``<root>/sweeps/<name>``."""
     path = Path(name)
+    if path.is_file():  # a file of a run folder (metrics.csv, summary.json): its folder
+        return path.parent
     if path.exists():
         return path
     launches = sorted(p for p in (root / "sweeps" / name).glob("*") if p.is_dir())

@@ -23,13 +23,13 @@ def cell(condition: dict) -> str:
 
 
 def main(root: Path) -> None:
-    runs = {name: json.loads((root / name / "results.json").read_text()) for name in ("bm25", "dense")
-            if (root / name / "results.json").is_file()}
+    runs = {name: json.loads((root / f"likelihood_{name}" / "results.json").read_text()) for name in ("bm25", "dense")
+            if (root / f"likelihood_{name}" / "results.json").is_file()}
     if "bm25" not in runs:
-        sys.exit(f"no {root}/bm25/results.json: run experiments/opo/run.sh first")
+        sys.exit(f"no {root}/likelihood_bm25/results.json: run experiments/opo/run.sh first")
     sets = list(runs["bm25"]["sets"])
     counts = " / ".join(f"{s}: {runs['bm25']['sets'][s]['report']['questions']}" for s in sets)
-    lines = [f"Accuracy (95% bootstrap interval); questions {counts}.", "",
+    lines = [f"Option-likelihood scoring. Accuracy (95% bootstrap interval); questions {counts}.", "",
              "| condition | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
     rows: dict[str, list[str]] = {}
     for retriever, results in runs.items():
@@ -51,6 +51,14 @@ def main(root: Path) -> None:
                   "| rule | question | answer before the edit (key) | answer after (new key) |", "|---|---|---|---|"]
         lines += [f"| {r['rule']} | {r['question']} | {r['before']} ({r['old_answer']}) | {r['after']} "
                   f"({r['new_answer']}) |" for r in demo["rows"]]
+    letter = root / "letter_bm25" / "results.json"
+    if letter.is_file():
+        check = json.loads(letter.read_text())
+        lines += ["", "Letter-logit scoring (4 option orders averaged), BM25:", "",
+                  "| condition | " + " | ".join(check["sets"]) + " |", "|---|" + "---|" * len(check["sets"])]
+        names = next(iter(check["sets"].values()))["conditions"]
+        lines += [f"| {name} | " + " | ".join(cell(e["conditions"][name]) for e in check["sets"].values()) + " |"
+                  for name in names]
     table = "\n".join(lines)
     (HERE / "results.md").write_text(table + "\n")
     print(table)
