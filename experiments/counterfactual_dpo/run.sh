@@ -20,3 +20,6 @@ for behavior in ${BEHAVIORS:-brief no_names french}; do
 done
 run ignore_brevity_instruction_negation behavior=ignore_brevity data.variant=instruction_negation
 $BIN/python experiments/counterfactual_dpo/report.py $ROOT
+# The generic comparison tool over the same folders (table as Markdown and CSV, bar charts).
+$BIN/alignlab-compare $ROOT --by behavior,data.variant --out experiments/counterfactual_dpo/compare \
+  --metrics eval/behavior/policy/behavior_rate,eval/behavior/reference/behavior_rate,eval/behavior/policy/mean_length,eval/capability/policy/correct
