@@ -73,7 +73,8 @@ def main(root: Path) -> None:
                 labels.append(f"{name} ({retriever})" if name.startswith("top") else name)
                 values.append(c["accuracy"])
                 errors.append([c["accuracy"] - c["ci95"][0], c["ci95"][1] - c["accuracy"]])
-        colours = ["#999999" if "rule" in label else "#4c72b0" if "bm25" in label else "#dd8452" for label in labels]
+        colours = ["#999999" if not label.startswith("top") else "#4c72b0" if "bm25" in label else "#dd8452"
+                   for label in labels]
         ax.bar(range(len(labels)), values, yerr=list(zip(*errors, strict=True)), capsize=3, color=colours)
         ax.axhline(0.25, color="black", linestyle=":", linewidth=1, label="chance")
         ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
