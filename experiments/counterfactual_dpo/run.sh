@@ -19,6 +19,8 @@ for behavior in ${BEHAVIORS:-brief no_names french}; do
   done
 done
 run ignore_brevity_instruction_negation behavior=ignore_brevity data.variant=instruction_negation
+# Only half of the encouraged answers are French: keep the pairs the measure orders correctly.
+run french_enc_filtered behavior=french data.variant=enc data.filter_by_measure=true
 $BIN/python experiments/counterfactual_dpo/report.py $ROOT
 # The generic comparison tool over the same folders (table as Markdown and CSV, bar charts).
 $BIN/alignlab-compare $ROOT --by behavior,data.variant --out experiments/counterfactual_dpo/compare \
