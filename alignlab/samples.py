@@ -99,17 +99,17 @@ def behavior_rates(policy, reference, datamodule, gen_cfg) -> dict[str, Any]:
     model on the prompt that elicits the behaviour (the encouraging instruction; for instruction negation, the
     prompt without the inappropriate instruction): the upper bound the policy should move toward."""
     measure = datamodule.behavior.measure
-    pairs = datamodule.val_pairs[: gen_cfg.num_prompts]
-    users = [[m for m in p.meta["prompt"] if m["role"] == "user"] for p in pairs]
+    held_out = datamodule.held_out_prompts()[: gen_cfg.num_prompts]
+    users = [[m for m in prompt if m["role"] == "user"] for prompt in held_out]
     target = "control" if datamodule.variant == "instruction_negation" else "encourage"
     tokenize = datamodule.pair_tokenizer.prompt_ids
-    conditions = {"policy": (policy, [p.prompt_ids for p in pairs]),
-                  "reference": (reference, [p.prompt_ids for p in pairs]),
+    trained_on = [tokenize(prompt) for prompt in held_out]
+    conditions = {"policy": (policy, trained_on), "reference": (reference, trained_on),
                   f"reference_{target}": (reference, [tokenize(datamodule.messages(u, target)) for u in users])}
     options = dict(max_new_tokens=gen_cfg.max_new_tokens, temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
                    batch_size=gen_cfg.batch_size, seed=gen_cfg.get("seed", 0))
     result: dict[str, Any] = {"behavior": datamodule.behavior.name, "variant": datamodule.variant,
-                              "num_prompts": len(pairs)}
+                              "num_prompts": len(held_out)}
     for name, (model, prompts) in conditions.items():
         gens = generate(model, datamodule.tokenizer, prompts, progress=f"sampling ({name})", **options)
         result[f"{name}/mean_length"] = statistics.fmean(len(g.token_ids) for g in gens)

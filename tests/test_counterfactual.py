@@ -94,6 +94,10 @@ def test_filter_by_measure_reports_what_it_kept(tiny, write_jsonl, tmp_path):
     decoded = [tiny.tokenizer.decode(p.chosen_ids, skip_special_tokens=True) for p in dm.train_pairs]
     longer = {r["chosen"] for r in dm.rows if r["chosen_measure"] > r["rejected_measure"]}
     assert all(text.strip() in longer for text in decoded)
+    # The behaviour is still evaluated on every held-out prompt, not only those whose pairs were kept.
+    val_prompts = {json.dumps(r["prompt"], sort_keys=True) for r in dm.rows if r["split"] == "val"}
+    held_out = [json.dumps(p, sort_keys=True) for p in dm.held_out_prompts()]
+    assert sorted(held_out) == sorted(val_prompts) and len(held_out) == len(set(held_out))
 
 
 def test_bad_specs_and_prompt_files(tiny, write_jsonl, tmp_path):

@@ -237,6 +237,17 @@ class CounterfactualDataModule(PairDataModule):
         self.rows = rows
         self._tokenize(rows)
 
+    def held_out_prompts(self) -> list[list[dict[str, str]]]:
+        """The training-format prompt (messages) of every held-out prompt, once each and in order, whether or not
+        the measure filter kept its pairs: the behaviour is evaluated on all of them."""
+        seen, prompts = set(), []
+        for row in self.rows:
+            key = json.dumps(row["prompt"], sort_keys=True)
+            if row["split"] == "val" and key not in seen:
+                seen.add(key)
+                prompts.append(row["prompt"])
+        return prompts
+
     def _cut_if_unfinished(self, ids: list[int], finished: bool) -> list[int]:
         eos = self.tokenizer.eos_token_id
         if finished or eos not in ids:

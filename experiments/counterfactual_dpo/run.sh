@@ -23,5 +23,5 @@ run ignore_brevity_instruction_negation behavior=ignore_brevity data.variant=ins
 run french_enc_filtered behavior=french data.variant=enc data.filter_by_measure=true
 $BIN/python experiments/counterfactual_dpo/report.py $ROOT
 # The generic comparison tool over the same folders (table as Markdown and CSV, bar charts).
-$BIN/alignlab-compare $ROOT --by behavior,data.variant --out experiments/counterfactual_dpo/compare \
+$BIN/alignlab-compare $ROOT --by behavior,data.variant,data.filter_by_measure --out experiments/counterfactual_dpo/compare \
   --metrics eval/behavior/policy/behavior_rate,eval/behavior/reference/behavior_rate,eval/behavior/policy/mean_length,eval/capability/policy/correct
