@@ -6,6 +6,7 @@ naming the file, row or key, and exit code 2. ``ALIGNLAB_DEBUG=1`` shows the ful
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -71,52 +72,26 @@ def _train(cfg: DictConfig) -> float | None:
     return sweep_value(metrics, cfg.optimized_metric)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
-def _evaluate(cfg: DictConfig) -> None:
-    from alignlab.evaluate import run_evaluate
+def _entry(config_name: str, target: str) -> Callable[[], None]:
+    """A console entry point: Hydra composes ``conf/<config_name>.yaml`` and ``target`` (``module:function``, imported
+    only when the command runs) takes the config."""
 
-    run_or_exit(run_evaluate, cfg)
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
+    def main(cfg: DictConfig) -> None:
+        module, _, function = target.partition(":")
+        run_or_exit(getattr(importlib.import_module(module), function), cfg)
 
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="generate")
-def _generate(cfg: DictConfig) -> None:
-    from alignlab.generate import run_generate
-
-    run_or_exit(run_generate, cfg)
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="opo")
-def _opo(cfg: DictConfig) -> None:
-    from alignlab.opo.evaluate import run_opo
-
-    run_or_exit(run_opo, cfg)
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="opo_questions")
-def _opo_questions(cfg: DictConfig) -> None:
-    from alignlab.opo.make_questions import run_make_questions
-
-    run_or_exit(run_make_questions, cfg)
-
-
-def opo() -> None:
-    _opo()
-
-
-def opo_questions() -> None:
-    _opo_questions()
-
-
-def generate() -> None:
-    _generate()
+    return main
 
 
 def train() -> None:
     _train()
 
 
-def evaluate() -> None:
-    _evaluate()
+evaluate = _entry("eval", "alignlab.evaluate:run_evaluate")
+generate = _entry("generate", "alignlab.generate:run_generate")
+opo = _entry("opo", "alignlab.opo.evaluate:run_opo")
+opo_questions = _entry("opo_questions", "alignlab.opo.make_questions:run_make_questions")
 
 
 if __name__ == "__main__":
