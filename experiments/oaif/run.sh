@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Miniature OAIF reproduction on SmolLM2-135M-Instruct (2 CPU cores). Writes under experiments/oaif/runs/;
 # resumable: a run whose folder has summary.json is kept.
-#  1. online vs offline, same prompts, annotator and number of updates (34), seeds in SEEDS (default 0 1);
+#  1. online vs offline, same prompts, annotator and number of updates (34), seeds in SEEDS (default 0 1 2);
 #  2. length control: the rule annotator with three instructions (helpful, helpful_short, helpful_very_short), on
-#     the first 128 training prompts (16 updates) to fit the CPU budget.
+#     the first 128 training prompts (16 updates) to fit the CPU budget, at the main runs' learning rate (1e-5)
+#     and at 5e-5.
+# Each run uses every core it is given; two runs side by side with OMP_NUM_THREADS=1 each finish sooner in all
+# on 2 cores than one after the other (see the README for times).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=experiments/oaif/runs
 BIN=.venv/bin
 COMMON=(trainer.enable_progress_bar=false)
 done_() { [ -f "$ROOT/$1/summary.json" ]; }
-for seed in ${SEEDS:-0 1}; do
+for seed in ${SEEDS:-0 1 2}; do
   done_ online_seed$seed || $BIN/alignlab-train experiment=oaif seed=$seed paths.output_dir=$ROOT/online_seed$seed \
     "${COMMON[@]}"
   for split in train val; do
@@ -23,13 +26,15 @@ for seed in ${SEEDS:-0 1}; do
     paths.output_dir=$ROOT/offline_seed$seed "${COMMON[@]}"
 done
 for instruction in ${INSTRUCTIONS:-helpful helpful_short helpful_very_short}; do
-  done_ length_$instruction || $BIN/alignlab-train experiment=oaif judge=rule judge.instruction=$instruction \
-    data.max_train_pairs=128 callbacks.win_rate.every_n_steps=4 paths.output_dir=$ROOT/length_$instruction \
-    "${COMMON[@]}"
+  for lr in 1e-5 5e-5; do
+    name=length_$instruction; [ $lr = 1e-5 ] || name=length_lr${lr}_$instruction
+    done_ $name || $BIN/alignlab-train experiment=oaif judge=rule judge.instruction=$instruction optimizer.lr=$lr \
+      data.max_train_pairs=128 callbacks.win_rate.every_n_steps=4 paths.output_dir=$ROOT/$name "${COMMON[@]}"
+  done
 done
 $BIN/alignlab-compare $ROOT/online_seed* $ROOT/offline_seed* --by objective.name \
   --metrics val/samples/win_rate,val/samples/reward,val/samples/mean_length,val/samples/kl_to_reference,train/online/ties \
   --out experiments/oaif/compare_online_offline
-$BIN/alignlab-compare $ROOT/length_* --by judge.instruction \
-  --metrics val/samples/mean_length,val/samples/win_rate,val/samples/reward,val/samples/kl_to_reference \
+$BIN/alignlab-compare $ROOT/length_* --by optimizer.lr,judge.instruction \
+  --metrics val/samples/mean_length,val/samples/win_rate,val/samples/reward,val/samples/kl_to_reference,train/online/ties \
   --out experiments/oaif/compare_length
