@@ -7,6 +7,8 @@ import time
 
 import pytorch_lightning as pl
 
+from alignlab.errors import ConfigError
+
 
 class ThroughputMonitor(pl.Callback):
     """Logs ``train/tokens_per_sec``: training tokens (prompt counted once per response, no padding) per second.
@@ -31,7 +33,7 @@ class WinRateMonitor(pl.Callback):
     """Every ``every_n_steps`` (and at the end), answers from the policy and the reference on held-out prompts,
     compared by ``evaluator`` (a judge, which may differ from the training annotator) and ``reward``.
 
-    Logs ``val/samples/*``: ``win_rate`` (evaluator), ``reward`` and ``reward_reference``, ``mean_length``,
+    Logs ``val/samples/*``: ``win_rate`` (ties count half) and ``wins``/``ties``/``losses`` (evaluator), ``reward`` and ``reward_reference``, ``mean_length``,
     ``kl_to_reference``. Needs a reference model in memory (OAIF keeps one; offline DPO with precomputed
     reference log-probs frees it, and then this callback says so once and does nothing).
     """
@@ -69,10 +71,18 @@ class WinRateMonitor(pl.Callback):
         from alignlab.samples import sample_and_rate
 
         self._last_step = trainer.global_step
-        result = sample_and_rate(pl_module.policy, reference, datamodule.tokenizer, examples, self.generation,
-                                 self.reward, self.evaluator)
+        try:
+            result = sample_and_rate(pl_module.policy, reference, datamodule.tokenizer, examples, self.generation,
+                                     self.reward, self.evaluator)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a monitor's fault (e.g. its evaluator) must not end training
+            logging.getLogger(__name__).warning("WinRateMonitor: nothing measured at step %d (%s: %s)",
+                                                trainer.global_step, type(e).__name__, e)
+            return None
         logged = {"mean_length": result["policy/mean_length"], "kl_to_reference": result["policy/kl_to_reference"]}
-        for key, name in (("judge/win_rate", "win_rate"), ("policy/reward", "reward"),
+        for key, name in (("judge/win_rate", "win_rate"), ("judge/wins", "wins"), ("judge/ties", "ties"),
+                          ("judge/losses", "losses"), ("policy/reward", "reward"),
                           ("reference/reward", "reward_reference")):
             if key in result:
                 logged[name] = result[key]

@@ -106,7 +106,7 @@ def test_pairs_are_sampled_judged_and_counted(tiny, write_jsonl):
     pairs = dm.make_pairs(Holder(tiny.model), batch)
     s = pairs.stats
     assert s["pairs"] == 4 and s["judge_failures"] == judge.calls // 2 >= 1
-    assert s["kept"] == len(pairs) == 4 - s["judge_failures"] - s["ties"] - s["empty"]
+    assert s["kept"] == len(pairs) == 4 - s["judge_failures"] - s["ties"] - s["empty"] - s["identical"]
     for i in range(len(pairs)):  # chosen has no more 'e's than rejected, as the judge said
         chosen = tiny.tokenizer.decode(pairs.chosen_ids[i][pairs.chosen_mask[i].bool()], skip_special_tokens=True)
         rejected = tiny.tokenizer.decode(pairs.rejected_ids[i][pairs.rejected_mask[i].bool()], skip_special_tokens=True)
@@ -120,12 +120,31 @@ def test_inconsistent_verdicts_and_missing_reference(tiny, write_jsonl):
 
     dm = make_online(tiny, write_jsonl, PositionBiased(), unfinished="keep")
     pairs = dm.make_pairs(Holder(tiny.model), dm._collate(dm.train_prompts[:4]))
-    assert len(pairs) == 0 and pairs.stats["inconsistent"] + pairs.stats["empty"] == 4
+    assert len(pairs) == 0 and pairs.stats["inconsistent"] + pairs.stats["empty"] + pairs.stats["identical"] == 4
     from alignlab.errors import ConfigError
 
     off_policy = make_online(tiny, write_jsonl, FewerEsJudge(), sample_from="reference")
     with pytest.raises(ConfigError, match="no reference model"):
         off_policy.make_pairs(Holder(tiny.model), off_policy._collate(off_policy.train_prompts[:2]))
+
+
+def test_a_judge_that_raises_costs_the_batch_not_the_run(tiny, write_jsonl):
+    from alignlab.errors import ConfigError
+
+    class Broken:
+        def __init__(self, error):
+            self.error = error
+
+        def __call__(self, prompts, pairs, metas=None):
+            raise self.error
+
+    dm = make_online(tiny, write_jsonl, Broken(RuntimeError("CUDA out of memory")), unfinished="keep")
+    pairs = dm.make_pairs(Holder(tiny.model), dm._collate(dm.train_prompts[:4]))
+    assert len(pairs) == 0
+    assert pairs.stats["judge_failures"] == 4 - pairs.stats["empty"] - pairs.stats["identical"] >= 1
+    refused = make_online(tiny, write_jsonl, Broken(ConfigError("endpoint answered 401")), unfinished="keep")
+    with pytest.raises(ConfigError, match="401"):
+        refused.make_pairs(Holder(tiny.model), refused._collate(refused.train_prompts[:4]))
 
 
 def test_a_batch_with_no_pairs_changes_nothing(make_cfg, monkeypatch):
@@ -150,8 +169,29 @@ def test_unfinished_answers_can_be_dropped(tiny, write_jsonl):
     dm = make_online(tiny, write_jsonl, FewerEsJudge(), unfinished="drop")
     pairs = dm.make_pairs(Holder(tiny.model), dm._collate(dm.train_prompts[:4]))
     # A random tiny model almost never stops within 6 tokens: those pairs are dropped and counted, not trained on.
-    assert pairs.stats["unfinished_dropped"] + pairs.stats["kept"] + pairs.stats["ties"] + pairs.stats["empty"] == 4
+    assert pairs.stats["unfinished_dropped"] + pairs.stats["kept"] + pairs.stats["ties"] + pairs.stats["empty"] + \
+        pairs.stats["identical"] == 4
     assert pairs.stats["unfinished_dropped"] >= 1
+
+
+def test_empty_and_identical_answers_are_counted_not_judged(tiny, write_jsonl, monkeypatch):
+    from alignlab.generation import Generation
+
+    judged = []
+
+    class Recording(FewerEsJudge):
+        def __call__(self, prompts, pairs, metas=None):
+            judged.extend(pairs)
+            return super().__call__(prompts, pairs, metas)
+
+    dm = make_online(tiny, write_jsonl, Recording(), unfinished="keep")
+    # Per prompt, two samples: only special tokens (decodes to nothing), empty, identical twice, then a real pair.
+    texts = ["", "fine answer", "", "", "same", "same", "one answer", "another answer"]
+    monkeypatch.setattr(dm, "_generate", lambda model, prompts, seed=None: [
+        Generation(t, [7] if not t else [1, 2], True) for t in texts])
+    pairs = dm.make_pairs(Holder(tiny.model), dm._collate(dm.train_prompts[:4]))
+    assert (pairs.stats["empty"], pairs.stats["identical"]) == (2, 1)
+    assert judged == [("one answer", "another answer")] and len(pairs) + pairs.stats["ties"] == 1
 
 
 def test_oaif_training_runs_on_policy_samples(make_cfg, monkeypatch):
@@ -171,8 +211,34 @@ def test_oaif_training_runs_on_policy_samples(make_cfg, monkeypatch):
     assert len(column(rows, "train/loss")) >= 1 and "val/online/kept" in metrics
     assert objects["module"].reference_logps is None and objects["module"]._reference is not None
     win_rates = column(rows, "val/samples/win_rate")
-    assert len(win_rates) == 2 and all(0 <= w <= 1 for w in win_rates)  # at step 2 and at the end
+    assert len(win_rates) == 2  # at step 2 and at the end
+    for rate, wins, ties, losses in zip(win_rates, *(column(rows, f"val/samples/{k}") for k in
+                                                      ("wins", "ties", "losses")), strict=True):
+        assert wins + ties + losses == 4 and rate == pytest.approx((wins + 0.5 * ties) / 4)
     assert len(column(rows, "val/samples/kl_to_reference")) == 2
+
+
+def test_a_failing_evaluator_costs_the_measurement_not_the_run(tiny, write_jsonl, caplog):
+    import copy
+    from types import SimpleNamespace
+
+    from alignlab.callbacks import WinRateMonitor
+
+    class Unreachable:
+        def __call__(self, prompts, pairs, metas=None):
+            raise TimeoutError("evaluator did not answer")
+
+    dm = make_online(tiny, write_jsonl, FewerEsJudge())
+    logged = []
+    trainer = SimpleNamespace(global_step=5, datamodule=dm,
+                              loggers=[SimpleNamespace(log_metrics=lambda m, step: logged.append(m))])
+    module = SimpleNamespace(policy=tiny.model, _reference=copy.deepcopy(tiny.model))
+    monitor = WinRateMonitor(evaluator=Unreachable(), num_prompts=2, max_new_tokens=4)
+    with caplog.at_level("WARNING"):
+        assert monitor.measure(trainer, module) is None
+    assert not logged and "nothing measured at step 5 (TimeoutError" in caplog.text
+    monitor.evaluator, trainer.global_step = FewerEsJudge(), 6
+    assert monitor.measure(trainer, module) is not None and "val/samples/win_rate" in logged[0]
 
 
 def test_generate_writes_an_offline_baseline_that_trains(tmp_path, make_cfg, monkeypatch):

@@ -19,6 +19,15 @@ import torch
 from alignlab.errors import ConfigError
 from alignlab.judges.openai import OpenAIJudge
 
+# Question marker -> a 200 response whose body is not a chat completion.
+MALFORMED = {
+    "EMPTYLIST": b"[]",
+    "NULLBODY": b"null",
+    "NOCHOICES": b'{"choices": null}',
+    "NOTTEXT": b'{"choices": [{"message": {"content": {"text": "A"}}}]}',
+    "BADUTF8": b'{"choices": [{"message": {"content": "\xff\xfe"}}]}',
+}
+
 
 class ModelServer:
     def __init__(self, loaded):
@@ -56,11 +65,21 @@ class ModelServer:
                     return self._send(400, {"error": "bad request"})
                 if "FLAKY" in text and seen <= 2:
                     return self._send(500, {"error": "try again"})
+                for marker, body in MALFORMED.items():
+                    if marker in text:
+                        return self._send(200, body)
+                if "TRUNCATED" in text:  # announces more bytes than it sends, then closes the connection
+                    self.send_response(200)
+                    self.send_header("Content-Length", "500")
+                    self.end_headers()
+                    self.wfile.write(b'{"choices": [')
+                    self.close_connection = True
+                    return None
                 reply = "banana" if "GARBAGE" in text else server.answer(text)
                 self._send(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
 
             def _send(self, code, body):
-                data = json.dumps(body).encode()
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json")
@@ -129,6 +148,17 @@ def test_faults_cost_the_pair_not_the_run(server, tmp_path):
     refused = [t for t in server.requests if "REFUSE" in t]
     assert all(server.requests[t] == 1 for t in refused)
     assert time.perf_counter() - started < 10  # bounded: timeouts x retries, in parallel
+
+
+def test_malformed_bodies_cost_the_pair_not_the_run(server, tmp_path):
+    j = judge(server, tmp_path, max_retries=1)
+    questions = [f"{marker} question" for marker in MALFORMED] + ["TRUNCATED question", "fine question"]
+    verdicts = j(questions, [("a", "b")] * len(questions))
+    assert verdicts.prob_first[:-1] == [None] * (len(questions) - 1)
+    assert verdicts.prob_first[-1] is not None
+    assert j.failures == len(questions) - 1
+    truncated = [t for t in server.requests if "TRUNCATED" in t]
+    assert truncated and all(server.requests[t] == 2 for t in truncated)  # a cut-off body is retried
 
 
 def test_replies_are_cached_on_disk(server, tmp_path):

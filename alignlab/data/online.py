@@ -28,7 +28,7 @@ from alignlab.data.pairs import PairTokenizer, TokenizedPair
 from alignlab.data.prompts import PromptExample, read_prompts
 from alignlab.errors import ConfigError, DataError
 from alignlab.generation import Generation, generate
-from alignlab.judges.base import Judge
+from alignlab.judges.base import Judge, Verdicts
 
 log = logging.getLogger(__name__)
 UNFINISHED = ("keep", "penalize", "drop")
@@ -203,15 +203,21 @@ class OnlinePairsDataModule(pl.LightningDataModule):
         else:
             samples = self._generate(model, doubled, seed)
         firsts, seconds = samples[0::2], samples[1::2]
-        stats = {"pairs": float(len(prompts)), "judge_failures": 0.0, "ties": 0.0, "empty": 0.0,
+        stats = {"pairs": float(len(prompts)), "judge_failures": 0.0, "ties": 0.0, "empty": 0.0, "identical": 0.0,
                  "inconsistent": 0.0, "unfinished_dropped": 0.0, "unfinished_answers": 0.0,
                  "mean_length": sum(len(s.token_ids) for s in samples) / max(1, len(samples))}
-        # Nothing to learn from an empty answer or two identical ones: dropped before the judge is asked.
-        usable = [i for i, (a, b) in enumerate(zip(firsts, seconds, strict=True))
-                  if a.token_ids and b.token_ids and a.token_ids != b.token_ids]
-        stats["empty"] = float(len(prompts) - len(usable))
-        verdicts = self.judge([batch.questions[i] for i in usable],
-                              [(firsts[i].text, seconds[i].text) for i in usable], [batch.metas[i] for i in usable])
+        # Nothing to learn from an empty answer (no text left once special tokens and spaces are gone) or from two
+        # identical ones: dropped before the judge is asked, and counted apart.
+        usable = []
+        for i, (a, b) in enumerate(zip(firsts, seconds, strict=True)):
+            if not (a.text and b.text):
+                stats["empty"] += 1
+            elif a.text == b.text:
+                stats["identical"] += 1
+            else:
+                usable.append(i)
+        verdicts = self._judge([batch.questions[i] for i in usable],
+                               [(firsts[i].text, seconds[i].text) for i in usable], [batch.metas[i] for i in usable])
         consistent_flags = verdicts.consistent or [None] * len(usable)
         kept = []
         for i, prob, consistent in zip(usable, verdicts.prob_first, consistent_flags, strict=True):
@@ -239,6 +245,22 @@ class OnlinePairsDataModule(pl.LightningDataModule):
             stats["position_consistency"] = sum(consistent) / len(consistent)
         stats["kept"] = float(len(kept))
         return kept, stats
+
+    def _judge(self, questions: list[str], pairs: list[tuple[str, str]], metas: list[dict]) -> Verdicts:
+        """The annotator's verdicts; a judge that raises costs this batch's pairs (counted), not the run.
+
+        A ConfigError (e.g. an endpoint refusing the API key) still stops the run: no later batch would fare better.
+        """
+        if not pairs:
+            return Verdicts([])
+        try:
+            return self.judge(questions, pairs, metas)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any annotator fault, local model or remote
+            log.warning("the annotator failed on %d pairs (%s: %s); they are counted as judge failures",
+                        len(pairs), type(e).__name__, e)
+            return Verdicts([None] * len(pairs))
 
     def _generate(self, model, prompts: list[list[int]], seed: int | None = None) -> list[Generation]:
         return generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,

@@ -16,6 +16,7 @@ about each answer alone. The base URL and key come from config or ``OPENAI_BASE_
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -93,7 +94,7 @@ class ChatEndpoint:
             try:
                 request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    reply = json.loads(response.read())["choices"][0]["message"]["content"] or ""
+                    reply = _reply_text(response.read())
                 if cached is not None:
                     cached.parent.mkdir(parents=True, exist_ok=True)
                     tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
@@ -108,9 +109,9 @@ class ChatEndpoint:
                     log.warning("endpoint answered %d: %s", e.code, e.reason)
                     return None
                 error = f"HTTP {e.code}"
-            except (urllib.error.URLError, TimeoutError, OSError) as e:
-                error = f"{type(e).__name__}: {e}"
-            except (KeyError, IndexError, json.JSONDecodeError) as e:
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as e:
+                error = f"{type(e).__name__}: {e}"  # HTTPException: e.g. a body cut off mid-transfer
+            except ValueError as e:
                 log.warning("endpoint sent a malformed response: %s", e)
                 return None
             if attempt < self.max_retries:
@@ -165,6 +166,17 @@ class OpenAIJudge(ChatEndpoint):
             consistent.append(a_wins_shown == a_wins_swapped)
         self.failures += sum(p is None for p in probs)
         return Verdicts(probs, consistent)
+
+
+def _reply_text(raw: bytes) -> str:
+    """The message text of a chat-completions response body; ValueError for any other shape."""
+    try:
+        content = json.loads(raw)["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError) as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"no choices[0].message.content ({type(e).__name__}: {e})") from None
+    if content is not None and not isinstance(content, str):
+        raise ValueError(f"message content is {type(content).__name__}, not text")
+    return content or ""
 
 
 def _parse(reply: str | None, pattern: re.Pattern, values: dict[str, float]) -> float | None:
