@@ -6,8 +6,9 @@ OnlineDPOTrainer, same model, prompts, batch, generation length and annotator.
 
 The annotator is the same programmatic rater for both (:class:`alignlab.judges.rule.RuleJudge`; for TRL it is a
 reward function giving each completion that score). Each framework runs in its own process. Reported per step
-(median of steps 2..N, wall time between step ends): seconds, generation seconds and new tokens generated per
-second of generation, training tokens per second of the rest, and peak memory.
+(median of steps 2..N, wall time between step ends): seconds, generation seconds (sampling alone; annotating
+falls in the rest for both) and new tokens generated per second of generation, training tokens (prompt+answer of
+every trained sequence) per second of the rest, and peak memory; then alignlab's ratio to TRL for each.
 """
 
 from __future__ import annotations
@@ -46,18 +47,22 @@ def run_alignlab(args) -> dict:
     from alignlab.data.online import OnlinePairsDataModule
 
     gen_times, gen_tokens, train_tokens, ends = [], [], [], []
-    original = OnlinePairsDataModule.make_pairs
+    original_make_pairs, original_generate = OnlinePairsDataModule.make_pairs, OnlinePairsDataModule._generate
 
-    def timed_make_pairs(self, module, batch):
+    def timed_generate(self, model, prompts, seed=None):  # sampling alone, as TRL's _generate is timed
         SAMPLER.active = True
         start = time.perf_counter()
-        pairs = original(self, module, batch)
+        samples = original_generate(self, model, prompts, seed)
         gen_times.append(time.perf_counter() - start)
-        gen_tokens.append(int(pairs.stats["mean_length"] * 2 * len(batch)))
+        gen_tokens.append(sum(len(s.token_ids) for s in samples))
+        return samples
+
+    def counted_make_pairs(self, module, batch):
+        pairs = original_make_pairs(self, module, batch)
         train_tokens.append(pairs.num_tokens if len(pairs) else 0)
         return pairs
 
-    OnlinePairsDataModule.make_pairs = timed_make_pairs
+    OnlinePairsDataModule._generate, OnlinePairsDataModule.make_pairs = timed_generate, counted_make_pairs
 
     class StepEnds(pl.Callback):
         def on_train_start(self, trainer, module):
@@ -117,7 +122,7 @@ def run_trl(args) -> dict:
             out.append(judge.score(question, text, answers.get(question, {})))
         return out
 
-    gen_times, gen_tokens, ends = [], [], []
+    gen_times, gen_tokens, train_tokens, ends = [], [], [], []
 
     class StepEnds(TrainerCallback):
         def on_train_begin(self, targs, state, control, **kw):
@@ -141,11 +146,12 @@ def run_trl(args) -> dict:
         out = original(model, prompts, images)
         gen_times.append(time.perf_counter() - start)
         gen_tokens.append(int(out[3].sum()))
+        train_tokens.append(int(out[1].sum() + out[3].sum()))  # every prompt+completion is trained on
         return out
 
     trainer._generate = timed_generate
     trainer.train()
-    return summarize(ends, gen_times, gen_tokens, [])
+    return summarize(ends, gen_times, gen_tokens, train_tokens)
 
 
 def main() -> None:
@@ -176,7 +182,10 @@ def main() -> None:
         print(f"{CONFIGS[name]:28s} {r['median_step_s']:7.2f} {r['median_generation_s']:6.2f} "
               f"{r['generated_tokens_per_s']:9.1f} {r['train_tokens_per_s']:11.1f} {r['train_peak_rss_mib']:14.0f}")
     if len(results) == 2:
-        print(f"alignlab vs TRL end to end: {results['trl']['end_to_end_s'] / results['alignlab']['end_to_end_s']:.2f}x")
+        ours, trl = results["alignlab"], results["trl"]
+        print(f"alignlab vs TRL: end to end {trl['end_to_end_s'] / ours['end_to_end_s']:.2f}x, generation tok/s "
+              f"{ours['generated_tokens_per_s'] / trl['generated_tokens_per_s']:.2f}x, training tok/s "
+              f"{ours['train_tokens_per_s'] / trl['train_tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":
