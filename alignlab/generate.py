@@ -17,10 +17,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-import alignlab.config  # noqa: F401
+from alignlab.config import without_secrets  # importing it registers the resolvers
 from alignlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def run_generate(cfg: DictConfig) -> tuple[dict[str, float], Path]:
                "all": datamodule.train_prompts + datamodule.val_prompts}.get(cfg.split)
     if prompts is None:
         raise ConfigError(f"split={cfg.split!r} is not one of train, val, all")
-    produced_by = {"model": loaded.name, "judge": OmegaConf.to_container(cfg.judge, resolve=True),
+    produced_by = {"model": loaded.name, "judge": without_secrets(cfg.judge),
                    "temperature": datamodule.temperature, "top_p": datamodule.top_p,
                    "max_new_tokens": datamodule.max_new_tokens, "unfinished": datamodule.unfinished,
                    "seed": cfg.seed}

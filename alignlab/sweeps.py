@@ -23,8 +23,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from alignlab.config import SECRET_KEYS, override_without_secret, without_secrets
 from alignlab.errors import AlignlabError
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def job_overrides() -> list[str]:
     """The overrides that tell this job from the others (empty outside Hydra)."""
     if not HydraConfig.initialized():
         return []
-    return list(HydraConfig.get().overrides.task)
+    return [override_without_secret(o) for o in HydraConfig.get().overrides.task]
 
 
 def group_choices() -> dict[str, str]:
@@ -83,7 +84,8 @@ def job_record(config: DictConfig, job_return: JobReturn) -> dict[str, Any]:
     """What the summary says of one job: overrides, status, error, run folder and final metrics."""
     runtime = config.hydra.runtime
     run_dir = Path(config.get("paths", {}).get("output_dir") or runtime.output_dir)
-    record: dict[str, Any] = {"num": int(config.hydra.job.num), "overrides": list(config.hydra.overrides.task),
+    overrides = [override_without_secret(o) for o in config.hydra.overrides.task]
+    record: dict[str, Any] = {"num": int(config.hydra.job.num), "overrides": overrides,
                               "run_dir": str(run_dir)}
     if job_return.status == JobStatus.COMPLETED:
         record["status"] = "completed"
@@ -115,8 +117,21 @@ def rebuild_summary(sweep_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def scrub_multirun_yaml(sweep_dir: Path) -> None:
+    """Hydra's own ``multirun.yaml`` copies the command line: API keys given there are set to null in it."""
+    path = sweep_dir / "multirun.yaml"
+    if path.is_file() and any(f"{key}=" in path.read_text() or f"{key}:" in path.read_text() for key in SECRET_KEYS):
+        with _locked(sweep_dir / ".summary.lock"):
+            OmegaConf.save(OmegaConf.create(without_secrets(OmegaConf.load(path), resolve=False)), path)
+
+
 class SweepSummary(Callback):
-    """Hydra callback (``hydra.callbacks`` in ``conf/hydra/default.yaml``) keeping ``sweep_summary.json`` current."""
+    """Hydra callback (``hydra.callbacks`` in ``conf/hydra/default.yaml``) keeping ``sweep_summary.json`` current,
+    and secrets out of Hydra's ``multirun.yaml``."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:
+            scrub_multirun_yaml(Path(config.hydra.sweep.dir))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import alignlab.config  # noqa: F401  (registers resolvers)
+from alignlab.config import without_secrets  # importing it registers the resolvers
 from alignlab.errors import ConfigError
 from alignlab.sweeps import group_choices, job_overrides
 
@@ -103,7 +103,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path) -> pl.Trainer:
 def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train the configured policy; returns the final metrics and the objects that produced them."""
     output_dir = prepare_output_dir(cfg)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    OmegaConf.save(OmegaConf.create(without_secrets(cfg)), output_dir / "config.yaml")
     write_run_info(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
@@ -118,7 +118,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ckpt = resolve_ckpt(cfg.get("ckpt_path"), output_dir)
         if ckpt is not None:
             keep_earlier_metrics(output_dir)  # before any logger opens metrics.csv
-        hyperparameters = {**OmegaConf.to_container(cfg, resolve=True), "choices": group_choices(),
+        hyperparameters = {**without_secrets(cfg), "choices": group_choices(),
                            "overrides": job_overrides()}
         for logger in trainer.loggers:  # W&B's run config: what alignlab-compare and the W&B UI group runs by
             logger.log_hyperparams(hyperparameters)

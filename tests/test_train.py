@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from omegaconf import open_dict
 
 from alignlab.train import run_train
@@ -144,6 +145,21 @@ def test_multirun_writes_four_separate_runs(tmp_path):
     assert len(seen) == 4
     names = {p.name for p in runs}
     assert any("loss=ipo" in n and "loss.beta=0.05" in n for n in names)
+
+
+def test_an_api_key_given_in_config_is_written_nowhere(tmp_path):
+    secret = "sk-test-secret-4b1d"
+    result = run_cli("-m", "debug=fast", "loss=sigmoid,ipo", f"+judge.api_key={secret}", f"paths.root={tmp_path}",
+                     "trainer.max_steps=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [p.parent for p in tmp_path.glob("multirun/**/config.yaml")]
+    assert len(runs) == 2 and all(yaml.safe_load((r / "config.yaml").read_text())["judge"]["api_key"] is None
+                                  for r in runs)
+    summary = json.loads(next(tmp_path.glob("multirun/**/sweep_summary.json")).read_text())
+    assert "judge.api_key=<redacted>" in json.dumps(summary)
+    leaked = [str(p) for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    leaked += [str(p) for p in tmp_path.rglob("*") if secret in p.name]
+    assert leaked == []
 
 
 def test_bad_row_fails_in_one_line_naming_file_and_line(tmp_path):

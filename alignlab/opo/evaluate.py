@@ -22,6 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from alignlab.config import without_secrets
 from alignlab.errors import ConfigError, DataError
 from alignlab.opo.memory import Rule, RuleMemory
 from alignlab.opo.prompting import PromptTemplate, messages, pack_rules
@@ -202,7 +203,7 @@ def run_opo(cfg: DictConfig) -> dict[str, Any]:
     from alignlab.train import prepare_output_dir
 
     output_dir = prepare_output_dir(cfg)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    OmegaConf.save(OmegaConf.create(without_secrets(cfg)), output_dir / "config.yaml")
     loaded = instantiate(cfg.model)
     memory = RuleMemory.load(cfg.memory)
     retriever = instantiate(cfg.retriever, _partial_=True)(memory=memory)
