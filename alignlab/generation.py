@@ -60,7 +60,7 @@ def _generate(model, tokenizer, prompts, max_new_tokens, temperature, top_p, bat
                 dict(do_sample=False)
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                  max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, top_k=0,
-                                 **sampling)
+                                 use_cache=True, **sampling)  # also when training turned it off for checkpointing
             for row, i in enumerate(chunk):
                 new = out[row, width:].tolist()
                 finished = eos in new
