@@ -34,6 +34,7 @@ class ModelServer:
         self.model = copy.deepcopy(loaded.model).eval()
         self.tokenizer = loaded.tokenizer
         self.requests = Counter()
+        self.authorizations = Counter()
         self.lock = threading.Lock()
         self.letter_ids = [self.tokenizer.encode(x, add_special_tokens=False)[0] for x in ("A", "B")]
 
@@ -58,6 +59,7 @@ class ModelServer:
                 text = payload["messages"][-1]["content"]
                 with server.lock:
                     server.requests[text] += 1
+                    server.authorizations[self.headers.get("Authorization")] += 1
                     seen = server.requests[text]
                 if "SLOW" in text:
                     time.sleep(1.0)
@@ -115,6 +117,16 @@ def test_pairwise_both_orders_from_the_model(server, tmp_path):
     # A tiny random model picks the same letter whatever the order: inconsistent, and the average is a tie.
     for p, c in zip(verdicts.prob_first, verdicts.consistent, strict=True):
         assert (p == 0.5) == (not c)
+
+
+def test_endpoint_and_key_come_from_the_environment(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "answer", lambda text: "A")
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    before = server.authorizations["Bearer sk-from-env"]
+    verdicts = OpenAIJudge("tiny", cache_dir=None, max_retries=0)(["Env question?"], [("a", "b")])
+    assert verdicts.prob_first == [0.5]  # "A" in both orders: position bias, a tie
+    assert server.authorizations["Bearer sk-from-env"] == before + 2
 
 
 def test_pairwise_direction_and_lenient_parsing(server, tmp_path, monkeypatch):
