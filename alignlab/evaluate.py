@@ -77,7 +77,10 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     reference = loaded.frozen_copy()
     policy = load_policy(policy_dir, reference)
     loss = instantiate(cfg.loss)
-    datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=loaded.tokenizer)
+    data_cfg = cfg.data
+    if "judge" in data_cfg:  # the training annotator (maybe a model, maybe an endpoint) is never asked here
+        data_cfg = OmegaConf.merge(data_cfg, {"judge": None})
+    datamodule = instantiate(data_cfg, _partial_=True)(tokenizer=loaded.tokenizer)
     if hasattr(datamodule, "generator_model"):  # counterfactual pairs come from the reference (usually cached)
         datamodule.generator_model = reference
     datamodule.setup("validate")

@@ -290,5 +290,10 @@ def test_evaluating_an_oaif_run_samples_its_held_out_prompts(make_cfg, tmp_path,
     cfg = make_cfg("objective=oaif", "data.max_new_tokens=6", "trainer.max_steps=1", "data.max_train_pairs=8",
                    "data.max_val_pairs=4", "save_policy=true")
     _, run = run_train(cfg)
+
+    def no_annotator(**kw):
+        raise AssertionError("evaluation built the training annotator")
+
+    monkeypatch.setattr(rule, "RuleJudge", no_annotator)
     metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval"))
     assert metrics["num_pairs"] == 0 and metrics["samples"]["num_prompts"] == 4
