@@ -33,9 +33,10 @@ class WinRateMonitor(pl.Callback):
     """Every ``every_n_steps`` (and at the end), answers from the policy and the reference on held-out prompts,
     compared by ``evaluator`` (a judge, which may differ from the training annotator) and ``reward``.
 
-    Logs ``val/samples/*``: ``win_rate`` (ties count half) and ``wins``/``ties``/``losses`` (evaluator), ``reward`` and ``reward_reference``, ``mean_length``,
-    ``kl_to_reference``. Needs a reference model in memory (OAIF keeps one; offline DPO with precomputed
-    reference log-probs frees it, and then this callback says so once and does nothing).
+    Logs ``val/samples/*``: ``win_rate`` (ties count half) and ``wins``/``ties``/``losses`` (evaluator),
+    ``reward`` and ``reward_reference``, ``mean_length``, ``kl_to_reference``. Needs a reference model in memory
+    (OAIF keeps one; offline DPO with precomputed reference log-probs frees it, and then this callback says so once
+    and does nothing).
     """
 
     def __init__(self, evaluator=None, reward=None, every_n_steps: int = 50, num_prompts: int = 16,

@@ -120,7 +120,7 @@ def rebuild_summary(sweep_dir: Path) -> dict[str, Any]:
 def scrub_multirun_yaml(sweep_dir: Path) -> None:
     """Hydra's own ``multirun.yaml`` copies the command line: API keys given there are set to null in it."""
     path = sweep_dir / "multirun.yaml"
-    if path.is_file() and any(f"{key}=" in path.read_text() or f"{key}:" in path.read_text() for key in SECRET_KEYS):
+    if path.is_file() and any(key in path.read_text() for key in SECRET_KEYS):
         with _locked(sweep_dir / ".summary.lock"):
             OmegaConf.save(OmegaConf.create(without_secrets(OmegaConf.load(path), resolve=False)), path)
 

@@ -5,8 +5,8 @@
 #  2. length control: the rule annotator with three instructions (helpful, helpful_short, helpful_very_short), on
 #     the first 128 training prompts (16 updates) to fit the CPU budget, at the main runs' learning rate (1e-5)
 #     and at 5e-5.
-# Each run uses every core it is given; two runs side by side with OMP_NUM_THREADS=1 each finish sooner in all
-# on 2 cores than one after the other (see the README for times).
+# Runs go one after the other here; the README's times are for two or three of these commands run side by side
+# with OMP_NUM_THREADS=1 each.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=experiments/oaif/runs
