@@ -1,0 +1,64 @@
+"""Per-prompt evaluation records: one row per prompt, arm and sample, kept by every evaluation that samples answers.
+
+Aggregates (a win rate, a mean reward) cannot be paired across runs or given an interval afterwards; these rows
+can. Every sampled evaluation (``alignlab-eval``, the periodic win-rate monitor, counterfactual behaviour rates,
+OPO) writes them as JSONL under the run folder's ``records/`` (``records/<evaluation>.jsonl``), appending one
+block per measurement; :mod:`alignlab.stats` and ``alignlab-compare`` compute means, bootstrap intervals over
+prompts and paired differences from them.
+
+A row's fields (missing values are ``None``; extra fields are allowed and kept):
+
+* ``evaluation``: which measurement wrote it (``eval``, ``monitor``, ``behavior``, ``capability``, ``opo``);
+* ``prompt_id``: a stable id of the prompt (its dataset location or its own ``id`` column), the same in every run
+  that uses the same prompt set: the key two arms are paired on;
+* ``prompt``: the question text; ``arm``: whose answer (``policy``, ``reference``, ``reference_encourage``, an OPO
+  condition, ...); ``sample``: the sample's index for this prompt and arm (0 .. n_samples-1);
+* ``step``, ``seed``: the training step the answer was sampled at and the run's seed;
+* ``answer``, ``length`` (new tokens, EOS excluded), ``finished`` (ended with EOS);
+* ``reward`` and ``reward_parts`` (a dict) from a programmatic rater; ``measure`` from a behaviour measure;
+  ``correct`` for a question with a known answer;
+* ``verdict``: an evaluator's probability that this answer beats ``reference_answer`` (orders averaged);
+  ``verdict_orders``: the probability in each order shown to the evaluator (``[answer first, answer second]``);
+* ``reference_answer``, ``reference_length``: the answer it was compared with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+FIELDS = ("evaluation", "prompt_id", "prompt", "arm", "sample", "step", "seed", "answer", "length", "finished",
+          "reward", "reward_parts", "measure", "correct", "verdict", "verdict_orders", "reference_answer",
+          "reference_length")
+
+
+def record(**fields: Any) -> dict[str, Any]:
+    """A row with every field of :data:`FIELDS` present (``None`` where not given), extra fields kept."""
+    return {**{name: None for name in FIELDS}, **fields}
+
+
+def records_path(run_dir: str | Path, evaluation: str) -> Path:
+    return Path(run_dir) / "records" / f"{evaluation}.jsonl"
+
+
+def append_records(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Append rows to a JSONL records file (created with its folder if needed); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_records(path: str | Path):
+    """A records file (or a folder of them) as a pandas DataFrame, one row per record."""
+    import pandas as pd
+
+    path = Path(path)
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    rows = [json.loads(line) for file in files for line in file.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    return pd.DataFrame(rows, columns=None if rows else list(FIELDS))
