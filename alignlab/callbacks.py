@@ -69,7 +69,7 @@ class WinRateMonitor(pl.Callback):
                                                     "prompts; nothing measured")
                 self._warned = True
             return None
-        from alignlab.samples import sample_and_rate
+        from alignlab.policy_vs_reference import sample_and_rate
 
         self._last_step = trainer.global_step
         try:

@@ -18,7 +18,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-import alignlab.config  # noqa: F401  (registers resolvers)
 from alignlab.errors import AlignlabError, ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -89,7 +88,7 @@ def train() -> None:
 
 
 evaluate = _entry("eval", "alignlab.evaluate:run_evaluate")
-generate = _entry("generate", "alignlab.generate:run_generate")
+generate = _entry("generate", "alignlab.export_pairs:run_generate")
 opo = _entry("opo", "alignlab.opo.evaluate:run_opo")
 opo_questions = _entry("opo_questions", "alignlab.opo.make_questions:run_make_questions")
 

@@ -21,10 +21,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import alignlab.config  # noqa: F401
 from alignlab.errors import ConfigError
 from alignlab.module import PreferenceModule
-from alignlab.samples import behavior_rates, sample_and_rate
+from alignlab.policy_vs_reference import behavior_rates, sample_and_rate
 from alignlab.train import prepare_output_dir
 
 log = logging.getLogger(__name__)
@@ -127,7 +126,7 @@ def capability(policy, reference, tokenizer, batch_size: int = 16) -> dict[str, 
     """A capability check that the behaviour training should leave alone: held-out short_facts questions,
     answered greedily, scored by the programmatic rater (correctness and total reward)."""
     from alignlab.data.offline import OfflinePreferenceDataModule, bundled_path
-    from alignlab.data.rater import AnswerRater
+    from alignlab.judges.rater import AnswerRater
 
     facts = OfflinePreferenceDataModule(tokenizer, path=bundled_path(), seed=0)
     facts.setup("validate")

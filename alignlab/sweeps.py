@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.config import SECRET_KEYS, override_without_secret, without_secrets
+from alignlab.redaction import SECRET_KEYS, override_without_secret, without_secrets
 from alignlab.errors import AlignlabError
 
 log = logging.getLogger(__name__)

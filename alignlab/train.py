@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from alignlab.config import without_secrets  # importing it registers the resolvers
+from alignlab.redaction import without_secrets
 from alignlab.errors import ConfigError
 from alignlab.sweeps import group_choices, job_overrides
 

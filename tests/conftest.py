@@ -11,7 +11,6 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-import alignlab.config  # noqa: F401
 from alignlab.cli import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")

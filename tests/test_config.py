@@ -37,10 +37,9 @@ def test_every_yaml_parses(path):
 def test_every_group_option_composes(group, option):
     overrides = [f"{group}={option}"]
     overrides += ["model.name_or_path=some/model"] if (group, option) == ("model", "hf") else []
-    # Groups of alignlab-eval's and OPO's configs; every other group belongs to alignlab-train's.
-    name = {"evaluator": "eval", "retriever": "opo", "scorer": "opo", "generator": "opo_questions",
-            "checker": "opo_questions"}.get(group, "train")
-    overrides += ["policy_path=somewhere"] if name == "eval" else []
+    # A group under conf/<tool>/ belongs to conf/<tool>.yaml; every other group to alignlab-train's.
+    tool = group.split("/")[0]
+    name = tool if "/" in group and (CONF / f"{tool}.yaml").is_file() else "train"
     cfg = compose_config(name, overrides)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 

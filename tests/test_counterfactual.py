@@ -120,7 +120,7 @@ def test_counterfactual_objective_trains_from_config(make_cfg, tmp_path):
 
 
 def test_export_writes_pairs_the_offline_data_reads(tmp_path, make_cfg):
-    from alignlab.generate import run_generate
+    from alignlab.export_pairs import run_generate
 
     from .conftest import compose_config
 

@@ -10,7 +10,7 @@ import pytest
 from alignlab.data.collate import PreferenceCollator
 from alignlab.data.offline import OfflinePreferenceDataModule
 from alignlab.data.pairs import BadRow, PairTokenizer, parse_row
-from alignlab.data.rater import score
+from alignlab.judges.rater import score
 from alignlab.errors import DataError
 
 GOOD = {"prompt": "What is 2 plus 2?", "chosen": "2 plus 2 is 4.", "rejected": "2 plus 2 is 5."}

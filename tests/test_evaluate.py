@@ -23,7 +23,7 @@ def eval_cfg(policy_path, out, *overrides):
 
 def test_untrained_policy_equals_its_reference(make_cfg, tmp_path):
     _, run = run_train(make_cfg("trainer.max_steps=1", "optimizer.lr=1e-12", "save_policy=true"))
-    metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval", "evaluator=rule"))
+    metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval", "judge@evaluator=rule"))
     assert metrics["num_pairs"] == 8  # the run's own held-out pairs (its config is reused)
     judged = metrics["samples"]
     assert judged["judge/ties"] == 6 and judged["judge/win_rate"] == 0.5  # same weights, same seed: all ties

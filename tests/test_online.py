@@ -175,7 +175,7 @@ def test_unfinished_answers_can_be_dropped(tiny, write_jsonl):
 
 
 def test_empty_and_identical_answers_are_counted_not_judged(tiny, write_jsonl, monkeypatch):
-    from alignlab.generation import Generation
+    from alignlab.sampling import Generation
 
     judged = []
 
@@ -243,7 +243,7 @@ def test_a_failing_evaluator_costs_the_measurement_not_the_run(tiny, write_jsonl
 
 def test_generate_writes_an_offline_baseline_that_trains(tmp_path, make_cfg, monkeypatch):
     import alignlab.judges.rule as rule
-    from alignlab.generate import run_generate
+    from alignlab.export_pairs import run_generate
 
     from .conftest import compose_config
 

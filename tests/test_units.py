@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignlab.data.offline import EpochShuffleSampler
-from alignlab.generation import generate
+from alignlab.sampling import generate
 from alignlab.optim import warmup_factor
 
 

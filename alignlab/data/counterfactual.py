@@ -36,7 +36,7 @@ from alignlab.data.offline import PairDataModule
 from alignlab.data.pairs import BadRow, PairTokenizer, PreferencePair
 from alignlab.data.prompts import PromptExample, read_prompts
 from alignlab.errors import ConfigError, DataError
-from alignlab.generation import generate
+from alignlab.sampling import generate
 from alignlab.models import cache_root
 
 log = logging.getLogger(__name__)

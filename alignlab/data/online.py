@@ -27,7 +27,7 @@ from alignlab.data.offline import EpochShuffleSampler, examples_done
 from alignlab.data.pairs import PairTokenizer, TokenizedPair
 from alignlab.data.prompts import PromptExample, read_prompts
 from alignlab.errors import ConfigError, DataError
-from alignlab.generation import Generation, generate
+from alignlab.sampling import Generation, generate
 from alignlab.judges.base import Judge, Verdicts
 
 log = logging.getLogger(__name__)

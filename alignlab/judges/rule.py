@@ -1,6 +1,6 @@
 """A programmatic annotator whose preference is set by an instruction, as OAIF's prompt-controlled annotator.
 
-The base score is :func:`alignlab.data.rater.score` (correct, concise, no filler) when the row carries its
+The base score is :func:`alignlab.judges.rater.score` (correct, concise, no filler) when the row carries its
 expected answer, and the conciseness and filler parts alone otherwise. The instruction adds a length preference:
 
 * ``helpful``: the base score only;
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from alignlab.data.rater import conciseness, has_filler, rate
+from alignlab.judges.rater import conciseness, has_filler, rate
 from alignlab.errors import ConfigError
 from alignlab.judges.base import Verdicts
 

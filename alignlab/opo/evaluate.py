@@ -22,7 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.config import without_secrets
+from alignlab.redaction import without_secrets
 from alignlab.errors import ConfigError, DataError
 from alignlab.opo.memory import Rule, RuleMemory
 from alignlab.opo.prompting import PromptTemplate, messages, pack_rules
@@ -206,8 +206,8 @@ def run_opo(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.save(OmegaConf.create(without_secrets(cfg)), output_dir / "config.yaml")
     loaded = instantiate(cfg.model)
     memory = RuleMemory.load(cfg.memory)
-    retriever = instantiate(cfg.retriever, _partial_=True)(memory=memory)
-    scorer = instantiate(cfg.scorer, _partial_=True, _convert_="all")(loaded=loaded)
+    retriever = instantiate(cfg.opo.retriever, _partial_=True)(memory=memory)
+    scorer = instantiate(cfg.opo.scorer, _partial_=True, _convert_="all")(loaded=loaded)
     evaluator = OPOEvaluator(memory, retriever, scorer, loaded.tokenizer, cfg.budget_tokens, cfg.get("filter_key"),
                              cfg.seed)
     known = {r.id for r in memory}

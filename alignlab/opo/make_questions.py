@@ -120,7 +120,7 @@ class LLMQuestionGenerator:
         conversations = [[{"role": "user", "content": self.prompt.format(rule=r.text)}] for r in rules]
         if self.endpoint is not None:
             return self.endpoint.complete_all(conversations)
-        from alignlab.generation import generate
+        from alignlab.sampling import generate
 
         tokenizer = self.loaded.tokenizer
         ids = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -199,8 +199,8 @@ def check_all(drafts: list[Draft], checker=None, min_probability: float = 0.5) -
 
 def needs_local_model(cfg: DictConfig) -> bool:
     """A local model is loaded only to write questions without an endpoint or to check them locally."""
-    writes = cfg.generator._target_.endswith("LLMQuestionGenerator") and cfg.generator.get("endpoint") is None
-    checks = cfg.get("checker") is not None and cfg.checker._target_.endswith("LocalLetterScorer")
+    writes = cfg.opo_questions.generator._target_.endswith("LLMQuestionGenerator") and cfg.opo_questions.generator.get("endpoint") is None
+    checks = cfg.opo_questions.get("checker") is not None and cfg.opo_questions.checker._target_.endswith("LocalLetterScorer")
     return writes or checks
 
 
@@ -210,8 +210,8 @@ def run_make_questions(cfg: DictConfig) -> dict[str, Any]:
     output_dir = prepare_output_dir(cfg)
     memory = RuleMemory.load(cfg.memory)
     loaded = instantiate(cfg.model) if needs_local_model(cfg) else None
-    generator = instantiate(cfg.generator, _partial_=True)(loaded=loaded)
-    checker = instantiate(cfg.checker, _partial_=True)(loaded=loaded) if cfg.get("checker") is not None else None
+    generator = instantiate(cfg.opo_questions.generator, _partial_=True)(loaded=loaded)
+    checker = instantiate(cfg.opo_questions.checker, _partial_=True)(loaded=loaded) if cfg.opo_questions.get("checker") is not None else None
     drafts = generator(memory.rules)
     kept, report = check_all(drafts, checker)
     output = Path(cfg.output) if cfg.get("output") else output_dir / "questions.jsonl"

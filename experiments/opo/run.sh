@@ -14,10 +14,10 @@ BIN=.venv/bin
 [ -f "$ROOT/questions/questions.jsonl" ] || $BIN/alignlab-opo-questions generator.per_rule=2 \
   paths.output_dir=$ROOT/questions
 GEN=questions.generated=$ROOT/questions/questions.jsonl
-[ -f "$ROOT/likelihood_bm25/results.json" ] || $BIN/alignlab-opo scorer=likelihood retriever=bm25 $GEN \
+[ -f "$ROOT/likelihood_bm25/results.json" ] || $BIN/alignlab-opo opo/scorer=likelihood opo/retriever=bm25 $GEN \
   "ks=[1,3]" paths.output_dir=$ROOT/likelihood_bm25
-[ -f "$ROOT/likelihood_dense/results.json" ] || $BIN/alignlab-opo scorer=likelihood retriever=dense $GEN \
+[ -f "$ROOT/likelihood_dense/results.json" ] || $BIN/alignlab-opo opo/scorer=likelihood opo/retriever=dense $GEN \
   "conditions=[top]" "ks=[3]" edits=null paths.output_dir=$ROOT/likelihood_dense
-[ -f "$ROOT/letter_bm25/results.json" ] || $BIN/alignlab-opo scorer=letter retriever=bm25 questions.generated=null \
+[ -f "$ROOT/letter_bm25/results.json" ] || $BIN/alignlab-opo opo/scorer=letter opo/retriever=bm25 questions.generated=null \
   "conditions=[none,gold]" edits=null paths.output_dir=$ROOT/letter_bm25
 $BIN/python experiments/opo/report.py $ROOT

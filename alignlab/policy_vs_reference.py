@@ -13,7 +13,7 @@ import torch
 
 from alignlab.data.collate import mask_rows, pad_rows
 from alignlab.data.prompts import question_text
-from alignlab.generation import Generation, generate
+from alignlab.sampling import Generation, generate
 from alignlab.logprobs import response_logps
 
 

@@ -1,9 +1,9 @@
 """Writes the bundled data: ``short_facts.jsonl`` (preference pairs) and ``open_prompts.jsonl`` (open prompts).
 
-Run ``python -m alignlab.data.make_bundled`` to regenerate it (deterministic). Each row is a short factual
+Run ``python scripts/make_bundled_data.py`` to regenerate it (deterministic). Each row is a short factual
 question with a known answer; ``chosen`` is a one-sentence correct answer and ``rejected`` fails in one of four
 ways: a wrong answer, a correct answer buried in hedging and filler, a refusal, or a wrong answer with filler.
-:mod:`alignlab.data.rater` scores answers by the same criteria, so the learned preference can be measured on
+:mod:`alignlab.judges.rater` scores answers by the same criteria, so the learned preference can be measured on
 answers a policy samples for held-out questions.
 
 The open prompts (history, science, advice, descriptions) invite long answers that name people: behaviours such
@@ -16,7 +16,7 @@ import json
 import random
 from pathlib import Path
 
-OUT = Path(__file__).parent / "bundled" / "short_facts.jsonl"
+OUT = Path(__file__).resolve().parent.parent / "alignlab" / "data" / "bundled" / "short_facts.jsonl"
 
 CAPITALS = [
     ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Portugal", "Lisbon"),

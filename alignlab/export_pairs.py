@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from alignlab.config import without_secrets  # importing it registers the resolvers
+from alignlab.redaction import without_secrets
 from alignlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
