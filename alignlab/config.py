@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
+
 def _bundled(name: str) -> str:
     from alignlab.data.offline import bundled_path
 

@@ -20,8 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from alignlab.redaction import without_secrets
 from alignlab.errors import ConfigError
+from alignlab.redaction import without_secrets
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import torch
 
 from alignlab.data.collate import mask_rows, pad_rows
 from alignlab.data.prompts import question_text
-from alignlab.sampling import Generation, generate
 from alignlab.logprobs import response_logps
+from alignlab.sampling import Generation, generate
 
 
 @torch.no_grad()

@@ -25,8 +25,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.redaction import SECRET_KEYS, override_without_secret, without_secrets
 from alignlab.errors import AlignlabError
+from alignlab.redaction import SECRET_KEYS, override_without_secret, without_secrets
 
 log = logging.getLogger(__name__)
 SUMMARY = "sweep_summary.json"

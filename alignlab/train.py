@@ -21,8 +21,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from alignlab.redaction import without_secrets
 from alignlab.errors import ConfigError
+from alignlab.redaction import without_secrets
 from alignlab.sweeps import group_choices, job_overrides
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ import pytest
 from alignlab.data.collate import PreferenceCollator
 from alignlab.data.offline import OfflinePreferenceDataModule
 from alignlab.data.pairs import BadRow, PairTokenizer, parse_row
-from alignlab.judges.rater import score
 from alignlab.errors import DataError
+from alignlab.judges.rater import score
 
 GOOD = {"prompt": "What is 2 plus 2?", "chosen": "2 plus 2 is 4.", "rejected": "2 plus 2 is 5."}
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from alignlab.data.offline import EpochShuffleSampler
-from alignlab.sampling import generate
 from alignlab.optim import warmup_factor
+from alignlab.sampling import generate
 
 
 def test_warmup_then_decay():

@@ -36,8 +36,8 @@ from alignlab.data.offline import PairDataModule
 from alignlab.data.pairs import BadRow, PairTokenizer, PreferencePair
 from alignlab.data.prompts import PromptExample, read_prompts
 from alignlab.errors import ConfigError, DataError
-from alignlab.sampling import generate
 from alignlab.models import cache_root
+from alignlab.sampling import generate
 
 log = logging.getLogger(__name__)
 

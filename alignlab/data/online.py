@@ -27,8 +27,8 @@ from alignlab.data.offline import EpochShuffleSampler, examples_done
 from alignlab.data.pairs import PairTokenizer, TokenizedPair
 from alignlab.data.prompts import PromptExample, read_prompts
 from alignlab.errors import ConfigError, DataError
-from alignlab.sampling import Generation, generate
 from alignlab.judges.base import Judge, Verdicts
+from alignlab.sampling import Generation, generate
 
 log = logging.getLogger(__name__)
 UNFINISHED = ("keep", "penalize", "drop")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from alignlab.judges.rater import conciseness, has_filler, rate
 from alignlab.errors import ConfigError
 from alignlab.judges.base import Verdicts
+from alignlab.judges.rater import conciseness, has_filler, rate
 
 # instruction -> (free words, penalty per extra word)
 INSTRUCTIONS = {"helpful": (None, 0.0), "helpful_short": (20, 0.02), "helpful_very_short": (8, 0.05)}

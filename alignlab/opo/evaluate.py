@@ -22,12 +22,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.redaction import without_secrets
 from alignlab.errors import ConfigError, DataError
 from alignlab.opo.memory import Rule, RuleMemory
 from alignlab.opo.prompting import PromptTemplate, messages, pack_rules
 from alignlab.opo.questions import LETTERS, MCQuestion, load_questions
 from alignlab.opo.retrievers import Retriever
+from alignlab.redaction import without_secrets
 
 log = logging.getLogger(__name__)
 
