@@ -59,6 +59,20 @@ class LoadedModel:
         return reference.eval()
 
 
+def single_token_ids(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[int]:
+    """Ids of the words that are one token, with and without a leading space (models differ in which they emit
+    after a chat template's generation prompt): what a judge or a letter scorer reads the probability of."""
+    ids = set()
+    for word in words:
+        for variant in (word, " " + word):
+            encoded = tokenizer.encode(variant, add_special_tokens=False)
+            if len(encoded) == 1:
+                ids.add(encoded[0])
+    if not ids:
+        raise ConfigError(f"none of {words} is a single token for this tokenizer")
+    return sorted(ids)
+
+
 def cache_root() -> Path:
     """Where converted models live: ``$ALIGNLAB_CACHE`` or ``~/.cache/alignlab``."""
     return Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab"))

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from alignlab.data.collate import mask_rows, pad_rows
 from alignlab.data.prompts import question_text
 from alignlab.logprobs import response_logps
+from alignlab.padding import mask_rows, pad_rows
 from alignlab.sampling import Generation, generate
 
 

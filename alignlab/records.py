@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from alignlab.data.sources import strict_jsonl
+
 FIELDS = ("evaluation", "prompt_id", "prompt", "arm", "sample", "step", "seed", "answer", "length", "finished",
           "reward", "reward_parts", "measure", "correct", "verdict", "verdict_orders", "reference_answer",
           "reference_length")
@@ -59,6 +61,5 @@ def read_records(path: str | Path):
 
     path = Path(path)
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
-    rows = [json.loads(line) for file in files for line in file.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    rows = [row for file in files for _, row in strict_jsonl(file)]
     return pd.DataFrame(rows, columns=None if rows else list(FIELDS))

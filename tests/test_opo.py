@@ -333,7 +333,7 @@ def test_checking_pass_drops_bad_questions_with_reasons(tmp_path, memory):
 
 def test_run_make_questions_writes_kept_questions(tmp_path):
     rules = write_rows(tmp_path / "rules.jsonl", RULES)
-    cfg = compose_config("opo_questions", ["model=tiny", f"memory={rules}", "generator.per_rule=2"])
+    cfg = compose_config("opo_questions", ["model=tiny", f"memory={rules}", "opo_questions.generator.per_rule=2"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     report = run_make_questions(cfg)

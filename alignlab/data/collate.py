@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from alignlab.data.pairs import TokenizedPair
+from alignlab.padding import mask_rows, pad_rows
 
 
 @dataclass
@@ -47,21 +48,6 @@ class PreferenceBatch:
         """Tokens as a concatenated trainer counts them: prompt+chosen plus prompt+rejected, without padding."""
         prompt = int(self.prompt_mask.sum())
         return 2 * prompt + int(self.chosen_mask.sum()) + int(self.rejected_mask.sum())
-
-
-def pad_rows(rows: Sequence[list[int]], width: int, value: int, left: bool) -> Tensor:
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            if left:
-                out[i, width - len(row):] = torch.tensor(row)
-            else:
-                out[i, : len(row)] = torch.tensor(row)
-    return out
-
-
-def mask_rows(rows: Sequence[list[int]], width: int, left: bool) -> Tensor:
-    return pad_rows([[1] * len(r) for r in rows], width, 0, left)
 
 
 class PreferenceCollator:

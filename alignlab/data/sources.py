@@ -9,6 +9,7 @@ number instead of a pyarrow traceback), ``.json`` (a list of rows, or an object 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def _load_local(path: Path) -> list[Record]:
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return list(_read_jsonl(path))
+        return list(read_jsonl(path))
     if suffix == ".json":
         try:
             payload = json.loads(path.read_text())
@@ -101,7 +102,10 @@ def _load_local(path: Path) -> list[Record]:
     raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {sorted(LOCAL_SUFFIXES)}")
 
 
-def _read_jsonl(path: Path):
+def read_jsonl(path: str | Path) -> Iterator[Record]:
+    """Rows of a JSONL file, each a :class:`Record` tagged ``<file>:<line>``; a malformed line or a non-object row
+    comes back with its ``problem`` set (the caller skips it or stops, naming the place). The one JSONL reader."""
+    path = Path(path)
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -111,6 +115,15 @@ def _read_jsonl(path: Path):
                 yield _record(where, json.loads(line))
             except json.JSONDecodeError as e:
                 yield Record(where, None, f"malformed JSON ({e.msg})")
+
+
+def strict_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` for each row of a JSONL file whose every row must be good (a rule memory, edits): a bad row
+    is a :class:`DataError` naming its file and line."""
+    for record in read_jsonl(path):
+        if record.problem:
+            raise DataError(f"{record.where}: {record.problem}")
+        yield record.where, record.row
 
 
 def _record(where: str, row: Any) -> Record:

@@ -17,27 +17,14 @@ from typing import Any
 
 import torch
 
-from alignlab.errors import ConfigError
 from alignlab.judges.base import Verdicts
-from alignlab.models import LoadedModel, load_pretrained
+from alignlab.models import LoadedModel, load_pretrained, single_token_ids
+from alignlab.padding import left_pad
 
 POINTWISE = ("Here is a question and an answer.\n\nQuestion: {prompt}\n\nAnswer: {answer}\n\n"
              "Is this answer correct, helpful and concise? Reply with Yes or No.")
 PAIRWISE = ("Which answer to the question is better: correct, helpful and concise?\n\nQuestion: {prompt}\n\n"
             "Answer A: {first}\n\nAnswer B: {second}\n\nReply with A or B.")
-
-
-def _token_ids(tokenizer, words: list[str]) -> list[int]:
-    """Single-token ids of the words, with and without a leading space (models differ in which they emit)."""
-    ids = set()
-    for word in words:
-        for variant in (word, " " + word):
-            encoded = tokenizer.encode(variant, add_special_tokens=False)
-            if len(encoded) == 1:
-                ids.add(encoded[0])
-    if not ids:
-        raise ConfigError(f"none of {words} is a single token for this judge's tokenizer")
-    return sorted(ids)
 
 
 class _LocalJudge:
@@ -48,8 +35,8 @@ class _LocalJudge:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.loaded.model.to(device).eval().requires_grad_(False)
         self.template = template
-        self.positive = _token_ids(self.loaded.tokenizer, choices[0])
-        self.negative = _token_ids(self.loaded.tokenizer, choices[1])
+        self.positive = single_token_ids(self.loaded.tokenizer, choices[0])
+        self.negative = single_token_ids(self.loaded.tokenizer, choices[1])
         self.batch_size, self.max_length = batch_size, max_length
 
     @torch.no_grad()
@@ -62,12 +49,7 @@ class _LocalJudge:
             rows = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
                                             return_dict=True)["input_ids"][-self.max_length:]
                     for t in texts[start: start + self.batch_size]]
-            width = max(map(len, rows))
-            ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                ids[i, width - len(row):] = torch.tensor(row)
-                mask[i, width - len(row):] = 1
+            ids, mask = left_pad(rows, tok.pad_token_id)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                            position_ids=positions.to(device)).logits[:, -1].float().log_softmax(-1)

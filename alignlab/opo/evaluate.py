@@ -22,6 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from alignlab.data.sources import strict_jsonl
 from alignlab.errors import ConfigError, DataError
 from alignlab.opo.memory import Rule, RuleMemory
 from alignlab.opo.prompting import PromptTemplate, messages, pack_rules
@@ -147,14 +148,7 @@ def load_edits(path: str | Path, memory: RuleMemory, questions: dict[str, MCQues
     """Rows ``{"id": rule, "text": new text, "question_id": ..., "new_answer": letter}``, checked against the memory
     and the questions (errors name the file and line)."""
     edits = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: malformed JSON ({e.msg})") from None
+    for where, row in strict_jsonl(path):
         for key in ("id", "text", "question_id", "new_answer"):
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise DataError(f"{where}: missing or empty '{key}'")

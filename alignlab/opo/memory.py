@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignlab.data.sources import strict_jsonl
 from alignlab.errors import DataError
 
 TEXT_SUFFIXES = (".md", ".txt")
@@ -51,9 +52,8 @@ class RuleMemory:
                 memory.add(_rule_from_text_file(file))
         elif path.is_file():
             memory = cls(origin=str(path))
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                if line.strip():
-                    memory.add(_rule_from_row(line, f"{path}:{number}"), where=f"{path}:{number}")
+            for where, row in strict_jsonl(path):
+                memory.add(_rule_from_row(row, where), where=where)
         else:
             raise DataError(f"rule memory {path}: no such file or folder")
         if not len(memory):
@@ -119,13 +119,7 @@ class RuleMemory:
                                     "metadata": rule.metadata}, ensure_ascii=False) + "\n")
 
 
-def _rule_from_row(line: str, where: str) -> Rule:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: malformed JSON ({e.msg})") from None
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: a rule row must be a JSON object")
+def _rule_from_row(row: dict[str, Any], where: str) -> Rule:
     for key in ("id", "text"):
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise DataError(f"{where}: missing or empty '{key}'")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignlab.data.sources import read_jsonl
 from alignlab.errors import DataError
 
 LETTERS = "ABCDEFGH"
@@ -74,16 +75,12 @@ def load_questions(path: str | Path, known_rules: set[str] | None = None,
     if not path.is_file():
         raise DataError(f"questions {path}: no such file")
     questions, skipped, seen = [], [], set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
+    for record in read_jsonl(path):
+        where = record.where
         try:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg})") from None
-            question = parse_question(row, where, known_rules)
+            if record.problem:
+                raise DataError(f"{where}: {record.problem}")
+            question = parse_question(record.row, where, known_rules)
             if question.id in seen:
                 raise DataError(f"{where}: duplicate question id {question.id!r}")
         except DataError as e:

@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from alignlab.errors import ConfigError
+from alignlab.models import single_token_ids
 from alignlab.opo.prompting import PromptTemplate
 from alignlab.opo.questions import LETTERS
+from alignlab.padding import left_pad
 
 
 class Scorer:
@@ -34,16 +36,6 @@ class Scorer:
 
     def __call__(self, conversations: list[list[dict]], options: list[list[str]]) -> list[np.ndarray | None]:
         raise NotImplementedError
-
-
-def _left_padded(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt)
-        mask[row, width - len(prompt):] = 1
-    return ids, mask
 
 
 class _LocalScorer(Scorer):
@@ -74,17 +66,7 @@ class LocalLetterScorer(_LocalScorer):
     def __init__(self, loaded, batch_size: int = 8, template: dict[str, Any] | None = None,
                  orders: int | None = None) -> None:
         super().__init__(loaded, batch_size, template, orders)
-        self.letter_ids = [self._ids_of(letter) for letter in LETTERS]
-
-    def _ids_of(self, letter: str) -> list[int]:
-        ids = []
-        for variant in (letter, " " + letter):
-            encoded = self.tokenizer.encode(variant, add_special_tokens=False)
-            if len(encoded) == 1:
-                ids.append(encoded[0])
-        if not ids:
-            raise ConfigError(f"the tokenizer has no single token for the letter {letter!r}")
-        return ids
+        self.letter_ids = [single_token_ids(self.tokenizer, [letter]) for letter in LETTERS]
 
     def score(self, conversations, options, device) -> list[np.ndarray | None]:
         prompts = [self.prompt_ids(c) for c in conversations]
@@ -92,7 +74,7 @@ class LocalLetterScorer(_LocalScorer):
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start: start + self.batch_size]
-            ids, mask = _left_padded([prompts[i] for i in chunk], self.pad)  # every prompt ends at the last column
+            ids, mask = left_pad([prompts[i] for i in chunk], self.pad)  # every prompt ends at the last column
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
                                 logits_to_keep=1).logits[:, -1].float()
             logprobs = torch.log_softmax(logits, dim=-1).cpu()
@@ -123,7 +105,7 @@ class OptionLikelihoodScorer(_LocalScorer):
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start: start + self.batch_size]
             sequences = [prompt + answer for _, prompt, answer in chunk]
-            ids, mask = _left_padded(sequences, self.pad)
+            ids, mask = left_pad(sequences, self.pad)
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
             width = ids.shape[1]

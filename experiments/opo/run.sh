@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=experiments/opo/runs
 BIN=.venv/bin
-[ -f "$ROOT/questions/questions.jsonl" ] || $BIN/alignlab-opo-questions generator.per_rule=2 \
+[ -f "$ROOT/questions/questions.jsonl" ] || $BIN/alignlab-opo-questions opo_questions.generator.per_rule=2 \
   paths.output_dir=$ROOT/questions
 GEN=questions.generated=$ROOT/questions/questions.jsonl
 [ -f "$ROOT/likelihood_bm25/results.json" ] || $BIN/alignlab-opo opo/scorer=likelihood opo/retriever=bm25 $GEN \
