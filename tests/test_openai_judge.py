@@ -1,13 +1,16 @@
 """The OpenAI-compatible judge against a real HTTP server on 127.0.0.1 that answers with a local model.
 
 The server injects faults by keyword in the question: SLOW (slower than the timeout), FLAKY (two 500s, then an
-answer), GARBAGE (an unparseable reply), REFUSE (a 400).
+answer), BUSY (two 429s, then an answer), GARBAGE (an unparseable reply), REFUSE (a 400). It sends first-token
+log-probabilities only when asked for them and when a test sets ``server.logprobs`` (text -> the ``logprobs`` field).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -17,7 +20,8 @@ import pytest
 import torch
 
 from alignlab.errors import ConfigError
-from alignlab.judges.openai import OpenAIJudge
+from alignlab.judges.base import Verdicts
+from alignlab.judges.openai import ChatEndpoint, OpenAIJudge
 
 # Question marker -> a 200 response whose body is not a chat completion.
 MALFORMED = {
@@ -27,6 +31,13 @@ MALFORMED = {
     "NOTTEXT": b'{"choices": [{"message": {"content": {"text": "A"}}}]}',
     "BADUTF8": b'{"choices": [{"message": {"content": "\xff\xfe"}}]}',
 }
+ABSENT = object()  # server.logprobs' answer for "send no logprobs field at all"
+
+
+def logprobs_field(probs: dict[str, float]) -> dict:
+    """The OpenAI ``choices[0].logprobs`` field whose first token has these alternatives (token -> probability)."""
+    top = [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in probs.items()]
+    return {"content": [{**max(top, key=lambda t: t["logprob"]), "top_logprobs": top}]}
 
 
 class ModelServer:
@@ -35,6 +46,8 @@ class ModelServer:
         self.tokenizer = loaded.tokenizer
         self.requests = Counter()
         self.authorizations = Counter()
+        self.payloads = {}  # question -> the last request body asking it
+        self.logprobs = lambda text: ABSENT
         self.lock = threading.Lock()
         self.letter_ids = [self.tokenizer.encode(x, add_special_tokens=False)[0] for x in ("A", "B")]
 
@@ -60,6 +73,7 @@ class ModelServer:
                 with server.lock:
                     server.requests[text] += 1
                     server.authorizations[self.headers.get("Authorization")] += 1
+                    server.payloads[text] = payload
                     seen = server.requests[text]
                 if "SLOW" in text:
                     time.sleep(1.0)
@@ -67,6 +81,8 @@ class ModelServer:
                     return self._send(400, {"error": "bad request"})
                 if "FLAKY" in text and seen <= 2:
                     return self._send(500, {"error": "try again"})
+                if "BUSY" in text and seen <= 2:
+                    return self._send(429, {"error": "rate limited"})
                 for marker, body in MALFORMED.items():
                     if marker in text:
                         return self._send(200, body)
@@ -78,7 +94,11 @@ class ModelServer:
                     self.close_connection = True
                     return None
                 reply = "banana" if "GARBAGE" in text else server.answer(text)
-                self._send(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
+                choice = {"message": {"role": "assistant", "content": reply}}
+                field = server.logprobs(text) if payload.get("logprobs") else ABSENT
+                if field is not ABSENT:
+                    choice["logprobs"] = field
+                self._send(200, {"choices": [choice]})
 
             def _send(self, code, body):
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -190,3 +210,109 @@ def test_pointwise_mode_and_config_errors(server, tmp_path, monkeypatch):
         OpenAIJudge("m")
     with pytest.raises(ConfigError, match="mode"):
         OpenAIJudge("m", base_url="http://127.0.0.1:1", mode="listwise")
+
+
+# ----- verdicts from log-probabilities ---------------------------------------------------------------------------
+def shown_first(text: str, answer: str) -> bool:
+    return f"Answer A: {answer}" in text
+
+
+def test_pairwise_verdict_from_logprobs_both_orders_averaged(server, tmp_path, monkeypatch):
+    # The text always says "B" (a tie and inconsistent if it decided); the probabilities favour "good" in both orders.
+    monkeypatch.setattr(server, "answer", lambda text: "B")
+    shown = {" A": 0.5, "A": 0.1, "B": 0.2, "x": 0.2}  # P(A) = 0.6 / (0.6 + 0.2) = 3/4
+    swapped = {"a": 0.1, " B": 0.5, "b": 0.1, "The": 0.3}  # P(A) = 0.1 / (0.1 + 0.6) = 1/7: "good" is B
+    monkeypatch.setattr(server, "logprobs",
+                        lambda text: logprobs_field(shown if shown_first(text, "good") else swapped))
+    j = judge(server, tmp_path)
+    verdicts = j(["Logprob pair?"], [("good", "bad")])
+    # P(good better) = (P(A | good first) + P(B | good second)) / 2 = (3/4 + 6/7) / 2 = 45/56
+    assert verdicts.prob_first == [pytest.approx(45 / 56)]
+    assert verdicts.consistent == [True]
+    assert verdicts.sources == ["logprobs"] and j.verdict_sources == Counter(logprobs=1)
+    asked = [p for t, p in server.payloads.items() if "Logprob pair?" in t]
+    assert len(asked) == 2 and all(p["logprobs"] is True and p["top_logprobs"] == 20 for p in asked)
+
+
+def test_pointwise_verdict_from_logprobs(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "answer", lambda text: "No")
+    good = {"Yes": 0.6, " yes": 0.1, "No": 0.1}  # P(yes) = 0.7 / 0.8 = 7/8
+    bad = {"YES": 0.2, " No": 0.6, "Maybe": 0.2}  # P(yes) = 0.2 / 0.8 = 1/4
+    monkeypatch.setattr(server, "logprobs",
+                        lambda text: logprobs_field(good if "Answer: good" in text else bad))
+    verdicts = judge(server, tmp_path, mode="pointwise")(["Pointwise logprobs?"] * 2,
+                                                         [("good", "bad"), ("bad", "good")])
+    # 0.5 + (P_a(yes) - P_b(yes)) / 2 = 0.5 +- (7/8 - 1/4) / 2 = 0.8125 | 0.1875
+    assert verdicts.prob_first == [pytest.approx(0.8125), pytest.approx(0.1875)]
+    assert verdicts.sources == ["logprobs", "logprobs"]
+
+
+@pytest.mark.parametrize("field", [ABSENT, None, {"content": None}, {"content": []}],
+                         ids=["absent", "null", "null-content", "no-tokens"])
+def test_no_logprobs_falls_back_to_the_text_and_says_so(server, tmp_path, monkeypatch, caplog, field):
+    monkeypatch.setattr(server, "answer", lambda text: "A" if shown_first(text, "good") else "B")
+    monkeypatch.setattr(server, "logprobs", lambda text: field)
+    j = judge(server, tmp_path)
+    with caplog.at_level(logging.INFO, logger="alignlab.judges.openai"):
+        first = j(["No logprobs?"], [("good", "bad")])
+        second = j(["No logprobs either?"], [("bad", "good")])
+    assert first.prob_first == [1.0] and second.prob_first == [0.0]
+    assert first.sources == second.sources == ["text"]
+    assert j.verdict_sources == Counter(text=2) and first.source_counts() == Counter(text=1)
+    said = [r for r in caplog.records if "parsed from the reply text" in r.getMessage()]
+    assert len(said) == 1  # once per run, not once per batch
+
+
+def test_top_tokens_without_either_letter_fall_back_to_the_text(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "answer", lambda text: "The answer is " + ("A" if shown_first(text, "good") else "B"))
+    no_letters = {"The": 0.5, "**": 0.3, "Answer": 0.2}  # " a"-like words only inside longer tokens
+    letters = {"A": 0.3, "B": 0.1, "The": 0.6}  # P(A) = 3/4
+    monkeypatch.setattr(server, "logprobs", lambda text: logprobs_field(
+        letters if "mixed" in text and shown_first(text, "good") else no_letters))
+    verdicts = judge(server, tmp_path)(["No letters?", "mixed?"], [("good", "bad"), ("good", "bad")])
+    assert verdicts.prob_first[0] == 1.0  # both orders from the text
+    assert verdicts.prob_first[1] == pytest.approx((3 / 4 + 1.0) / 2)  # probabilities shown, text swapped
+    assert verdicts.sources == ["text", "text"]  # "logprobs" only when every reply behind it was
+
+
+def test_logprob_verdicts_are_cached_on_disk(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "answer", lambda text: "B")
+    monkeypatch.setattr(server, "logprobs", lambda text: logprobs_field({"A": 0.2, "B": 0.6}))
+    first = judge(server, tmp_path)(["Cache my logprobs?"], [("x", "y")])
+    before = sum(server.requests.values())
+    second = judge(server, tmp_path)(["Cache my logprobs?"], [("x", "y")])
+    assert second.prob_first == first.prob_first == [pytest.approx(0.5)]  # (1/4 + 3/4) / 2
+    assert second.sources == ["logprobs"] and sum(server.requests.values()) == before
+
+
+def test_text_only_endpoint_asks_for_no_logprobs(server, tmp_path, monkeypatch):
+    # OPO's scorer and question generator use the bare endpoint: plain replies, requests as before.
+    monkeypatch.setattr(server, "answer", lambda text: "C. the third")
+    monkeypatch.setattr(server, "logprobs", lambda text: logprobs_field({"A": 0.9}))
+    endpoint = ChatEndpoint("tiny", base_url=server.url, api_key="test", timeout=1, max_retries=0)
+    assert endpoint.complete_all(["OPO question 1", [{"role": "user", "content": "OPO question 2"}]]) == \
+        ["C. the third"] * 2
+    assert all("logprobs" not in server.payloads[f"OPO question {i}"] for i in (1, 2))
+    off = judge(server, tmp_path, top_logprobs=None)
+    monkeypatch.setattr(server, "answer", lambda text: "A")
+    assert off(["Logprobs off?"], [("a", "b")]).sources == ["text"]
+    assert all("logprobs" not in p for t, p in server.payloads.items() if "Logprobs off?" in t)
+
+
+def test_rate_limits_are_retried_and_the_key_is_never_logged(server, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(server, "answer", lambda text: "A")
+    j = OpenAIJudge("tiny", base_url=server.url, api_key="sk-very-secret-key", timeout=1, max_retries=2,
+                    backoff=0.01, cache_dir=None)
+    with caplog.at_level(logging.DEBUG):
+        verdicts = j(["BUSY question", "REFUSE keyed question"], [("a", "b")] * 2)
+    assert verdicts.prob_first == [0.5, None]  # two 429s, then an answer; a 400 costs its pair
+    assert all(server.requests[t] == 3 for t in server.requests if "BUSY" in t)
+    assert server.authorizations["Bearer sk-very-secret-key"] >= 6
+    assert "sk-very-secret-key" not in caplog.text
+
+
+def test_verdict_sources_are_one_per_pair():
+    assert Verdicts([0.5, None], sources=["logprobs", None]).source_counts() == Counter(logprobs=1)
+    assert Verdicts([0.5]).source_counts() == Counter()  # a judge that does not say
+    with pytest.raises(ValueError, match="one source per pair"):
+        Verdicts([0.5, 0.5], sources=["text"])

@@ -2,11 +2,14 @@
 
 A judge answers, for each (prompt, (answer_a, answer_b)), the probability that ``answer_a`` is the better one, or
 ``None`` when it could not tell (a timeout, an unparseable reply): that pair is dropped and counted, never the run.
-Judges that score both orders report whether the two verdicts agreed (position consistency).
+Judges that score both orders report whether the two verdicts agreed (position consistency). Judges that can
+decide in more than one way (an endpoint reads token log-probabilities where the server sends them, else the
+reply text) say which decided each verdict, so a run can count them.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,10 +18,17 @@ from typing import Any, Protocol
 class Verdicts:
     prob_first: list[float | None]
     consistent: list[bool | None] = field(default_factory=list)  # per pair; empty when the judge scores one order
+    sources: list[str | None] | None = None  # per pair, what decided it (e.g. "logprobs", "text"); None: not said
 
     def __post_init__(self) -> None:
         if self.consistent and len(self.consistent) != len(self.prob_first):
             raise ValueError("one consistency flag per pair")
+        if self.sources is not None and len(self.sources) != len(self.prob_first):
+            raise ValueError("one source per pair")
+
+    def source_counts(self) -> Counter[str]:
+        """How many verdicts each source decided (failed pairs, whose source is None, are not counted)."""
+        return Counter(s for s in self.sources or () if s is not None)
 
 
 class Judge(Protocol):
