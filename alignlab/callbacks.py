@@ -7,7 +7,10 @@ import time
 
 import pytorch_lightning as pl
 
+from alignlab.data.collate import PreferenceBatch
 from alignlab.errors import ConfigError
+from alignlab.records import Recorder
+from alignlab.sampling import Sampling
 
 
 class ThroughputMonitor(pl.Callback):
@@ -24,7 +27,7 @@ class ThroughputMonitor(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         elapsed = time.perf_counter() - self._start
-        if elapsed > 0 and hasattr(batch, "num_tokens"):
+        if elapsed > 0 and isinstance(batch, PreferenceBatch):
             pl_module.log("train/tokens_per_sec", batch.num_tokens / elapsed, on_step=True, on_epoch=False,
                           batch_size=len(batch), prog_bar=True)
 
@@ -34,20 +37,21 @@ class WinRateMonitor(pl.Callback):
     compared by ``evaluator`` (a judge, which may differ from the training annotator) and ``reward``.
 
     Logs ``val/samples/*``: ``win_rate`` (ties count half) and ``wins``/``ties``/``losses`` (evaluator),
-    ``reward`` and ``reward_reference``, ``mean_length``, ``kl_to_reference``. Needs a reference model in memory
-    (OAIF keeps one; offline DPO with precomputed reference log-probs frees it, and then this callback says so once
-    and does nothing).
+    ``reward`` and ``reward_reference``, ``mean_length``, ``kl_to_reference``; writes every answer to
+    ``<run>/records/monitor.jsonl``. Needs a reference that can sample (OAIF keeps one; offline DPO with
+    precomputed reference log-probs frees it, and then this callback says so once and does nothing).
+
+    Args:
+        evaluator, reward: see :func:`alignlab.policy_vs_reference.sample_and_rate`.
+        every_n_steps: 0 measures only at the end.
+        num_prompts, n_samples: the first ``num_prompts`` held-out prompts, ``n_samples`` answers each.
+        sampling: a :class:`Sampling` (``callbacks.win_rate.sampling``).
     """
 
-    def __init__(self, evaluator=None, reward=None, every_n_steps: int = 50, num_prompts: int = 16,
-                 max_new_tokens: int = 64, temperature: float = 0.7, top_p: float = 1.0, batch_size: int = 16,
-                 seed: int = 0) -> None:
-        from types import SimpleNamespace
-
+    def __init__(self, sampling: Sampling, evaluator=None, reward=None, every_n_steps: int = 50,
+                 num_prompts: int = 16, n_samples: int = 1) -> None:
         self.evaluator, self.reward, self.every_n_steps = evaluator, reward, every_n_steps
-        self.generation = SimpleNamespace(num_prompts=num_prompts, max_new_tokens=max_new_tokens,
-                                          temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
-                                          get=lambda key, default=None: seed if key == "seed" else default)
+        self.sampling, self.num_prompts, self.n_samples = sampling, num_prompts, n_samples
         self._last_step, self._warned = -1, False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -60,10 +64,8 @@ class WinRateMonitor(pl.Callback):
     def measure(self, trainer, pl_module) -> dict | None:
         if trainer.global_step == self._last_step:
             return None
-        reference = getattr(pl_module, "_reference", None)
-        datamodule = trainer.datamodule
-        examples = getattr(datamodule, "val_pairs", None) or getattr(datamodule, "val_prompts", None)
-        if reference is None or not examples:
+        examples = trainer.datamodule.examples("val")[: self.num_prompts]
+        if not pl_module.reference.can_sample or not examples:
             if not self._warned:
                 logging.getLogger(__name__).warning("WinRateMonitor: no reference model in memory or no held-out "
                                                     "prompts; nothing measured")
@@ -72,9 +74,12 @@ class WinRateMonitor(pl.Callback):
         from alignlab.policy_vs_reference import sample_and_rate
 
         self._last_step = trainer.global_step
+        recorder = Recorder(trainer.default_root_dir if trainer.is_global_zero else None,
+                            getattr(trainer.datamodule, "seed", None))
         try:
-            result = sample_and_rate(pl_module.policy, reference, datamodule.tokenizer, examples, self.generation,
-                                     self.reward, self.evaluator)
+            result = sample_and_rate(pl_module.policy, pl_module.reference, trainer.datamodule.tokenizer, examples,
+                                     self.sampling, self.reward, self.evaluator, self.n_samples, recorder,
+                                     "monitor", trainer.global_step)
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 - a monitor's fault (e.g. its evaluator) must not end training

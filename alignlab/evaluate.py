@@ -3,10 +3,11 @@
 Two measurements of a saved policy against its reference, on held-out data:
 
 * **pairs**: the DPO metrics (``rewards/accuracies``, ``rewards/margins``, ``logps/*``) on the held-out pairs;
-* **samples** (``generate.enabled``): one answer per held-out prompt from the policy and from the reference,
-  same seed and sampling settings, scored by ``reward`` (for the bundled data, :class:`AnswerRater`): mean
-  reward, its parts, mean length in tokens, the share that ended with EOS, and the policy's win rate over the
-  reference (ties count half).
+* **samples** (``generate.enabled``): ``generate.n_samples`` answers per held-out prompt from the policy and from
+  the reference, same seed and ``sampling``, scored by ``reward`` (for the bundled data, :class:`AnswerRater`):
+  mean reward, its parts, mean length in tokens, the share that ended with EOS, and the policy's win rate over the
+  reference (ties count half); every answer is a row of ``records/eval.jsonl``;
+* whatever the data's pair source evaluates of its own (counterfactual: behaviour rates and capability).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from alignlab.errors import ConfigError
 from alignlab.module import PreferenceModule
-from alignlab.policy_vs_reference import behavior_rates, sample_and_rate
+from alignlab.policy_vs_reference import sample_and_rate
+from alignlab.records import Recorder
+from alignlab.reference import Reference
 from alignlab.train import prepare_output_dir
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ def _merge_run_config(cfg: DictConfig, run_config: Path) -> DictConfig:
 
 
 def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate a saved policy against its reference on a split of its data (see the module docstring)."""
     policy_dir, run_config = resolve_policy_dir(cfg.policy_path)
     if run_config is not None and cfg.get("use_run_config", True):
         cfg = _merge_run_config(cfg, run_config)
@@ -73,32 +77,29 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     pl.seed_everything(cfg.seed)
 
     loaded = instantiate(cfg.model)
-    reference = loaded.frozen_copy()
-    policy = load_policy(policy_dir, reference)
+    reference = Reference(model=loaded.frozen_copy())
+    with reference.as_model() as base:
+        policy = load_policy(policy_dir, base)
     loss = instantiate(cfg.loss)
     data_cfg = cfg.data
     if "judge" in data_cfg:  # the training annotator (maybe a model, maybe an endpoint) is never asked here
         data_cfg = OmegaConf.merge(data_cfg, {"judge": None})
     datamodule = instantiate(data_cfg, _partial_=True)(tokenizer=loaded.tokenizer)
-    if hasattr(datamodule, "generator_model"):  # counterfactual pairs come from the reference (usually cached)
-        datamodule.generator_model = reference
-    datamodule.setup("validate")
-    # Fixed pairs (offline, counterfactual) are scored as pairs; online data has prompts only.
-    fixed = hasattr(datamodule, "val_pairs")
-    train, val = (datamodule.train_pairs, datamodule.val_pairs) if fixed else \
-        (datamodule.train_prompts, datamodule.val_prompts)
-    pairs = {"val": val, "train": train, "all": train + val}.get(cfg.split)
-    if pairs is None:
-        raise ConfigError(f"split={cfg.split!r} is not one of val, train, all")
-    if not pairs:
-        raise ConfigError(f"split={cfg.split!r} has no examples (was the run trained with data.val_fraction=0?)")
+    with reference.as_model() as base:
+        datamodule.prepare(base)  # counterfactual pairs come from the reference (usually cached)
+    examples = datamodule.examples(cfg.split)
+    if not examples:
+        raise ConfigError(f"split={cfg.split!r} has no examples (was the run trained with data.prompts."
+                          "val_fraction=0?)")
+    recorder = Recorder(output_dir, cfg.seed)
 
-    metrics: dict[str, Any] = {"policy": str(policy_dir), "split": cfg.split, "num_pairs": len(pairs) if fixed else 0}
-    if fixed:
+    loader = datamodule.pair_loader(cfg.split)  # fixed pairs (offline, counterfactual); online has prompts only
+    metrics: dict[str, Any] = {"policy": str(policy_dir), "split": cfg.split,
+                               "num_pairs": len(loader.dataset) if loader is not None else 0}
+    if loader is not None:
         module = PreferenceModule(policy, loss, optimizer=torch.optim.AdamW, reference=reference)
         trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False,
                               default_root_dir=str(output_dir))
-        loader = datamodule.loader(pairs, datamodule.eval_batch_size)
         pair_metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
         metrics.update({k.removeprefix("val/"): float(v) for k, v in pair_metrics.items()})
         # Validation's teardown leaves the policy on the CPU and the reference where it ran: sample on one device.
@@ -107,33 +108,18 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         reference.to(device)
 
     if cfg.generate.enabled:
+        sampling = instantiate(cfg.sampling)
         reward = instantiate(cfg.reward) if cfg.get("reward") else None
         evaluator = instantiate(cfg.evaluator) if cfg.get("evaluator") else None
-        metrics["samples"] = sample_and_rate(policy, reference, loaded.tokenizer, pairs, cfg.generate, reward,
-                                             evaluator)
-
-    if cfg.generate.enabled and hasattr(datamodule, "behavior"):  # counterfactual DPO: how often it behaves
-        metrics["behavior"] = behavior_rates(policy, reference, datamodule, cfg.generate)
-        metrics["capability"] = capability(policy, reference, loaded.tokenizer, cfg.generate.batch_size)
+        metrics["samples"] = sample_and_rate(policy, reference, loaded.tokenizer,
+                                             examples[: cfg.generate.num_prompts], sampling, reward, evaluator,
+                                             cfg.generate.get("n_samples", 1), recorder, "eval")
+        metrics.update(datamodule.evaluate(policy, reference, sampling, recorder, cfg.generate.num_prompts))
 
     (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
     _print_summary(metrics)
-    print(f"results: {output_dir / 'eval.json'}")
-    return metrics, {"datamodule": datamodule, "output_dir": output_dir}
-
-
-def capability(policy, reference, tokenizer, batch_size: int = 16) -> dict[str, Any]:
-    """A capability check that the behaviour training should leave alone: held-out short_facts questions,
-    answered greedily, scored by the programmatic rater (correctness and total reward)."""
-    from alignlab.data.offline import OfflinePreferenceDataModule, bundled_path
-    from alignlab.judges.rater import AnswerRater
-
-    facts = OfflinePreferenceDataModule(tokenizer, path=bundled_path(), seed=0)
-    facts.setup("validate")
-    gen = OmegaConf.create({"num_prompts": len(facts.val_pairs), "max_new_tokens": 48, "temperature": 0.0,
-                            "top_p": 1.0, "batch_size": batch_size, "seed": 0})
-    result = sample_and_rate(policy, reference, facts.tokenizer, facts.val_pairs, gen, AnswerRater())
-    return {k: v for k, v in result.items() if k.endswith(("/correct", "/reward", "/mean_length"))}
+    print(f"results: {output_dir / 'eval.json'}; per-prompt records: {output_dir / 'records'}")
+    return metrics, {"datamodule": datamodule, "output_dir": output_dir, "recorder": recorder}
 
 
 def _print_summary(metrics: dict[str, Any]) -> None:

@@ -5,8 +5,8 @@ training step is the same: sequence log-probs of chosen and rejected under the p
 :func:`alignlab.logprobs.pair_logps`), the same under the reference, a loss from :mod:`alignlab.losses`, and
 the same metrics, named as TRL names them so runs compare side by side.
 
-The reference is one of: a frozen copy (held outside the module tree, so checkpoints store the policy once), the
-policy with its LoRA adapter disabled, or reference log-probs computed once before training (offline data only,
+The reference is a public :class:`alignlab.reference.Reference` (``module.reference``): a frozen copy, the policy
+with its LoRA adapter disabled, or reference log-probs computed once before training (fixed pairs only,
 ``precompute_reference=true``; the copy is then released).
 """
 
@@ -25,18 +25,9 @@ from alignlab.data.collate import PreferenceBatch
 from alignlab.errors import ConfigError
 from alignlab.logprobs import LAYOUTS, PairLogps, pair_logps, unwrap
 from alignlab.losses import PreferenceLoss
+from alignlab.reference import Reference
 
 log = logging.getLogger(__name__)
-
-
-def release_freed_memory() -> None:
-    """Return freed heap memory to the OS (glibc keeps it otherwise): after dropping the reference copy."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _pair(logps: PairLogps | None) -> tuple[Tensor | None, Tensor | None]:
@@ -51,37 +42,33 @@ class PreferenceModule(pl.LightningModule):
         loss: a :class:`PreferenceLoss`.
         optimizer: ``params -> Optimizer`` (a ``_partial_`` from config).
         scheduler: ``(optimizer, total_steps) -> LRScheduler`` or ``None``.
-        reference: frozen reference model; ``None`` when the loss is reference-free or ``reference_from_adapter``.
-        reference_from_adapter: the reference is the policy with its LoRA adapter disabled.
-        precompute_reference: compute reference log-probs for every pair once at fit start (the datamodule
-            must offer ``reference_dataloader()``), then drop the reference copy.
+        reference: the :class:`Reference` (a frozen copy or the disabled adapter); ``None`` for a reference-free
+            loss.
+        precompute_reference: compute reference log-probs for every pair once at fit start (the datamodule must
+            serve fixed pairs: ``pair_loader("all")``), then drop the reference copy.
         layout: ``packed`` | ``shared_prompt`` | ``concatenated``, see :mod:`alignlab.logprobs`; all give the
             same log-probs, the first two compute each prompt once.
         disable_dropout: dropout off in the policy, as TRL does; the log-ratios are then deterministic.
     """
 
     def __init__(self, policy: nn.Module, loss: PreferenceLoss, optimizer: Callable[..., torch.optim.Optimizer],
-                 scheduler: Callable[..., Any] | None = None, reference: nn.Module | None = None,
-                 reference_from_adapter: bool = False, precompute_reference: bool = False,
-                 layout: str = "packed", disable_dropout: bool = True) -> None:
+                 scheduler: Callable[..., Any] | None = None, reference: Reference | None = None,
+                 precompute_reference: bool = False, layout: str = "packed", disable_dropout: bool = True) -> None:
         super().__init__()
         self.policy = policy.train()  # from_pretrained returns eval mode; Lightning keeps submodules' modes
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        # Not an attribute nn.Module tracks: the reference never enters state_dict or checkpoints.
-        object.__setattr__(self, "_reference", reference)
-        self.reference_from_adapter = reference_from_adapter
+        # A plain object, not a submodule: the reference never enters state_dict or checkpoints.
+        self.reference = reference if reference is not None else Reference()
         self.precompute_reference = precompute_reference and loss.needs_reference
         if layout not in LAYOUTS:
             raise ConfigError(f"objective.module.layout={layout!r} is not one of {LAYOUTS}")
         if layout == "shared_prompt" and getattr(unwrap(policy), "is_activation_checkpointing", False):
             layout = "packed"  # checkpointing turns the KV cache off in training
         self.layout = layout
-        self.reference_logps: Tensor | None = None  # [num_examples, 2] when precomputed
-        self.reference_logps_key: str | None = None  # the data fingerprint they were computed for
         self.last_validated_step = -1
-        if loss.needs_reference and reference is None and not reference_from_adapter:
+        if loss.needs_reference and reference is None:
             raise ValueError(f"{loss!r} needs a reference model, and none was given")
         if disable_dropout:
             for module in policy.modules():
@@ -92,37 +79,8 @@ class PreferenceModule(pl.LightningModule):
     def policy_logps(self, batch: PreferenceBatch) -> PairLogps:
         return pair_logps(self.policy, batch, self.layout)
 
-    @torch.no_grad()
     def reference_pair_logps(self, batch: PreferenceBatch) -> PairLogps | None:
-        """Reference log-probs: precomputed, from the disabled adapter, or from the frozen copy."""
-        if not self.loss.needs_reference:
-            return None
-        if self.reference_logps is not None:
-            cached = self.reference_logps[batch.example_id.to(self.reference_logps.device)].to(self.device)
-            if not torch.isnan(cached).any():
-                lengths_c, lengths_r = batch.chosen_mask.sum(-1), batch.rejected_mask.sum(-1)
-                return PairLogps(cached[:, 0], cached[:, 1], lengths_c, lengths_r)
-        if self.reference_from_adapter:
-            was_training = self.policy.training
-            self.policy.eval()
-            with self.policy.disable_adapter():
-                out = pair_logps(self.policy, batch, self.layout)
-            self.policy.train(was_training)
-            return out
-        if self._reference is None:
-            raise RuntimeError("reference log-probs were not precomputed for this batch and no reference is kept")
-        if next(self._reference.parameters()).device != self.device:
-            self._reference.to(self.device)
-        return pair_logps(self._reference, batch, self.layout)
-
-    def precompute_reference_logps(self, dataloader, num_examples: int) -> Tensor:
-        """Reference log-probs for every example id, ``Tensor[num_examples, 2]`` (chosen, rejected)."""
-        table = torch.full((num_examples, 2), float("nan"))
-        for batch in dataloader:
-            batch = self.transfer_batch_to_device(batch, self.device, 0)
-            ref = self.reference_pair_logps(batch)
-            table[batch.example_id.cpu()] = torch.stack([ref.chosen, ref.rejected], -1).float().cpu()
-        return table
+        return self.reference.pair_logps(batch, self.layout) if self.loss.needs_reference else None
 
     # ----- the step every objective shares ----------------------------------------------------------------------
     def preference_step(self, batch: PreferenceBatch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -185,36 +143,33 @@ class PreferenceModule(pl.LightningModule):
 
     # ----- reference handling around fit ------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        if self._reference is not None:
-            self._reference.to(self.device).eval()
+        self.reference.to(self.device)
         datamodule = self.trainer.datamodule
-        data_key = getattr(datamodule, "fingerprint", None)
-        if self.reference_logps is not None and self.reference_logps_key != data_key:
+        data_key = datamodule.fingerprint
+        if self.reference.table is not None and self.reference.table_key != data_key:
             log.warning("the checkpoint's reference log-probs belong to other pairs than this data's: recomputing")
-            self.reference_logps = None
-        if self.precompute_reference and self.reference_logps is None:
-            if not hasattr(datamodule, "reference_dataloader"):
+            self.reference.forget_table()
+        if self.precompute_reference and self.reference.table is None:
+            loader = datamodule.pair_loader("all")
+            if loader is None:
                 raise ConfigError("objective.module.precompute_reference=true needs fixed pairs (offline data)")
-            if self._reference is None and not self.reference_from_adapter:
+            if not self.reference.can_sample:
                 raise ConfigError("no reference model to precompute log-probs with (the checkpoint's table is stale)")
             log.info("precomputing reference log-probs for %d pairs", datamodule.num_examples)
             # Under the training precision (e.g. bf16 autocast), so that h = 0 at step 0 as with a live reference.
-            self.reference_logps_key = data_key
             with self.evaluating(), self.trainer.precision_plugin.forward_context():
-                self.reference_logps = self.precompute_reference_logps(datamodule.reference_dataloader(),
-                                                                       datamodule.num_examples)
-        if self.reference_logps is not None and not torch.isnan(self.reference_logps).any():
-            object.__setattr__(self, "_reference", None)  # the copy is no longer needed
-            release_freed_memory()
+                self.reference.precompute(loader, datamodule.num_examples, data_key,
+                                          lambda b: self.transfer_batch_to_device(b, self.device, 0), self.layout)
+        self.reference.release_copy()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.reference_logps is not None:
-            checkpoint["reference_logps"] = self.reference_logps
-            checkpoint["reference_logps_key"] = self.reference_logps_key
+        if self.reference.table is not None:
+            checkpoint["reference_logps"] = self.reference.table
+            checkpoint["reference_logps_key"] = self.reference.table_key
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.reference_logps = checkpoint.get("reference_logps")
-        self.reference_logps_key = checkpoint.get("reference_logps_key")
+        self.reference.table = checkpoint.get("reference_logps")
+        self.reference.table_key = checkpoint.get("reference_logps_key")
 
     # ----- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -243,12 +198,6 @@ class PreferenceModule(pl.LightningModule):
     def optimizer_zero_grad(self, epoch, batch_idx, optimizer) -> None:
         # Gradients stay allocated between steps: re-allocating the policy's size every step fragments the CPU heap.
         optimizer.zero_grad(set_to_none=False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self._reference is not None:
-            self._reference.eval()  # never leaves eval mode
-        return self
 
     @contextlib.contextmanager
     def evaluating(self):

@@ -2,6 +2,8 @@
 
 Used by ``alignlab-eval`` and by the periodic :class:`alignlab.callbacks.WinRateMonitor`: mean length, the share
 of answers that ended, a Monte-Carlo KL estimate, a programmatic reward, and the win rate under an evaluator judge.
+Every answer is also kept as a per-prompt record (:mod:`alignlab.records`), from which intervals and paired
+comparisons are computed.
 """
 
 from __future__ import annotations
@@ -11,59 +13,71 @@ from typing import Any
 
 import torch
 
-from alignlab.data.prompts import question_text
+from alignlab.data.prompt_set import PromptExample
 from alignlab.logprobs import response_logps
 from alignlab.padding import mask_rows, pad_rows
-from alignlab.sampling import Generation, generate
+from alignlab.records import Recorder
+from alignlab.reference import Reference
+from alignlab.sampling import Generation, Sampling, generate
 
 
 @torch.no_grad()
-def kl_to_reference(policy, reference, prompts: list[list[int]], gens: list[Generation], pad_id: int, eos_id: int,
-                    batch_size: int = 16) -> float:
+def answer_logps(model, prompts: list[list[int]], gens: list[Generation], pad_id: int, eos_id: int,
+                 batch_size: int = 16) -> list[float | None]:
+    """``log p(answer | prompt)`` of each sampled answer (EOS included when it ended); None for an empty one."""
+    out: list[float | None] = [None] * len(prompts)
+    device = next(model.parameters()).device
+    rows = [(i, p, g.token_ids + ([eos_id] if g.finished else [])) for i, (p, g) in
+            enumerate(zip(prompts, gens, strict=True))]
+    rows = [r for r in rows if r[2]]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start: start + batch_size]
+        prompt_rows, answer_rows = [p for _, p, _ in chunk], [r for _, _, r in chunk]
+        p_width, r_width = max(map(len, prompt_rows)), max(map(len, answer_rows))
+        tensors = (pad_rows(prompt_rows, p_width, pad_id, left=True), mask_rows(prompt_rows, p_width, left=True),
+                   pad_rows(answer_rows, r_width, pad_id, left=False), mask_rows(answer_rows, r_width, left=False))
+        values = response_logps(model, *(t.to(device) for t in tensors)).tolist()
+        for (i, _, _), value in zip(chunk, values, strict=True):
+            out[i] = value
+    return out
+
+
+def kl_to_reference(policy, reference: Reference, prompts: list[list[int]], gens: list[Generation], pad_id: int,
+                    eos_id: int, batch_size: int = 16) -> float:
     """Monte-Carlo estimate of KL(policy || reference) per answer: mean of ``log pi(y|x) - log pi_ref(y|x)`` over
-    the policy's own samples (EOS included when the answer ended). With temperature != 1 the samples come from the
-    tempered policy, so this is an estimate of the divergence the sampled answers actually show."""
-    diffs = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = [(p, g.token_ids + ([eos_id] if g.finished else [])) for p, g in
-                 zip(prompts[start: start + batch_size], gens[start: start + batch_size], strict=True)]
-        chunk = [(p, r) for p, r in chunk if r]
-        if not chunk:
-            continue
-        p_width, r_width = max(len(p) for p, _ in chunk), max(len(r) for _, r in chunk)
-        tensors = (pad_rows([p for p, _ in chunk], p_width, pad_id, left=True),
-                   mask_rows([p for p, _ in chunk], p_width, left=True),
-                   pad_rows([r for _, r in chunk], r_width, pad_id, left=False),
-                   mask_rows([r for _, r in chunk], r_width, left=False))
-        device = next(policy.parameters()).device
-        tensors = tuple(t.to(device) for t in tensors)
-        diffs += (response_logps(policy, *tensors) - response_logps(reference, *tensors)).tolist()
+    the policy's own samples. With temperature != 1 the samples come from the tempered policy, so this is an
+    estimate of the divergence the sampled answers actually show."""
+    mine = answer_logps(policy, prompts, gens, pad_id, eos_id, batch_size)
+    with reference.as_model() as model:
+        theirs = answer_logps(model, prompts, gens, pad_id, eos_id, batch_size)
+    diffs = [a - b for a, b in zip(mine, theirs, strict=True) if a is not None]
     return statistics.fmean(diffs) if diffs else 0.0
 
 
-def sample_and_rate(policy, reference, tokenizer, pairs, gen_cfg, reward=None, evaluator=None) -> dict[str, Any]:
-    """One answer per example from ``policy`` and from ``reference`` (same seed and settings), compared.
+def sample_and_rate(policy, reference: Reference, tokenizer, examples: list[PromptExample], sampling: Sampling,
+                    reward=None, evaluator=None, n_samples: int = 1, recorder: Recorder | None = None,
+                    evaluation: str = "eval", step: int | None = None) -> dict[str, Any]:
+    """``n_samples`` answers per example from ``policy`` and from ``reference`` (same seed and settings), compared.
 
-    ``pairs``: items with ``prompt_ids`` and ``meta`` (offline :class:`TokenizedPair` or online prompts).
     ``reward``: ``(question, answer, meta) -> Rating | None`` (e.g. :class:`AnswerRater`); ``evaluator``: a judge
-    asked whether the policy's answer beats the reference's (it may differ from the training annotator).
+    asked whether the policy's answer beats the reference's answer to the same prompt and sample index (it may
+    differ from the training annotator). Records go to ``recorder`` under ``evaluation``.
     """
-    pairs = pairs[: gen_cfg.num_prompts]
-    prompts = [p.prompt_ids for p in pairs]
-    options = dict(max_new_tokens=gen_cfg.max_new_tokens, temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
-                   batch_size=gen_cfg.batch_size, seed=gen_cfg.get("seed", 0))
-    outputs = {name: generate(model, tokenizer, prompts, progress=f"sampling ({name})", **options)
-               for name, model in (("policy", policy), ("reference", reference))}
-    result: dict[str, Any] = {"num_prompts": len(pairs)}
+    prompts = [e.prompt_ids for e in examples for _ in range(n_samples)]  # prompt-major
+    owners = [e for e in examples for _ in range(n_samples)]
+    outputs = {"policy": generate(policy, tokenizer, prompts, sampling, progress="sampling (policy)")}
+    with reference.as_model() as model:
+        outputs["reference"] = generate(model, tokenizer, prompts, sampling, progress="sampling (reference)")
+    result: dict[str, Any] = {"num_prompts": len(examples), "n_samples": n_samples}
     result["policy/kl_to_reference"] = kl_to_reference(policy, reference, prompts, outputs["policy"],
                                                        tokenizer.pad_token_id, tokenizer.eos_token_id,
-                                                       gen_cfg.batch_size)
+                                                       sampling.batch_size or 16)
     ratings: dict[str, list] = {}
     for who, gens in outputs.items():
         result[f"{who}/mean_length"] = statistics.fmean(len(g.token_ids) for g in gens)
         result[f"{who}/finished"] = statistics.fmean(g.finished for g in gens)
         if reward is not None:
-            ratings[who] = [reward(_question(p), g.text, p.meta) for p, g in zip(pairs, gens, strict=True)]
+            ratings[who] = [reward(e.question, g.text, e.meta) for e, g in zip(owners, gens, strict=True)]
     if ratings and all(r is not None for r in ratings["policy"]):
         for who, rs in ratings.items():
             result[f"{who}/reward"] = statistics.fmean(r.reward for r in rs)
@@ -73,47 +87,42 @@ def sample_and_rate(policy, reference, tokenizer, pairs, gen_cfg, reward=None, e
         wins = [1.0 if a.reward > b.reward else 0.5 if a.reward == b.reward else 0.0
                 for a, b in zip(ratings["policy"], ratings["reference"], strict=True)]
         result["win_rate_vs_reference"] = statistics.fmean(wins)
+    verdicts = None
     if evaluator is not None:
-        questions = [_question(p) for p in pairs]
-        verdicts = evaluator(questions, [(a.text, b.text) for a, b in zip(outputs["policy"], outputs["reference"],
-                                                                           strict=True)], [p.meta for p in pairs])
+        verdicts = evaluator([e.question for e in owners],
+                             [(a.text, b.text) for a, b in zip(outputs["policy"], outputs["reference"], strict=True)],
+                             [e.meta for e in owners])
         probs = [p for p in verdicts.prob_first if p is not None]
-        result["judge/failures"] = float(len(pairs) - len(probs))
+        result["judge/failures"] = float(len(owners) - len(probs))
         result["judge/wins"] = float(sum(p > 0.5 for p in probs))
         result["judge/ties"] = float(sum(p == 0.5 for p in probs))
         result["judge/losses"] = float(sum(p < 0.5 for p in probs))
         if probs:
             result["judge/win_rate"] = (result["judge/wins"] + 0.5 * result["judge/ties"]) / len(probs)
-    result["examples"] = [{"prompt": _question(p), "policy": a.text, "reference": b.text}
-                          for p, a, b in list(zip(pairs, outputs["policy"], outputs["reference"], strict=True))[:8]]
+    result["examples"] = [{"prompt": e.question, "policy": a.text, "reference": b.text}
+                          for e, a, b in list(zip(owners, outputs["policy"], outputs["reference"], strict=True))[:8]]
+    if recorder is not None:
+        recorder.write(evaluation, _rows(owners, n_samples, outputs, ratings, verdicts), step)
     return result
 
 
-def _question(pair) -> str:
-    return question_text(pair.meta.get("prompt", ""))
-
-
-
-def behavior_rates(policy, reference, datamodule, gen_cfg) -> dict[str, Any]:
-    """Behaviour rate on held-out prompts: the policy and the base model on the training prompt, and the base
-    model on the prompt that elicits the behaviour (the encouraging instruction; for instruction negation, the
-    prompt without the inappropriate instruction): the upper bound the policy should move toward."""
-    measure = datamodule.behavior.measure
-    held_out = datamodule.held_out_prompts()[: gen_cfg.num_prompts]
-    users = [[m for m in prompt if m["role"] == "user"] for prompt in held_out]
-    target = "control" if datamodule.variant == "instruction_negation" else "encourage"
-    tokenize = datamodule.pair_tokenizer.prompt_ids
-    trained_on = [tokenize(prompt) for prompt in held_out]
-    conditions = {"policy": (policy, trained_on), "reference": (reference, trained_on),
-                  f"reference_{target}": (reference, [tokenize(datamodule.messages(u, target)) for u in users])}
-    options = dict(max_new_tokens=gen_cfg.max_new_tokens, temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
-                   batch_size=gen_cfg.batch_size, seed=gen_cfg.get("seed", 0))
-    result: dict[str, Any] = {"behavior": datamodule.behavior.name, "variant": datamodule.variant,
-                              "num_prompts": len(held_out)}
-    for name, (model, prompts) in conditions.items():
-        gens = generate(model, datamodule.tokenizer, prompts, progress=f"sampling ({name})", **options)
-        result[f"{name}/mean_length"] = statistics.fmean(len(g.token_ids) for g in gens)
-        if measure is not None:
-            result[f"{name}/behavior_rate"] = statistics.fmean(measure(g.text) for g in gens)
-        result.setdefault("examples", []).append({"condition": name, "answer": gens[0].text})
-    return result
+def _rows(owners, n_samples, outputs, ratings, verdicts) -> list[dict[str, Any]]:
+    """One record per prompt, sample and arm; the policy's rows carry the evaluator's verdict."""
+    rows = []
+    policy, reference = outputs["policy"], outputs["reference"]
+    for i, example in enumerate(owners):
+        for arm, gens, other in (("policy", policy, reference), ("reference", reference, policy)):
+            rating = ratings[arm][i] if arm in ratings else None
+            row = {"prompt_id": example.prompt_id, "prompt": example.question, "arm": arm, "sample": i % n_samples,
+                   "answer": gens[i].text, "length": len(gens[i].token_ids), "finished": gens[i].finished,
+                   "reference_answer": other[i].text if arm == "policy" else None,
+                   "reference_length": len(other[i].token_ids) if arm == "policy" else None}
+            if rating is not None:
+                row.update(reward=rating.reward, correct=rating.correct,
+                           reward_parts={"correct": rating.correct, "concise": rating.concise,
+                                         "filler": rating.filler})
+            if verdicts is not None and arm == "policy":
+                row["verdict"] = verdicts.prob_first[i]
+                row["verdict_orders"] = list(verdicts.orders[i]) if verdicts.orders else None
+            rows.append(row)
+    return rows

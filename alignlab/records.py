@@ -63,3 +63,23 @@ def read_records(path: str | Path):
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     rows = [row for file in files for _, row in strict_jsonl(file)]
     return pd.DataFrame(rows, columns=None if rows else list(FIELDS))
+
+
+class Recorder:
+    """Writes a run's evaluation records: stamps each row with the run's seed and the step it was measured at.
+
+    ``run_dir=None`` keeps the rows in memory only (``rows``); otherwise they are appended to
+    ``<run_dir>/records/<evaluation>.jsonl`` as each measurement ends, so an interrupted run keeps what it measured.
+    """
+
+    def __init__(self, run_dir: str | Path | None, seed: int | None = None) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.seed = seed
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+
+    def write(self, evaluation: str, rows: list[dict[str, Any]], step: int | None = None) -> Path | None:
+        stamped = [record(**{**row, "evaluation": evaluation, "step": step, "seed": self.seed}) for row in rows]
+        self.rows.setdefault(evaluation, []).extend(stamped)
+        if self.run_dir is None:
+            return None
+        return append_records(records_path(self.run_dir, evaluation), stamped)

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from alignlab.errors import ConfigError
 from alignlab.redaction import without_secrets
+from alignlab.reference import Reference
 from alignlab.sweeps import group_choices, job_overrides
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,18 @@ def keep_earlier_metrics(output_dir: Path) -> None:
         metrics.rename(output_dir / f"metrics.before-resume-{n}.csv")
 
 
+def build_reference(loaded, loss) -> Reference | None:
+    """The reference the loss and model call for: none for a reference-free loss, the disabled adapter of a LoRA
+    policy, else a frozen copy of the initial policy."""
+    if not loss.needs_reference:
+        return None
+    if loaded.has_adapter:
+        return Reference.disabled_adapter_of(loaded.model)
+    return Reference(model=loaded.frozen_copy())
+
+
 def build_module(cfg: DictConfig, loaded, loss):
     """The PreferenceModule for this objective, with the reference its loss and model call for."""
-    reference = None
-    if loss.needs_reference and not loaded.has_adapter:
-        reference = loaded.frozen_copy()
     # Objects go to the partial, not through instantiate: Hydra would keep them in its merged config.
     module_factory = instantiate(cfg.objective.module, _partial_=True)
     return module_factory(
@@ -89,19 +97,21 @@ def build_module(cfg: DictConfig, loaded, loss):
         loss=loss,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        reference=reference,
-        reference_from_adapter=loaded.has_adapter and loss.needs_reference,
+        reference=build_reference(loaded, loss),
     )
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list[pl.Callback] = ()) -> pl.Trainer:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += list(extra_callbacks)
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(output_dir))
 
 
-def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Train the configured policy; returns the final metrics and the objects that produced them."""
+def run_train(cfg: DictConfig, callbacks: list[pl.Callback] = ()) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train the configured policy; returns the final metrics and the objects that produced them.
+
+    ``callbacks``: Lightning callbacks added to the configured ones (a benchmark's timer, a notebook's probe)."""
     output_dir = prepare_output_dir(cfg)
     OmegaConf.save(OmegaConf.create(without_secrets(cfg)), output_dir / "config.yaml")
     write_run_info(output_dir)
@@ -111,7 +121,7 @@ def run_train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     loss = instantiate(cfg.loss)
     datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=loaded.tokenizer)
     module = build_module(cfg, loaded, loss)
-    trainer = build_trainer(cfg, output_dir)
+    trainer = build_trainer(cfg, output_dir, callbacks)
     log.info("policy %s, %s, output %s", loaded.name, loss, output_dir)
 
     try:

@@ -106,7 +106,7 @@ def run_alignlab(args, precompute: bool) -> dict:
     n = args.steps * args.batch_size
     model = "model=tiny" if args.model == "tiny" else "model=smollm2"
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", [model, f"data.max_train_pairs={n}", "data.val_fraction=0",
+        cfg = compose("train", [model, f"data.prompts.max_train={n}", "data.prompts.val_fraction=0",
                                 f"data.batch_size={args.batch_size}", f"trainer.max_steps={args.steps}",
                                 "+trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false",
                                 "validate_before_training=false", "save_policy=false",

@@ -74,9 +74,9 @@ def run_alignlab(args) -> dict:
     n = args.steps * args.batch_size
     model = "model=tiny" if args.model == "tiny" else "model=smollm2"
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", [model, "objective=oaif", "judge=rule", f"data.max_train_pairs={n}",
-                                "data.val_fraction=0", f"data.batch_size={args.batch_size}",
-                                f"data.max_new_tokens={args.max_new_tokens}", "data.temperature=0.9",
+        cfg = compose("train", [model, "objective=oaif", "judge=rule", f"data.prompts.max_train={n}",
+                                "data.prompts.val_fraction=0", f"data.batch_size={args.batch_size}",
+                                f"data.sampling.max_new_tokens={args.max_new_tokens}", "data.sampling.temperature=0.9",
                                 "data.unfinished=keep", "data.drop_ties=false", f"trainer.max_steps={args.steps}",
                                 "+trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
                                 "+trainer.enable_checkpointing=false", "validate_before_training=false",

@@ -39,6 +39,15 @@ def make_cfg(tmp_path):
     return make
 
 
+def prompt_set(path, kw: dict):
+    """A PromptSet for ``path`` from the PromptSet fields among ``kw`` (removed from it): the rest are the
+    datamodule's own arguments."""
+    from alignlab.data.prompt_set import PromptSet
+
+    fields = {k: kw.pop(k) for k in list(kw) if k in PromptSet.__dataclass_fields__}
+    return PromptSet(path=str(path), **fields)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     from alignlab.models import tiny_random

@@ -10,7 +10,9 @@ import pytest
 import alignlab.data.counterfactual as cf
 from alignlab.data.behaviors import BehaviorSpec, in_french, is_brief, names_people
 from alignlab.data.counterfactual import CounterfactualDataModule
+from alignlab.data.prompt_set import PromptSet
 from alignlab.errors import ConfigError, DataError
+from alignlab.sampling import Sampling
 from alignlab.train import run_train
 
 BRIEF = BehaviorSpec("brief", "Answer in one short sentence.", "Answer at great length.", None, is_brief)
@@ -21,10 +23,10 @@ def prompts_file(write_jsonl, n=10):
 
 
 def make(tiny, path, tmp_path, behavior=BRIEF, **kw):
-    dm = CounterfactualDataModule(tiny.tokenizer, behavior, str(path), max_new_tokens=6, samples_per_prompt=2,
-                                  val_fraction=0.2, cache_dir=str(tmp_path / "cache"), **kw)
-    dm.generator_model = tiny.model
-    dm.setup("fit")
+    dm = CounterfactualDataModule(tiny.tokenizer, behavior, PromptSet(path=str(path), val_fraction=0.2),
+                                  Sampling(max_new_tokens=6, temperature=0.7, batch_size=16, seed=0),
+                                  samples_per_prompt=2, cache_dir=str(tmp_path / "cache"), **kw)
+    dm.prepare(tiny.model)
     return dm
 
 
@@ -96,7 +98,7 @@ def test_filter_by_measure_reports_what_it_kept(tiny, write_jsonl, tmp_path):
     assert all(text.strip() in longer for text in decoded)
     # The behaviour is still evaluated on every held-out prompt, not only those whose pairs were kept.
     val_prompts = {json.dumps(r["prompt"], sort_keys=True) for r in dm.rows if r["split"] == "val"}
-    held_out = [json.dumps(p, sort_keys=True) for p in dm.held_out_prompts()]
+    held_out = [json.dumps(e.meta["prompt"], sort_keys=True) for e in dm.examples("val")]
     assert sorted(held_out) == sorted(val_prompts) and len(held_out) == len(set(held_out))
 
 
@@ -112,7 +114,7 @@ def test_bad_specs_and_prompt_files(tiny, write_jsonl, tmp_path):
 
 
 def test_counterfactual_objective_trains_from_config(make_cfg, tmp_path):
-    cfg = make_cfg("objective=counterfactual_dpo", "behavior=no_names", "data.variant=enc", "data.max_new_tokens=8",
+    cfg = make_cfg("objective=counterfactual_dpo", "behavior=no_names", "data.variant=enc", "data.sampling.max_new_tokens=8",
                    "data.samples_per_prompt=1", f"data.cache_dir={tmp_path}/cache", "trainer.max_steps=2")
     metrics, objects = run_train(cfg)
     assert objects["datamodule"].rows[0]["behavior"] == "no_names"
@@ -124,7 +126,7 @@ def test_export_writes_pairs_the_offline_data_reads(tmp_path, make_cfg):
 
     from .conftest import compose_config
 
-    cfg = compose_config("generate", ["model=tiny", "data=counterfactual", "behavior=brief", "data.max_new_tokens=8",
+    cfg = compose_config("generate", ["model=tiny", "data=counterfactual", "behavior=brief", "data.sampling.max_new_tokens=8",
                                       "data.samples_per_prompt=1", f"data.cache_dir={tmp_path}/cache",
                                       f"output={tmp_path}/pairs.parquet", "split=all"])
     totals, output = run_generate(cfg)
@@ -133,7 +135,7 @@ def test_export_writes_pairs_the_offline_data_reads(tmp_path, make_cfg):
     frame = pd.read_parquet(output)
     assert len(frame) == totals["pairs"] == 85  # every bundled open prompt, one sample each
     assert {"prompt", "chosen", "rejected", "chosen_condition", "variant", "chosen_measure"} <= set(frame.columns)
-    _, run = run_train(make_cfg(f"data.path={output}", "trainer.max_steps=1"))
+    _, run = run_train(make_cfg(f"data.prompts.path={output}", "trainer.max_steps=1"))
     assert run["datamodule"].num_examples > 0
 
 
@@ -142,11 +144,11 @@ def test_evaluation_reports_behaviour_rates_and_capability(make_cfg, tmp_path):
 
     from .test_evaluate import eval_cfg
 
-    cfg = make_cfg("objective=counterfactual_dpo", "behavior=brief", "data.max_new_tokens=8",
+    cfg = make_cfg("objective=counterfactual_dpo", "behavior=brief", "data.sampling.max_new_tokens=8",
                    "data.samples_per_prompt=1", f"data.cache_dir={tmp_path}/cache", "trainer.max_steps=1",
                    "save_policy=true")
     _, run = run_train(cfg)
-    metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval", "generate.max_new_tokens=6"))
+    metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval", "sampling.max_new_tokens=6"))
     behavior = metrics["behavior"]
     assert behavior["behavior"] == "brief" and behavior["num_prompts"] == 6
     for name in ("policy", "reference", "reference_encourage"):

@@ -13,6 +13,8 @@ from alignlab.data.pairs import BadRow, PairTokenizer, parse_row
 from alignlab.errors import DataError
 from alignlab.judges.rater import score
 
+from .conftest import prompt_set
+
 GOOD = {"prompt": "What is 2 plus 2?", "chosen": "2 plus 2 is 4.", "rejected": "2 plus 2 is 5."}
 
 
@@ -22,7 +24,7 @@ def rows(n):
 
 
 def datamodule(tiny, path, **kw):
-    dm = OfflinePreferenceDataModule(tiny.tokenizer, path=str(path), batch_size=4, **kw)
+    dm = OfflinePreferenceDataModule(tiny.tokenizer, prompt_set(path, kw), batch_size=4, **kw)
     dm.setup("fit")
     return dm
 
@@ -100,7 +102,7 @@ def test_bad_row_is_an_error_naming_file_and_line(tiny, write_jsonl):
 
 def test_too_many_bad_rows_is_an_error(tiny, write_jsonl):
     path = write_jsonl(rows(10) + [{"prompt": "q", "chosen": "a", "rejected": "a"}] * 3)
-    with pytest.raises(DataError, match="more than data.max_bad_fraction"):
+    with pytest.raises(DataError, match="more than data.prompts.max_bad_fraction"):
         datamodule(tiny, path)
 
 
@@ -194,5 +196,5 @@ def test_overlong_prompt_skip_and_error_modes(tiny, write_jsonl):
 def test_val_split_on_a_local_file_is_a_config_error(tiny, write_jsonl):
     from alignlab.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="data.val_path"):
+    with pytest.raises(ConfigError, match="data.prompts.val_path"):
         datamodule(tiny, write_jsonl(rows(10)), val_split="test")

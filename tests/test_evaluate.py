@@ -14,7 +14,7 @@ from .conftest import compose_config
 
 
 def eval_cfg(policy_path, out, *overrides):
-    cfg = compose_config("eval", [f"policy_path={policy_path}", "generate.num_prompts=6", "generate.max_new_tokens=8",
+    cfg = compose_config("eval", [f"policy_path={policy_path}", "generate.num_prompts=6", "sampling.max_new_tokens=8",
                                   *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
@@ -36,8 +36,8 @@ def test_untrained_policy_equals_its_reference(make_cfg, tmp_path):
 
 
 def test_trained_policy_ranks_held_out_pairs(make_cfg, tmp_path):
-    cfg = make_cfg("optimizer.lr=3e-3", "trainer.max_steps=-1", "trainer.max_epochs=1", "data.max_train_pairs=null",
-                   "data.max_val_pairs=null", "data.batch_size=16", "save_policy=true")
+    cfg = make_cfg("optimizer.lr=3e-3", "trainer.max_steps=-1", "trainer.max_epochs=1", "data.prompts.max_train=null",
+                   "data.prompts.max_val=null", "data.batch_size=16", "save_policy=true")
     _, run = run_train(cfg)
     metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval", "generate.enabled=false"))
     assert metrics["num_pairs"] == 30 and metrics["rewards/accuracies"] > 0.6 and metrics["rewards/margins"] > 0

@@ -11,10 +11,13 @@ import torch
 from omegaconf import open_dict
 
 from alignlab.data.online import OnlinePairsDataModule, PromptBatch
+from alignlab.data.prompt_set import PromptSet
 from alignlab.judges.base import Verdicts
 from alignlab.judges.llm import PairwiseLLMJudge, PointwiseLLMJudge
 from alignlab.judges.rule import RuleJudge
 from alignlab.models import LoadedModel
+from alignlab.reference import Reference
+from alignlab.sampling import Sampling
 from alignlab.train import run_train
 
 from .test_train import column, read_metrics
@@ -86,8 +89,8 @@ def test_pointwise_llm_judge_direction(tiny, monkeypatch):
 def make_online(tiny, write_jsonl, judge, **kw):
     path = write_jsonl([{"prompt": f"Say something about {w}.", "answer": w} for w in
                         ("cats", "dogs", "rain", "trees", "bread", "music", "stars", "boats", "snow", "clocks")])
-    dm = OnlinePairsDataModule(tiny.tokenizer, judge, str(path), batch_size=4, val_fraction=0.2,
-                               max_new_tokens=6, **kw)
+    dm = OnlinePairsDataModule(tiny.tokenizer, judge, PromptSet(path=str(path), val_fraction=0.2),
+                               Sampling(max_new_tokens=6, temperature=0.9, batch_size=None), batch_size=4, **kw)
     dm.setup("fit")
     return dm
 
@@ -96,12 +99,13 @@ class Holder(torch.nn.Module):
     def __init__(self, policy):
         super().__init__()
         self.policy = policy
+        self.reference = Reference()  # reference-free: nothing to sample from
 
 
 def test_pairs_are_sampled_judged_and_counted(tiny, write_jsonl):
     judge = FewerEsJudge(fail_every=2)
     dm = make_online(tiny, write_jsonl, judge, unfinished="keep")
-    batch = dm._collate(dm.train_prompts[:4])
+    batch = dm.collate(dm.train_prompts[:4])
     assert isinstance(batch, PromptBatch)
     pairs = dm.make_pairs(Holder(tiny.model), batch)
     s = pairs.stats
@@ -119,13 +123,13 @@ def test_inconsistent_verdicts_and_missing_reference(tiny, write_jsonl):
             return Verdicts([0.5] * len(pairs), [False] * len(pairs))
 
     dm = make_online(tiny, write_jsonl, PositionBiased(), unfinished="keep")
-    pairs = dm.make_pairs(Holder(tiny.model), dm._collate(dm.train_prompts[:4]))
+    pairs = dm.make_pairs(Holder(tiny.model), dm.collate(dm.train_prompts[:4]))
     assert len(pairs) == 0 and pairs.stats["inconsistent"] + pairs.stats["empty"] + pairs.stats["identical"] == 4
     from alignlab.errors import ConfigError
 
     off_policy = make_online(tiny, write_jsonl, FewerEsJudge(), sample_from="reference")
     with pytest.raises(ConfigError, match="no reference model"):
-        off_policy.make_pairs(Holder(tiny.model), off_policy._collate(off_policy.train_prompts[:2]))
+        off_policy.make_pairs(Holder(tiny.model), off_policy.collate(off_policy.train_prompts[:2]))
 
 
 def test_a_judge_that_raises_costs_the_batch_not_the_run(tiny, write_jsonl):
@@ -139,12 +143,12 @@ def test_a_judge_that_raises_costs_the_batch_not_the_run(tiny, write_jsonl):
             raise self.error
 
     dm = make_online(tiny, write_jsonl, Broken(RuntimeError("CUDA out of memory")), unfinished="keep")
-    pairs = dm.make_pairs(Holder(tiny.model), dm._collate(dm.train_prompts[:4]))
+    pairs = dm.make_pairs(Holder(tiny.model), dm.collate(dm.train_prompts[:4]))
     assert len(pairs) == 0
     assert pairs.stats["judge_failures"] == 4 - pairs.stats["empty"] - pairs.stats["identical"] >= 1
     refused = make_online(tiny, write_jsonl, Broken(ConfigError("endpoint answered 401")), unfinished="keep")
     with pytest.raises(ConfigError, match="401"):
-        refused.make_pairs(Holder(tiny.model), refused._collate(refused.train_prompts[:4]))
+        refused.make_pairs(Holder(tiny.model), refused.collate(refused.train_prompts[:4]))
 
 
 def test_a_batch_with_no_pairs_changes_nothing(make_cfg, monkeypatch):
@@ -155,8 +159,8 @@ def test_a_batch_with_no_pairs_changes_nothing(make_cfg, monkeypatch):
             return Verdicts([0.5] * len(pairs))
 
     monkeypatch.setattr(rule, "RuleJudge", lambda **kw: AllTies())
-    cfg = make_cfg("objective=oaif", "data.max_new_tokens=4", "trainer.max_steps=2", "optimizer.lr=1e-2",
-                   "data.max_train_pairs=8", "data.unfinished=keep", "validate_before_training=false")
+    cfg = make_cfg("objective=oaif", "data.sampling.max_new_tokens=4", "trainer.max_steps=2", "optimizer.lr=1e-2",
+                   "data.prompts.max_train=8", "data.unfinished=keep", "validate_before_training=false")
     from alignlab.models import tiny_random
 
     initial = {k: v.clone() for k, v in tiny_random(cfg.model.tokenizer).model.state_dict().items()}
@@ -167,7 +171,7 @@ def test_a_batch_with_no_pairs_changes_nothing(make_cfg, monkeypatch):
 
 def test_unfinished_answers_can_be_dropped(tiny, write_jsonl):
     dm = make_online(tiny, write_jsonl, FewerEsJudge(), unfinished="drop")
-    pairs = dm.make_pairs(Holder(tiny.model), dm._collate(dm.train_prompts[:4]))
+    pairs = dm.make_pairs(Holder(tiny.model), dm.collate(dm.train_prompts[:4]))
     # A random tiny model almost never stops within 6 tokens: those pairs are dropped and counted, not trained on.
     assert pairs.stats["unfinished_dropped"] + pairs.stats["kept"] + pairs.stats["ties"] + pairs.stats["empty"] + \
         pairs.stats["identical"] == 4
@@ -187,9 +191,9 @@ def test_empty_and_identical_answers_are_counted_not_judged(tiny, write_jsonl, m
     dm = make_online(tiny, write_jsonl, Recording(), unfinished="keep")
     # Per prompt, two samples: only special tokens (decodes to nothing), empty, identical twice, then a real pair.
     texts = ["", "fine answer", "", "", "same", "same", "one answer", "another answer"]
-    monkeypatch.setattr(dm, "_generate", lambda model, prompts, seed=None: [
+    monkeypatch.setattr("alignlab.data.online.generate", lambda model, tokenizer, prompts, sampling: [
         Generation(t, [7] if not t else [1, 2], True) for t in texts])
-    pairs = dm.make_pairs(Holder(tiny.model), dm._collate(dm.train_prompts[:4]))
+    pairs = dm.make_pairs(Holder(tiny.model), dm.collate(dm.train_prompts[:4]))
     assert (pairs.stats["empty"], pairs.stats["identical"]) == (2, 1)
     assert judged == [("one answer", "another answer")] and len(pairs) + pairs.stats["ties"] == 1
 
@@ -198,10 +202,10 @@ def test_oaif_training_runs_on_policy_samples(make_cfg, monkeypatch):
     import alignlab.judges.rule as rule
 
     monkeypatch.setattr(rule, "RuleJudge", lambda **kw: FewerEsJudge())
-    cfg = make_cfg("objective=oaif", "data.max_new_tokens=8", "trainer.max_steps=3", "optimizer.lr=1e-3",
-                   "data.max_train_pairs=24", "data.max_val_pairs=8", "callbacks=with_win_rate",
+    cfg = make_cfg("objective=oaif", "data.sampling.max_new_tokens=8", "trainer.max_steps=3", "optimizer.lr=1e-3",
+                   "data.prompts.max_train=24", "data.prompts.max_val=8", "callbacks=with_win_rate",
                    "callbacks.win_rate.every_n_steps=2", "callbacks.win_rate.num_prompts=4",
-                   "callbacks.win_rate.max_new_tokens=6")
+                   "callbacks.win_rate.sampling.max_new_tokens=6")
     with open_dict(cfg):
         cfg.data.unfinished = "keep"
     metrics, objects = run_train(cfg)
@@ -209,7 +213,7 @@ def test_oaif_training_runs_on_policy_samples(make_cfg, monkeypatch):
     kept = column(rows, "train/online/kept")
     assert len(kept) == 3 and sum(kept) > 0
     assert len(column(rows, "train/loss")) >= 1 and "val/online/kept" in metrics
-    assert objects["module"].reference_logps is None and objects["module"]._reference is not None
+    assert objects["module"].reference.table is None and objects["module"].reference.kind == "copy"
     win_rates = column(rows, "val/samples/win_rate")
     assert len(win_rates) == 2  # at step 2 and at the end
     for rate, wins, ties, losses in zip(win_rates, *(column(rows, f"val/samples/{k}") for k in
@@ -218,7 +222,7 @@ def test_oaif_training_runs_on_policy_samples(make_cfg, monkeypatch):
     assert len(column(rows, "val/samples/kl_to_reference")) == 2
 
 
-def test_a_failing_evaluator_costs_the_measurement_not_the_run(tiny, write_jsonl, caplog):
+def test_a_failing_evaluator_costs_the_measurement_not_the_run(tiny, write_jsonl, caplog, tmp_path):
     import copy
     from types import SimpleNamespace
 
@@ -230,10 +234,10 @@ def test_a_failing_evaluator_costs_the_measurement_not_the_run(tiny, write_jsonl
 
     dm = make_online(tiny, write_jsonl, FewerEsJudge())
     logged = []
-    trainer = SimpleNamespace(global_step=5, datamodule=dm,
+    trainer = SimpleNamespace(global_step=5, datamodule=dm, default_root_dir=str(tmp_path), is_global_zero=True,
                               loggers=[SimpleNamespace(log_metrics=lambda m, step: logged.append(m))])
-    module = SimpleNamespace(policy=tiny.model, _reference=copy.deepcopy(tiny.model))
-    monitor = WinRateMonitor(evaluator=Unreachable(), num_prompts=2, max_new_tokens=4)
+    module = SimpleNamespace(policy=tiny.model, reference=Reference(model=copy.deepcopy(tiny.model)))
+    monitor = WinRateMonitor(Sampling(max_new_tokens=4), evaluator=Unreachable(), num_prompts=2)
     with caplog.at_level("WARNING"):
         assert monitor.measure(trainer, module) is None
     assert not logged and "nothing measured at step 5 (TimeoutError" in caplog.text
@@ -248,8 +252,8 @@ def test_generate_writes_an_offline_baseline_that_trains(tmp_path, make_cfg, mon
     from .conftest import compose_config
 
     monkeypatch.setattr(rule, "RuleJudge", lambda **kw: FewerEsJudge())
-    cfg = compose_config("generate", ["model=tiny", f"output={tmp_path}/pairs.jsonl", "data.max_new_tokens=8",
-                                      "data.max_train_pairs=12", "data.unfinished=keep"])
+    cfg = compose_config("generate", ["model=tiny", f"output={tmp_path}/pairs.jsonl", "data.sampling.max_new_tokens=8",
+                                      "data.prompts.max_train=12", "data.unfinished=keep"])
     totals, output = run_generate(cfg)
     lines = output.read_text().splitlines()
     assert len(lines) == totals["kept"] > 0 and totals["pairs"] == 12
@@ -257,7 +261,7 @@ def test_generate_writes_an_offline_baseline_that_trains(tmp_path, make_cfg, mon
     assert {"prompt", "chosen", "rejected", "answer", "judge_confidence", "produced_by"} <= set(rows[0])
     # Every row is the judged pair of samples (the prompt file's own chosen/rejected columns never leak in).
     assert all(r["chosen"].count("e") < r["rejected"].count("e") for r in rows)
-    _, run = run_train(make_cfg(f"data.path={output}", "data.val_fraction=0.25", "trainer.max_steps=1"))
+    _, run = run_train(make_cfg(f"data.prompts.path={output}", "data.prompts.val_fraction=0.25", "trainer.max_steps=1"))
     assert (run["output_dir"] / "metrics.csv").exists()
 
 
@@ -287,8 +291,8 @@ def test_evaluating_an_oaif_run_samples_its_held_out_prompts(make_cfg, tmp_path,
     from .test_evaluate import eval_cfg
 
     monkeypatch.setattr(rule, "RuleJudge", lambda **kw: FewerEsJudge())
-    cfg = make_cfg("objective=oaif", "data.max_new_tokens=6", "trainer.max_steps=1", "data.max_train_pairs=8",
-                   "data.max_val_pairs=4", "save_policy=true")
+    cfg = make_cfg("objective=oaif", "data.sampling.max_new_tokens=6", "trainer.max_steps=1", "data.prompts.max_train=8",
+                   "data.prompts.max_val=4", "save_policy=true")
     _, run = run_train(cfg)
 
     def no_annotator(**kw):

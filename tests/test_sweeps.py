@@ -18,7 +18,7 @@ from omegaconf import open_dict
 from alignlab.compare import load_local, load_wandb_offline, main, read_metrics_csv
 from alignlab.train import run_train
 
-TINY = ["debug=fast", "trainer.max_steps=1", "data.max_train_pairs=8", "data.max_val_pairs=4"]
+TINY = ["debug=fast", "trainer.max_steps=1", "data.prompts.max_train=8", "data.prompts.max_val=4"]
 
 
 def cli(*args: str) -> list[str]:

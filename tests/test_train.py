@@ -26,8 +26,8 @@ def column(rows, key):
 
 
 def test_training_changes_parameters_and_raises_val_accuracy(make_cfg):
-    cfg = make_cfg("optimizer.lr=3e-3", "trainer.max_steps=-1", "trainer.max_epochs=2", "data.max_train_pairs=null",
-                   "data.max_val_pairs=null", "data.batch_size=16", "save_policy=true")
+    cfg = make_cfg("optimizer.lr=3e-3", "trainer.max_steps=-1", "trainer.max_epochs=2", "data.prompts.max_train=null",
+                   "data.prompts.max_val=null", "data.batch_size=16", "save_policy=true")
     from alignlab.models import tiny_random
 
     initial = {k: v.clone() for k, v in tiny_random(cfg.model.tokenizer).model.state_dict().items()}
@@ -106,7 +106,7 @@ def test_lora_reference_is_the_disabled_adapter(make_cfg):
                    "objective.module.precompute_reference=false", "save_policy=true")
     _, objects = run_train(cfg)
     module = objects["module"]
-    assert module._reference is None and module.reference_from_adapter
+    assert module.reference.kind == "adapter"  # no frozen copy: the policy with its adapter disabled
     # The reference (adapter disabled) is still the untouched base model, while the trained policy moved.
     from alignlab.logprobs import pair_logps
     from alignlab.models import tiny_random
@@ -126,7 +126,7 @@ def test_lora_reference_is_the_disabled_adapter(make_cfg):
 
 def test_reference_free_loss_loads_no_reference(make_cfg):
     _, objects = run_train(make_cfg("loss=reference_free"))
-    assert objects["module"]._reference is None and objects["module"].reference_logps is None
+    assert objects["module"].reference.kind == "none" and objects["module"].reference.table is None
 
 
 def run_cli(*args, cwd: Path, entry: str = "alignlab.cli") -> subprocess.CompletedProcess:
@@ -165,7 +165,7 @@ def test_an_api_key_given_in_config_is_written_nowhere(tmp_path):
 def test_bad_row_fails_in_one_line_naming_file_and_line(tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n{not json\n")
-    result = run_cli("debug=fast", f"data.path={data}", "data.on_bad_row=error", f"paths.root={tmp_path}",
+    result = run_cli("debug=fast", f"data.prompts.path={data}", "data.prompts.on_bad_row=error", f"paths.root={tmp_path}",
                      cwd=tmp_path)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alignlab.data.offline import EpochShuffleSampler
+from alignlab.data.base import EpochShuffleSampler
 from alignlab.optim import warmup_factor
-from alignlab.sampling import generate
+from alignlab.sampling import Sampling, generate
 
 
 def test_warmup_then_decay():
@@ -38,8 +38,8 @@ def chat(tok, question):
 def test_generation_greedy_is_deterministic_and_cut_at_eos(tiny):
     tok = tiny.tokenizer
     prompts = [chat(tok, q) for q in ("Hi?", "What is the capital of France? Answer briefly.")]
-    first = generate(tiny.model, tok, prompts, max_new_tokens=6, temperature=0.0)
-    again = generate(tiny.model, tok, prompts, max_new_tokens=6, temperature=0.0)
+    first = generate(tiny.model, tok, prompts, Sampling(max_new_tokens=6, temperature=0.0))
+    again = generate(tiny.model, tok, prompts, Sampling(max_new_tokens=6, temperature=0.0))
     assert [g.token_ids for g in first] == [g.token_ids for g in again]
     assert all(tok.eos_token_id not in g.token_ids and len(g.token_ids) <= 6 for g in first)
 
@@ -48,9 +48,9 @@ def test_seeded_sampling_repeats_and_leaves_global_rng_alone(tiny):
     tok = tiny.tokenizer
     prompts = [chat(tok, "Tell me a story.")]
     state = torch.random.get_rng_state()
-    a = generate(tiny.model, tok, prompts * 3, max_new_tokens=8, temperature=1.0, seed=3)
-    b = generate(tiny.model, tok, prompts * 3, max_new_tokens=8, temperature=1.0, seed=3)
+    a = generate(tiny.model, tok, prompts * 3, Sampling(max_new_tokens=8, temperature=1.0, seed=3))
+    b = generate(tiny.model, tok, prompts * 3, Sampling(max_new_tokens=8, temperature=1.0, seed=3))
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
     assert torch.equal(state, torch.random.get_rng_state())
-    unseeded = [generate(tiny.model, tok, prompts, max_new_tokens=8, temperature=1.0)[0].token_ids for _ in range(3)]
+    unseeded = [generate(tiny.model, tok, prompts, Sampling(max_new_tokens=8, temperature=1.0))[0].token_ids for _ in range(3)]
     assert len({tuple(u) for u in unseeded}) > 1  # unseeded calls keep drawing fresh samples

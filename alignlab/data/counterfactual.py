@@ -11,7 +11,7 @@ Variants pair them (``chosen`` over ``rejected``): ``enc`` encourage over contro
 discourage, ``contrastive`` encourage over discourage, ``instruction_negation`` control over inappropriate. The
 model is trained on the **plain** prompt (for instruction negation: the prompt *with* the inappropriate
 instruction), so the behaviour moves into the weights. "Plain" means the chat template's own default: SmolLM2's
-inserts its default system prompt, which the encouraging instruction replaces; ``data.system_prompt`` sets one.
+inserts its default system prompt, which the encouraging instruction replaces; ``data.prompts.system_prompt`` sets one.
 
 Answers are generated once in ``setup()`` (``samples_per_prompt`` per prompt and condition, batched) and cached on
 disk per condition, under a hash of everything that produced them: the model's weights fingerprint, the prompts,
@@ -25,19 +25,19 @@ import dataclasses
 import hashlib
 import json
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from alignlab.data.base import FixedPairsSource, check_split
 from alignlab.data.behaviors import BehaviorSpec
-from alignlab.data.offline import PairDataModule
-from alignlab.data.pairs import BadRow, PairTokenizer, PreferencePair
-from alignlab.data.prompts import PromptExample, read_prompts
+from alignlab.data.offline import cut_end_of_turn
+from alignlab.data.pairs import BadRow, PreferencePair
+from alignlab.data.prompt_set import PromptExample, PromptSet, question_text
 from alignlab.errors import ConfigError, DataError
 from alignlab.models import cache_root
-from alignlab.sampling import generate
+from alignlab.sampling import Sampling, generate
 
 log = logging.getLogger(__name__)
 
@@ -57,63 +57,41 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-class CounterfactualDataModule(PairDataModule):
+class CounterfactualDataModule(FixedPairsSource):
     """Pairs from counterfactual prompting of the reference model.
 
     Args:
         tokenizer: the policy's tokenizer.
         behavior: a :class:`BehaviorSpec` (``conf/behavior/``).
-        path, split, val_path, val_fraction, prompt_key, system_prompt, max_prompt_length: the prompt dataset.
+        prompts: the :class:`PromptSet` (``data.prompts``; its ``system_prompt`` is the plain condition's).
+        sampling: how the answers are generated (``data.sampling``; its seed is offset per condition).
         variant: ``enc`` | ``dis`` | ``contrastive`` | ``instruction_negation``.
         samples_per_prompt: answers per prompt and condition; the k-th answers are paired.
-        temperature, top_p, max_new_tokens, generation_batch_size, generation_seed: sampling.
         filter_by_measure: keep only pairs whose ``behavior.measure`` ranks chosen above rejected.
         cache_dir: where generated pairs are kept (default ``<alignlab cache>/counterfactual``).
     """
 
-    def __init__(self, tokenizer, behavior: BehaviorSpec, path: str, split: str = "train",
-                 val_path: str | None = None, val_fraction: float = 0.1, prompt_key: str = "prompt",
-                 system_prompt: str | None = None, max_prompt_length: int = 256, variant: str = "contrastive",
-                 samples_per_prompt: int = 2, temperature: float = 0.7, top_p: float = 1.0,
-                 max_new_tokens: int = 96, generation_batch_size: int = 16, generation_seed: int = 0,
-                 filter_by_measure: bool = False, cache_dir: str | None = None, on_bad_row: str = "skip",
-                 max_bad_fraction: float = 0.05, max_train_pairs: int | None = None,
-                 max_val_pairs: int | None = None, **serving: Any) -> None:
-        super().__init__(tokenizer, **serving)
+    def __init__(self, tokenizer, behavior: BehaviorSpec, prompts: PromptSet, sampling: Sampling,
+                 variant: str = "contrastive", samples_per_prompt: int = 2, filter_by_measure: bool = False,
+                 cache_dir: str | None = None, **serving: Any) -> None:
+        super().__init__(tokenizer, prompts, **serving)
         behavior.require(variant)
         if filter_by_measure and behavior.measure is None:
             raise ConfigError(f"data.filter_by_measure=true but behavior {behavior.name!r} has no measure")
+        if not prompts.chat_template:
+            raise ConfigError("counterfactual pairs put instructions in a system message: data.prompts."
+                              "chat_template must be true")
+        if sampling.seed is None:
+            raise ConfigError("data.sampling.seed must be set: counterfactual answers are cached by their seed")
         self.behavior, self.variant = behavior, variant
-        self.path, self.split, self.val_path, self.val_fraction = path, split, val_path, val_fraction
-        self.prompt_key, self.system_prompt = prompt_key, system_prompt
-        self.pair_tokenizer = PairTokenizer(tokenizer, True, system_prompt, max_prompt_length,
-                                            max_response_length=max_new_tokens + 2)
-        self.samples_per_prompt = samples_per_prompt
-        self.sampling = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-        self.generation_batch_size, self.generation_seed = generation_batch_size, generation_seed
+        self.system_prompt = prompts.system_prompt
+        self.pair_tokenizer = prompts.pair_tokenizer(tokenizer, max_response_length=sampling.max_new_tokens + 2)
+        self.samples_per_prompt, self.sampling = samples_per_prompt, sampling
         self.filter_by_measure = filter_by_measure
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else cache_root() / "counterfactual"
-        self.on_bad_row, self.max_bad_fraction = on_bad_row, max_bad_fraction
-        self.max_train_pairs, self.max_val_pairs = max_train_pairs, max_val_pairs
-        self.generator_model: torch.nn.Module | None = None  # set by alignlab-generate; else the trainer's
         self.rows: list[dict[str, Any]] = []
 
     # ----- prompts and conditions ------------------------------------------------------------------------------
-    def _prompts(self) -> tuple[list[PromptExample], list[PromptExample]]:
-        train, skipped = read_prompts(self.path, self.split, self.pair_tokenizer, self.prompt_key, self.on_bad_row,
-                                      self.max_bad_fraction)
-        self.report.setdefault("skipped", {})[f"{self.path}[{self.split}]"] = skipped
-        if self.val_path:
-            val, skipped = read_prompts(self.val_path, "train", self.pair_tokenizer, self.prompt_key,
-                                        self.on_bad_row, self.max_bad_fraction)
-            self.report["skipped"][f"{self.val_path}[train]"] = skipped
-            return train, val
-        order = list(range(len(train)))
-        random.Random(self.seed).shuffle(order)
-        held_out = set(order[: max(1, round(self.val_fraction * len(train)))] if self.val_fraction > 0 else [])
-        return ([p for i, p in enumerate(train) if i not in held_out],
-                [p for i, p in enumerate(train) if i in held_out])
-
     def messages(self, prompt: str | list, condition: str) -> list[dict[str, str]]:
         """The conversation a condition's answer is generated from (``control``: the plain prompt)."""
         user = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
@@ -135,8 +113,10 @@ class CounterfactualDataModule(PairDataModule):
         return {"model": model_fingerprint(model), "chat_template": template,
                 "prompts": [p.meta["prompt"] for p in prompts], "condition": condition,
                 "messages": self.messages("{prompt}", condition), "samples_per_prompt": self.samples_per_prompt,
-                "sampling": self.sampling, "batch_size": self.generation_batch_size,  # batching changes samples
-                "seed": self.generation_seed + self.CONDITION_SEED[condition], "format": 2}
+                "sampling": {"temperature": self.sampling.temperature, "top_p": self.sampling.top_p,
+                             "max_new_tokens": self.sampling.max_new_tokens},
+                "batch_size": self.sampling.batch_size,  # batching changes samples
+                "seed": self.sampling.seed + self.CONDITION_SEED[condition], "format": 2}
 
     def _cache_paths(self, key: dict[str, Any]) -> tuple[Path, Path]:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -181,8 +161,8 @@ class CounterfactualDataModule(PairDataModule):
         log.info("generating %d answers under the %s condition (%s)", expected, condition, self.behavior.name)
         ids = [self.pair_tokenizer.prompt_ids(self.messages(p.meta["prompt"], condition))
                for p in prompts for _ in range(self.samples_per_prompt)]
-        gens = generate(model, self.tokenizer, ids, batch_size=self.generation_batch_size,
-                        seed=key["seed"], progress=f"generating ({condition})", **self.sampling)
+        gens = generate(model, self.tokenizer, ids, self.sampling.replace(seed=key["seed"]),
+                        progress=f"generating ({condition})")
         rows = [{"text": g.text, "finished": g.finished} for g in gens]
         self.report.setdefault("cache", []).append(str(self._save_cache(key, rows)))
         return rows
@@ -200,59 +180,53 @@ class CounterfactualDataModule(PairDataModule):
                        "rejected": rejected["text"], "split": split, "behavior": self.behavior.name,
                        "variant": self.variant, "chosen_condition": chosen_condition,
                        "rejected_condition": rejected_condition, "chosen_finished": chosen["finished"],
-                       "rejected_finished": rejected["finished"]}
+                       "rejected_finished": rejected["finished"], "prompt_id": prompt.prompt_id}
                 if self.behavior.measure is not None:
                     row["chosen_measure"] = self.behavior.measure(chosen["text"])
                     row["rejected_measure"] = self.behavior.measure(rejected["text"])
                 rows.append(row)
         return rows
 
-    def _generator(self) -> torch.nn.Module:
-        if self.generator_model is not None:
-            return self.generator_model
-        trainer = getattr(self, "trainer", None)
-        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
-        if module is None:
-            raise DataError("counterfactual pairs need a model to generate with: run through alignlab-train or "
-                            "alignlab-generate")
-        model = getattr(module, "_reference", None) or module.policy  # at setup the policy is still the initial one
-        return model.to(trainer.strategy.root_device)  # setup() runs before Lightning moves the model
-
     # ----- setup -----------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.train_pairs:
+        if self.train_items:
             return
-        train_prompts, val_prompts = self._prompts()
-        if not train_prompts:
-            raise DataError(f"{self.path}: no usable prompts")
-        model = self._generator()
+        train_prompts, val_prompts = self.prompts.read_prompts(self.pair_tokenizer, self.report)
         prompts, splits = train_prompts + val_prompts, ["train"] * len(train_prompts) + ["val"] * len(val_prompts)
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.world_size > 1:
-            # One rank generates and writes the cache; the others wait, then read it.
-            if trainer.is_global_zero:
-                self.pair_rows(model, prompts, splits)
-            trainer.strategy.barrier("counterfactual-pairs")
-        rows = self.pair_rows(model, prompts, splits)
-        self.rows = rows
-        self._tokenize(rows)
+        with self.generator_model() as model:
+            trainer = getattr(self, "trainer", None)
+            if trainer is not None and trainer.world_size > 1:
+                # One rank generates and writes the cache; the others wait, then read it.
+                if trainer.is_global_zero:
+                    self.pair_rows(model, prompts, splits)
+                trainer.strategy.barrier("counterfactual-pairs")
+            self.rows = self.pair_rows(model, prompts, splits)
+        self._tokenize(self.rows)
 
-    def held_out_prompts(self) -> list[list[dict[str, str]]]:
-        """The training-format prompt (messages) of every held-out prompt, once each and in order, whether or not
-        the measure filter kept its pairs: the behaviour is evaluated on all of them."""
-        seen, prompts = set(), []
+    def examples(self, split: str = "val") -> list[PromptExample]:
+        """The training-format prompt of every prompt of the split, once each and in order, whether or not the
+        measure filter kept its pairs: the behaviour is evaluated on all of them."""
+        check_split(split)
+        seen, out = set(), []
         for row in self.rows:
             key = json.dumps(row["prompt"], sort_keys=True)
-            if row["split"] == "val" and key not in seen:
+            if (split == "all" or row["split"] == split) and key not in seen:
                 seen.add(key)
-                prompts.append(row["prompt"])
-        return prompts
+                out.append(PromptExample(len(out), row["prompt_id"], self.pair_tokenizer.prompt_ids(row["prompt"]),
+                                         question_text(row["prompt"]), {"prompt": row["prompt"]}, row["prompt_id"]))
+        return out
 
-    def _cut_if_unfinished(self, ids: list[int], finished: bool) -> list[int]:
-        eos = self.tokenizer.eos_token_id
-        if finished or eos not in ids:
-            return ids
-        return ids[: ids.index(eos)]
+    def evaluate(self, policy, reference, sampling, recorder, num_prompts: int | None = None) -> dict[str, Any]:
+        from alignlab.data.counterfactual_eval import behavior_rates, capability
+
+        return {"behavior": behavior_rates(policy, reference, self, sampling, recorder, num_prompts),
+                "capability": capability(policy, reference, self.tokenizer, sampling, recorder)}
+
+    def export_rows(self, model, split: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        check_split(split)
+        self.prepare(model)
+        rows = [r for r in self.rows if split == "all" or r["split"] == split]
+        return rows, {"pairs": float(len(rows))}
 
     def _tokenize(self, rows: list[dict[str, Any]]) -> None:
         kept = {"train": [], "val": []}
@@ -266,19 +240,20 @@ class CounterfactualDataModule(PairDataModule):
                 tokenized = self.pair_tokenizer(pair, 0, f"generated pair {i}")
                 # An answer cut at max_new_tokens did not end: train on its tokens without an end of turn, or
                 # the length signal would come with an artificial "stop mid-sentence" ending.
+                eos = self.tokenizer.eos_token_id
                 tokenized = dataclasses.replace(
-                    tokenized, chosen_ids=self._cut_if_unfinished(tokenized.chosen_ids, row["chosen_finished"]),
-                    rejected_ids=self._cut_if_unfinished(tokenized.rejected_ids, row["rejected_finished"]))
+                    tokenized, meta={**tokenized.meta, "prompt_id": row["prompt_id"]},
+                    chosen_ids=tokenized.chosen_ids if row["chosen_finished"] else
+                    cut_end_of_turn(tokenized.chosen_ids, eos),
+                    rejected_ids=tokenized.rejected_ids if row["rejected_finished"] else
+                    cut_end_of_turn(tokenized.rejected_ids, eos))
                 kept[row["split"]].append(tokenized)
             except BadRow:  # an empty answer, or two identical ones
                 dropped["unusable"] += 1
-        train = kept["train"][: self.max_train_pairs] if self.max_train_pairs else kept["train"]
-        val = kept["val"][: self.max_val_pairs] if self.max_val_pairs else kept["val"]
-        self.train_pairs = [dataclasses.replace(p, example_id=i) for i, p in enumerate(train)]
-        self.val_pairs = [dataclasses.replace(p, example_id=len(train) + i) for i, p in enumerate(val)]
-        if not self.train_pairs:
+        self.set_pairs(kept["train"], kept["val"])
+        if not self.train_items:
             raise DataError(f"behavior {self.behavior.name!r}, variant {self.variant!r}: no usable pairs "
                             f"({dropped['filtered']} filtered out by the measure, {dropped['unusable']} unusable)")
-        self.report.update(train_pairs=len(self.train_pairs), val_pairs=len(self.val_pairs), **dropped)
+        self.report.update(train_pairs=len(self.train_items), val_pairs=len(self.val_items), **dropped)
         log.info("counterfactual pairs: %d train / %d val; %d filtered out by the measure, %d unusable",
-                 len(self.train_pairs), len(self.val_pairs), dropped["filtered"], dropped["unusable"])
+                 len(self.train_items), len(self.val_items), dropped["filtered"], dropped["unusable"])

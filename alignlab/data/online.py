@@ -12,23 +12,23 @@ the batch's ``stats`` and are logged under ``train/online/*`` and ``val/online/*
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from alignlab.data.collate import PreferenceBatch, PreferenceCollator, mask_rows, pad_rows
-from alignlab.data.offline import EpochShuffleSampler, examples_done
-from alignlab.data.pairs import PairTokenizer, TokenizedPair
-from alignlab.data.prompts import PromptExample, read_prompts
-from alignlab.errors import ConfigError, DataError
+from alignlab.data.base import PairSource, choose_split
+from alignlab.data.collate import PreferenceBatch, PreferenceCollator
+from alignlab.data.pairs import TokenizedPair
+from alignlab.data.prompt_set import PromptExample, PromptSet
+from alignlab.errors import ConfigError
 from alignlab.judges.base import Judge, Verdicts
-from alignlab.sampling import Generation, generate
+from alignlab.padding import left_pad
+from alignlab.sampling import Generation, Sampling, generate
 
 log = logging.getLogger(__name__)
 UNFINISHED = ("keep", "penalize", "drop")
@@ -64,99 +64,59 @@ class PromptBatch:
         return [row[mask.bool()].tolist() for row, mask in zip(self.prompt_ids, self.prompt_mask, strict=True)]
 
 
-class OnlinePairsDataModule(pl.LightningDataModule):
+class OnlinePairsDataModule(PairSource):
     """Prompts in, judged on-policy pairs out.
 
     Args:
         tokenizer: the policy's tokenizer.
         judge: a :class:`alignlab.judges.Judge`.
-        path, split, val_path, val_fraction, prompt_key, chat_template, system_prompt, max_prompt_length,
-            overlong_prompt, on_bad_row, max_bad_fraction: the prompt dataset, as for offline data.
+        prompts: the :class:`PromptSet` (``data.prompts``).
+        sampling: how the two answers per prompt are sampled (``data.sampling``; ``batch_size: null`` samples a
+            training batch's prompts, twice each, in one batch).
         sample_from: ``policy`` (on-policy, the paper's setting) or ``reference`` (online, off-policy).
-        temperature, top_p, max_new_tokens: sampling.
         unfinished: an answer cut at ``max_new_tokens``: ``keep`` it as is, ``penalize`` it (it loses to a
             finished answer whatever the judge says), or ``drop`` the pair.
         drop_ties: drop pairs the judge finds equally good (probability within ``tie_tolerance`` of 0.5).
         drop_inconsistent: drop pairs whose two orders a pairwise judge decided differently (position bias).
+        batch_size, eval_batch_size: prompts per training / validation batch.
     """
 
-    def __init__(self, tokenizer, judge: Judge, path: str, split: str = "train", val_path: str | None = None,
-                 val_fraction: float = 0.1, prompt_key: str = "prompt", chat_template: bool = True,
-                 system_prompt: str | None = None, max_prompt_length: int = 256, overlong_prompt: str = "truncate",
-                 on_bad_row: str = "skip", max_bad_fraction: float = 0.05, batch_size: int = 4,
-                 eval_batch_size: int | None = None, seed: int = 0, sample_from: str = "policy",
-                 temperature: float = 0.9, top_p: float = 1.0, max_new_tokens: int = 64,
-                 unfinished: str = "penalize", drop_ties: bool = True, tie_tolerance: float = 0.0,
-                 drop_inconsistent: bool = True,
-                 max_train_pairs: int | None = None, max_val_pairs: int | None = None) -> None:
-        super().__init__()
+    def __init__(self, tokenizer, judge: Judge, prompts: PromptSet, sampling: Sampling,
+                 sample_from: str = "policy", unfinished: str = "penalize", drop_ties: bool = True,
+                 tie_tolerance: float = 0.0, drop_inconsistent: bool = True, **serving: Any) -> None:
+        super().__init__(tokenizer, prompts, **serving)
         if sample_from not in ("policy", "reference"):
             raise ConfigError(f"data.sample_from={sample_from!r} is not 'policy' or 'reference'")
         if unfinished not in UNFINISHED:
             raise ConfigError(f"data.unfinished={unfinished!r} is not one of {UNFINISHED}")
-        self.tokenizer, self.judge = tokenizer, judge
-        self.path, self.split, self.val_path, self.val_fraction = path, split, val_path, val_fraction
-        self.prompt_key = prompt_key
-        self.prompt_tokenizer = PairTokenizer(tokenizer, chat_template, system_prompt, max_prompt_length,
-                                              max_response_length=max_new_tokens + 1, overlong_prompt=overlong_prompt)
-        self.on_bad_row, self.max_bad_fraction = on_bad_row, max_bad_fraction
-        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size or batch_size, seed
-        self.sample_from, self.temperature, self.top_p = sample_from, temperature, top_p
-        self.max_new_tokens, self.unfinished = max_new_tokens, unfinished
+        self.judge, self.sampling = judge, sampling
+        self.prompt_tokenizer = prompts.pair_tokenizer(tokenizer, max_response_length=sampling.max_new_tokens + 1)
+        self.sample_from, self.unfinished = sample_from, unfinished
         self.drop_ties, self.tie_tolerance, self.drop_inconsistent = drop_ties, tie_tolerance, drop_inconsistent
-        self.max_train_pairs, self.max_val_pairs = max_train_pairs, max_val_pairs
         self.collator = PreferenceCollator(tokenizer.pad_token_id)
-        self.train_prompts: list[PromptExample] = []
-        self.val_prompts: list[PromptExample] = []
-        self.report: dict[str, Any] = {}
 
     # ----- prompts ---------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.train_prompts:
+        if self.train_items:
             return
-        train = self._read(self.path, self.split)
-        if self.val_path:
-            val = self._read(self.val_path, "train")
-        else:
-            order = list(range(len(train)))
-            random.Random(self.seed).shuffle(order)
-            held_out = set(order[: max(1, round(self.val_fraction * len(train)))] if self.val_fraction > 0 else [])
-            val = [p for i, p in enumerate(train) if i in held_out]
-            train = [p for i, p in enumerate(train) if i not in held_out]
-        self.train_prompts = train[: self.max_train_pairs] if self.max_train_pairs else train
-        self.val_prompts = val[: self.max_val_pairs] if self.max_val_pairs else val
-        for i, p in enumerate(self.train_prompts + self.val_prompts):
-            p.example_id = i
-        if not self.train_prompts:
-            raise DataError(f"{self.path}: no usable prompts")
-        self.report.update(train_prompts=len(self.train_prompts), val_prompts=len(self.val_prompts),
-                           truncated_prompts=self.prompt_tokenizer.truncated_prompts)
+        self.train_items, self.val_items = self.prompts.read_prompts(self.prompt_tokenizer, self.report)
+        self.report.update(train_prompts=len(self.train_items), val_prompts=len(self.val_items))
 
     @property
-    def num_val_examples(self) -> int:
-        return len(self.val_prompts)
+    def train_prompts(self) -> list[PromptExample]:
+        return self.train_items
 
-    def _read(self, source: str, split: str) -> list[PromptExample]:
-        prompts, skipped = read_prompts(source, split, self.prompt_tokenizer, self.prompt_key, self.on_bad_row,
-                                        self.max_bad_fraction)
-        self.report.setdefault("skipped", {})[f"{source}[{split}]"] = skipped
-        return prompts
+    @property
+    def val_prompts(self) -> list[PromptExample]:
+        return self.val_items
 
-    def _collate(self, examples: list[PromptExample]) -> PromptBatch:
-        rows = [e.prompt_ids for e in examples]
-        width = max(map(len, rows))
-        return PromptBatch(pad_rows(rows, width, self.tokenizer.pad_token_id, left=True),
-                           mask_rows(rows, width, left=True), torch.tensor([e.example_id for e in examples]),
+    def examples(self, split: str = "val") -> list[PromptExample]:
+        return choose_split(split, self.train_items, self.val_items)
+
+    def collate(self, examples: Sequence[PromptExample]) -> PromptBatch:
+        ids, mask = left_pad([e.prompt_ids for e in examples], self.tokenizer.pad_token_id)
+        return PromptBatch(ids, mask, torch.tensor([e.example_id for e in examples]),
                            [e.question for e in examples], [e.meta for e in examples])
-
-    def train_dataloader(self) -> DataLoader:
-        sampler = EpochShuffleSampler(len(self.train_prompts), self.seed,
-                                      skip_examples=lambda: examples_done(getattr(self, "trainer", None),
-                                                                          self.batch_size))
-        return DataLoader(self.train_prompts, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_prompts, batch_size=self.eval_batch_size, collate_fn=self._collate)
 
     # ----- pairs on the device ---------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -165,21 +125,21 @@ class OnlinePairsDataModule(pl.LightningDataModule):
         return self.make_pairs(self.trainer.lightning_module, batch)
 
     def _sampler_model(self, module):
+        """The model this step's answers come from, as a context manager (the reference may be the disabled
+        adapter of the policy)."""
         if self.sample_from == "policy":
-            return module.policy
-        if getattr(module, "_reference", None) is not None:
-            return module._reference
-        if getattr(module, "reference_from_adapter", False):
-            return module.policy  # sampled with its adapter disabled
-        raise ConfigError("data.sample_from=reference, but no reference model is kept (a reference-free loss?)")
+            return contextlib.nullcontext(module.policy)
+        if not module.reference.can_sample:
+            raise ConfigError("data.sample_from=reference, but no reference model is kept (a reference-free loss?)")
+        return module.reference.as_model()
 
     def make_pairs(self, module, batch: PromptBatch) -> PreferenceBatch:
         """Sample, judge and tokenize: the training batch for ``batch``'s prompts (see the module docstring)."""
         # Validation answers are seeded by their prompts, so validation neither moves the training samples' random
         # stream nor varies between evaluations for reasons other than the policy.
         seed = None if module.training else self.seed + int(batch.example_id[0])
-        labelled, stats = self.label(self._sampler_model(module), batch, disable_adapter=self._use_base(module),
-                                     seed=seed)
+        with self._sampler_model(module) as model:
+            labelled, stats = self.label(model, batch, seed=seed)
         device = batch.prompt_ids.device
         kept = [TokenizedPair(p.example_id, "online", p.prompt_ids, _with_eos(p.chosen, self),
                               _with_eos(p.rejected, self)) for p in labelled]
@@ -189,19 +149,12 @@ class OnlinePairsDataModule(pl.LightningDataModule):
         pairs.stats = stats
         return pairs.to(device)
 
-    def _use_base(self, module) -> bool:
-        return self.sample_from == "reference" and getattr(module, "reference_from_adapter", False)
-
-    def label(self, model, batch: PromptBatch, disable_adapter: bool = False,
-              seed: int | None = None) -> tuple[list[LabelledPair], dict]:
+    def label(self, model, batch: PromptBatch, seed: int | None = None) -> tuple[list[LabelledPair], dict]:
         """Two samples per prompt from ``model``, judged; returns the kept pairs and the counts of dropped ones."""
         prompts = batch.prompt_lists()
         doubled = [p for p in prompts for _ in range(2)]  # [p0, p0, p1, p1, ...]
-        if disable_adapter:
-            with model.disable_adapter():
-                samples = self._generate(model, doubled, seed)
-        else:
-            samples = self._generate(model, doubled, seed)
+        sampling = self.sampling if seed is None else self.sampling.replace(seed=seed)
+        samples = generate(model, self.tokenizer, doubled, sampling)
         firsts, seconds = samples[0::2], samples[1::2]
         stats = {"pairs": float(len(prompts)), "judge_failures": 0.0, "ties": 0.0, "empty": 0.0, "identical": 0.0,
                  "inconsistent": 0.0, "unfinished_dropped": 0.0, "unfinished_answers": 0.0,
@@ -262,9 +215,35 @@ class OnlinePairsDataModule(pl.LightningDataModule):
                         len(pairs), type(e).__name__, e)
             return Verdicts([None] * len(pairs))
 
-    def _generate(self, model, prompts: list[list[int]], seed: int | None = None) -> list[Generation]:
-        return generate(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
-                        temperature=self.temperature, top_p=self.top_p, batch_size=len(prompts), seed=seed)
+    # ----- export ---------------------------------------------------------------------------------------------
+    def export_rows(self, model, split: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """Two answers per prompt from ``model`` (the initial model: OAIF's offline baseline), labelled by the judge;
+        each row says whether each answer ended and how it was produced."""
+        from tqdm.auto import tqdm
+
+        self.setup("fit")
+        prompts = self.examples(split)
+        produced_by = {"sampling": self.sampling.as_dict(), "unfinished": self.unfinished, "seed": self.seed}
+        rows, totals = [], {}
+        for start in tqdm(range(0, len(prompts), self.batch_size), desc="sampling and judging pairs",
+                          unit="batch", disable=None):
+            labelled, stats = self.label(model, self.collate(prompts[start: start + self.batch_size]))
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value
+            for pair in labelled:
+                # The prompt row's other columns travel along (e.g. a reference answer), never as the pair itself.
+                meta = {k: v for k, v in pair.meta.items() if k not in ("prompt", "chosen", "rejected")}
+                rows.append({**meta, "prompt": pair.meta.get("prompt", pair.question), "chosen": pair.chosen.text,
+                             "rejected": pair.rejected.text, "judge_confidence": pair.confidence,
+                             "chosen_finished": pair.chosen.finished, "rejected_finished": pair.rejected.finished,
+                             "produced_by": produced_by})
+            log.info("%d / %d prompts, %d pairs kept", min(start + self.batch_size, len(prompts)), len(prompts),
+                     len(rows))
+        batches = -(-len(prompts) // self.batch_size)
+        for key in ("mean_length", "position_consistency"):  # per-batch means, not counts
+            if key in totals:
+                totals[key] /= batches
+        return rows, totals
 
 
 def _with_eos(generation: Generation, dm: OnlinePairsDataModule) -> list[int]:

@@ -139,9 +139,9 @@ class PairTokenizer:
                  system_prompt: str | None = None, max_prompt_length: int = 256, max_response_length: int = 256,
                  overlong_prompt: str = "truncate") -> None:
         if overlong_prompt not in self.OVERLONG:
-            raise ConfigError(f"data.overlong_prompt={overlong_prompt!r} is not one of {self.OVERLONG}")
+            raise ConfigError(f"data.prompts.overlong_prompt={overlong_prompt!r} is not one of {self.OVERLONG}")
         if chat_template and tokenizer.chat_template is None:
-            raise ConfigError("data.chat_template=true but the tokenizer has no chat template; set it to false")
+            raise ConfigError("data.prompts.chat_template=true but the tokenizer has no chat template; set it to false")
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.system_prompt = system_prompt
@@ -170,6 +170,19 @@ class PairTokenizer:
         text = completion if completion.endswith(eos) else completion + eos
         return self.tokenizer(prompt + text)["input_ids"]
 
+    def fit_prompt(self, prompt_ids: list[int], where: str) -> list[int]:
+        """The over-long-prompt rule, stated once: keep the last ``max_prompt_length`` tokens (counted), skip the
+        row (:class:`BadRow`) or stop the run naming it (``overlong_prompt``)."""
+        if len(prompt_ids) <= self.max_prompt_length:
+            return prompt_ids
+        reason = f"prompt longer than max_prompt_length={self.max_prompt_length} ({len(prompt_ids)} tokens)"
+        if self.overlong_prompt == "error":
+            raise DataError(f"{where}: {reason} (data.prompts.overlong_prompt=error)")
+        if self.overlong_prompt == "skip":
+            raise BadRow(reason)
+        self.truncated_prompts += 1
+        return prompt_ids[-self.max_prompt_length:]
+
     def __call__(self, pair: PreferencePair, example_id: int, where: str) -> TokenizedPair:
         prompt_ids = self.prompt_ids(pair.prompt)
         chosen_full = self._full_ids(pair.prompt, pair.chosen)
@@ -178,14 +191,7 @@ class PairTokenizer:
         prompt_ids, chosen_ids, rejected_ids = prompt_ids[:split], chosen_full[split:], rejected_full[split:]
         if not chosen_ids or not rejected_ids:
             raise BadRow("a response is empty after tokenization")
-        if len(prompt_ids) > self.max_prompt_length:
-            reason = f"prompt longer than max_prompt_length={self.max_prompt_length} ({len(prompt_ids)} tokens)"
-            if self.overlong_prompt == "error":
-                raise DataError(f"{where}: {reason} (data.overlong_prompt=error)")
-            if self.overlong_prompt == "skip":
-                raise BadRow(reason)
-            prompt_ids = prompt_ids[-self.max_prompt_length:]
-            self.truncated_prompts += 1
+        prompt_ids = self.fit_prompt(prompt_ids, where)
         if max(len(chosen_ids), len(rejected_ids)) > self.max_response_length:
             self.truncated_responses += 1
             chosen_ids = chosen_ids[: self.max_response_length]

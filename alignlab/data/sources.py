@@ -72,7 +72,7 @@ def hub_splits(name: str, subset: str | None = None) -> list[str]:
     try:
         return list(datasets.get_dataset_split_names(name, subset))
     except Exception as e:  # offline, unknown name: say which
-        raise DataError(f"data.path={name!r}: its splits could not be listed: {type(e).__name__}: {e}") from e
+        raise DataError(f"data.prompts.path={name!r}: its splits could not be listed: {type(e).__name__}: {e}") from e
 
 
 def _load_local(path: Path) -> list[Record]:
@@ -148,5 +148,5 @@ def _load_hub(name: str, split: str, subset: str | None) -> list[Record]:
     try:
         dataset = datasets.load_dataset(name, subset, split=split)
     except Exception as e:  # offline, unknown name, unknown split: say which
-        raise DataError(f"data.path={name!r} (split {split!r}) could not be loaded: {type(e).__name__}: {e}") from e
+        raise DataError(f"data.prompts.path={name!r} (split {split!r}) could not be loaded: {type(e).__name__}: {e}") from e
     return [_record(f"{name}[{split}] row {i}", row) for i, row in enumerate(dataset)]

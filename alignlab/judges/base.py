@@ -19,12 +19,16 @@ class Verdicts:
     prob_first: list[float | None]
     consistent: list[bool | None] = field(default_factory=list)  # per pair; empty when the judge scores one order
     sources: list[str | None] | None = None  # per pair, what decided it (e.g. "logprobs", "text"); None: not said
+    # per pair, P(a better) with a shown first and with a shown second (pairwise judges); None: one order only
+    orders: list[tuple[float | None, float | None]] | None = None
 
     def __post_init__(self) -> None:
         if self.consistent and len(self.consistent) != len(self.prob_first):
             raise ValueError("one consistency flag per pair")
         if self.sources is not None and len(self.sources) != len(self.prob_first):
             raise ValueError("one source per pair")
+        if self.orders is not None and len(self.orders) != len(self.prob_first):
+            raise ValueError("one pair of per-order probabilities per pair")
 
     def source_counts(self) -> Counter[str]:
         """How many verdicts each source decided (failed pairs, whose source is None, are not counted)."""

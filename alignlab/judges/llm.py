@@ -84,10 +84,11 @@ class PairwiseLLMJudge(_LocalJudge):
         swapped = [self.template.format(prompt=p, first=b, second=a) for p, (a, b) in zip(prompts, pairs, strict=True)]
         scores = self.log_odds(shown + swapped)
         n = len(prompts)
-        probs, consistent = [], []
+        probs, consistent, orders = [], [], []
         for i in range(n):
             p_shown = 1 / (1 + math.exp(-scores[i]))  # P(a better | a shown first)
             p_swapped = 1 / (1 + math.exp(scores[n + i]))  # P(a better | a shown second)
             probs.append((p_shown + p_swapped) / 2)
             consistent.append((p_shown > 0.5) == (p_swapped > 0.5))
-        return Verdicts(probs, consistent)
+            orders.append((p_shown, p_swapped))
+        return Verdicts(probs, consistent, orders=orders)

@@ -308,8 +308,9 @@ class OpenAIJudge(ChatEndpoint):
         swapped = [self.template.format(prompt=p, first=b, second=a) for p, (a, b) in zip(prompts, pairs, strict=True)]
         reads = [_AB.read(r) for r in self.reply_all(shown + swapped)]
         n = len(prompts)
-        probs, consistent, sources = [], [], []
+        probs, consistent, sources, orders = [], [], [], []
         for read_shown, read_swapped in zip(reads[:n], reads[n:], strict=True):
+            orders.append((read_shown.prob if read_shown else None, 1.0 - read_swapped.prob if read_swapped else None))
             if read_shown is None or read_swapped is None:
                 probs.append(None)
                 consistent.append(None)
@@ -319,7 +320,7 @@ class OpenAIJudge(ChatEndpoint):
             probs.append((a_wins_shown + a_wins_swapped) / 2)
             consistent.append((a_wins_shown > 0.5) == (a_wins_swapped > 0.5))
             sources.append(_source(read_shown, read_swapped))
-        return Verdicts(probs, consistent, sources)
+        return Verdicts(probs, consistent, sources, orders)
 
     def _count_sources(self, counts: Counter[str]) -> None:
         """Adds to the run's counts, and says once per run which way verdicts are being decided."""

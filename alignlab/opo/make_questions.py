@@ -33,6 +33,7 @@ from alignlab.opo.memory import Rule, RuleMemory
 from alignlab.opo.prompting import messages
 from alignlab.opo.questions import LETTERS, MCQuestion, parse_question, save_questions
 from alignlab.opo.retrievers import tokenize
+from alignlab.sampling import Sampling, generate
 
 log = logging.getLogger(__name__)
 
@@ -107,26 +108,24 @@ GENERATION_PROMPT = (
 
 class LLMQuestionGenerator:
     """``endpoint``: a :class:`~alignlab.judges.openai.ChatEndpoint`; without one, ``loaded`` (the local model)
-    writes the questions by sampling."""
+    writes the questions by sampling with ``sampling`` (a :class:`~alignlab.sampling.Sampling`)."""
 
-    def __init__(self, prompt: str = GENERATION_PROMPT, endpoint=None, loaded=None, max_new_tokens: int = 200,
-                 temperature: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, prompt: str = GENERATION_PROMPT, endpoint=None, loaded=None,
+                 sampling: Sampling | None = None) -> None:
         if endpoint is None and loaded is None:
             raise DataError("LLMQuestionGenerator needs an endpoint or a local model")
         self.prompt, self.endpoint, self.loaded = prompt, endpoint, loaded
-        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
+        self.sampling = sampling or Sampling(max_new_tokens=200, temperature=0.0, seed=0)
 
     def _replies(self, rules: list[Rule]) -> list[str | None]:
         conversations = [[{"role": "user", "content": self.prompt.format(rule=r.text)}] for r in rules]
         if self.endpoint is not None:
             return self.endpoint.complete_all(conversations)
-        from alignlab.sampling import generate
-
         tokenizer = self.loaded.tokenizer
         ids = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False)
                for c in conversations]
-        return [g.text for g in generate(self.loaded.model, tokenizer, ids, max_new_tokens=self.max_new_tokens,
-                                         temperature=self.temperature, seed=self.seed, progress="writing questions")]
+        return [g.text for g in generate(self.loaded.model, tokenizer, ids, self.sampling,
+                                         progress="writing questions")]
 
     def __call__(self, rules: list[Rule]) -> list[Draft]:
         drafts = []

@@ -11,7 +11,7 @@ run() {  # name, overrides...
   [ -f "$ROOT/$name/eval/eval.json" ] && return 0  # finished earlier: keep it
   $BIN/alignlab-train experiment=counterfactual_dpo "$@" paths.output_dir=$ROOT/$name trainer.enable_progress_bar=false
   $BIN/alignlab-eval policy_path=$ROOT/$name paths.output_dir=$ROOT/$name/eval generate.num_prompts=17 \
-    generate.max_new_tokens=80
+    sampling.max_new_tokens=80
 }
 for behavior in ${BEHAVIORS:-brief no_names french}; do
   for variant in ${VARIANTS:-contrastive enc dis}; do

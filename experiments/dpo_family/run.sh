@@ -13,7 +13,7 @@ for run in $(ls -d $ROOT/multirun/*/*/*/ | sort); do
   [ -f "$run/eval/eval.json" ] && continue  # evaluated earlier
   # Quoted: multirun folder names hold '=' and ',', which Hydra's override grammar would parse.
   $BIN/alignlab-eval "policy_path='$run'" "paths.output_dir='$run/eval'" generate.num_prompts=30 \
-    generate.max_new_tokens=64
+    sampling.max_new_tokens=64
 done
 $BIN/python experiments/dpo_family/report.py $ROOT
 # The same runs through the generic comparison tool: table (Markdown, CSV) and learning curves.

@@ -18,18 +18,18 @@ for seed in ${SEEDS:-0 1 2}; do
     "${COMMON[@]}"
   for split in train val; do
     pairs=$ROOT/offline_pairs_seed${seed}_$split.jsonl
-    [ -f "$pairs" ] || $BIN/alignlab-generate judge=llm_pointwise data.max_new_tokens=64 data.temperature=0.9 \
+    [ -f "$pairs" ] || $BIN/alignlab-generate judge=llm_pointwise data.sampling.max_new_tokens=64 data.sampling.temperature=0.9 \
       seed=$seed split=$split output=$pairs
   done
   done_ offline_seed$seed || $BIN/alignlab-train experiment=oaif_offline seed=$seed \
-    data.path=$ROOT/offline_pairs_seed${seed}_train.jsonl data.val_path=$ROOT/offline_pairs_seed${seed}_val.jsonl \
+    data.prompts.path=$ROOT/offline_pairs_seed${seed}_train.jsonl data.prompts.val_path=$ROOT/offline_pairs_seed${seed}_val.jsonl \
     paths.output_dir=$ROOT/offline_seed$seed "${COMMON[@]}"
 done
 for instruction in ${INSTRUCTIONS:-helpful helpful_short helpful_very_short}; do
   for lr in 1e-5 5e-5; do
     name=length_$instruction; [ $lr = 1e-5 ] || name=length_lr${lr}_$instruction
     done_ $name || $BIN/alignlab-train experiment=oaif judge=rule judge.instruction=$instruction optimizer.lr=$lr \
-      data.max_train_pairs=128 callbacks.win_rate.every_n_steps=4 paths.output_dir=$ROOT/$name "${COMMON[@]}"
+      data.prompts.max_train=128 callbacks.win_rate.every_n_steps=4 paths.output_dir=$ROOT/$name "${COMMON[@]}"
   done
 done
 $BIN/alignlab-compare $ROOT/online_seed* $ROOT/offline_seed* --by objective.name \
