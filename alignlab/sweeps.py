@@ -176,12 +176,12 @@ def check_sweep_dir(config: DictConfig) -> None:
     output_dir = config.get("paths", {}).get("output_dir")
     if output_dir is not None and Path(output_dir).resolve() != sweep_dir.resolve():
         raise ConfigError(f"paths.output_dir={output_dir} is a multirun's root, but hydra.sweep.dir={sweep_dir}: "
-                         "give one of them")
+                          "give one of them")
     taken = [name for name in ("multirun.yaml", SUMMARY, JOBS_DIR) if (sweep_dir / name).exists()]
     taken += results_in(sweep_dir)
     if taken:
         raise ConfigError(f"hydra.sweep.dir={sweep_dir} already holds another sweep or run ({', '.join(taken)}); "
-                         "choose a new paths.output_dir")
+                          "choose a new paths.output_dir")
 
 
 # --- DDP under a multirun: every rank runs the job its rank 0 runs ----------------------------------------------
