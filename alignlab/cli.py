@@ -65,9 +65,11 @@ def sweep_value(metrics: dict[str, float], name: str) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _train(cfg: DictConfig) -> float | None:
+    from alignlab.sweeps import ddp_ranks_run_this_job
     from alignlab.train import run_train
 
-    metrics, _ = run_or_exit(run_train, cfg)
+    with ddp_ranks_run_this_job():
+        metrics, _ = run_or_exit(run_train, cfg)
     return sweep_value(metrics, cfg.optimized_metric)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import OmegaConf
 
 
@@ -35,8 +37,13 @@ def _optuna_sampler_seed(storage: str, study_name: str, seed: int) -> int:
     return sampler_seed(storage, study_name, seed)
 
 
+def _or_default(value: Any, default: Any) -> Any:
+    """``${or_default:${paths.output_dir},<default>}``: the value unless it is null (``oc.select`` keeps a null)."""
+    return default if value is None else value
+
+
 RESOLVERS = {"bundled": _bundled, "opo_data": _opo_data, "sqlite_url": _sqlite_url, "optuna_trials_left": _optuna_trials_left,
-             "optuna_sampler_seed": _optuna_sampler_seed}
+             "optuna_sampler_seed": _optuna_sampler_seed, "or_default": _or_default}
 
 
 def register_resolvers() -> None:

@@ -1,4 +1,5 @@
-"""Multirun bookkeeping: one record per job in ``<sweep dir>/sweep_summary.json``, and Optuna study helpers.
+"""Multirun bookkeeping: one record per job in ``<sweep dir>/sweep_summary.json``, one sweep per sweep folder,
+DDP ranks that run their job rather than the sweep, and Optuna study helpers.
 
 Hydra's sweepers run every job of a batch even when one fails, but they report the failure only by raising at
 the end, and ``on_multirun_end`` is then never called. So :class:`SweepSummary` rewrites the summary after each
@@ -13,7 +14,9 @@ import json
 import logging
 import math
 import os
+import sys
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, ConfigError
 from alignlab.redaction import SECRET_KEYS, override_without_secret, without_secrets
 
 log = logging.getLogger(__name__)
@@ -82,8 +85,7 @@ def _error_text(error: BaseException) -> str:
 
 def job_record(config: DictConfig, job_return: JobReturn) -> dict[str, Any]:
     """What the summary says of one job: overrides, status, error, run folder and final metrics."""
-    runtime = config.hydra.runtime
-    run_dir = Path(config.get("paths", {}).get("output_dir") or runtime.output_dir)
+    run_dir = Path(config.hydra.runtime.output_dir)  # the job's folder; paths.output_dir is the sweep's root
     overrides = [override_without_secret(o) for o in config.hydra.overrides.task]
     record: dict[str, Any] = {"num": int(config.hydra.job.num), "overrides": overrides,
                               "run_dir": str(run_dir)}
@@ -127,7 +129,16 @@ def scrub_multirun_yaml(sweep_dir: Path) -> None:
 
 class SweepSummary(Callback):
     """Hydra callback (``hydra.callbacks`` in ``conf/hydra/default.yaml``) keeping ``sweep_summary.json`` current,
-    and secrets out of Hydra's ``multirun.yaml``."""
+    and secrets out of Hydra's ``multirun.yaml``; it refuses a sweep folder that is taken."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_sweep_dir(config)
+        except ConfigError as e:
+            # Hydra turns a callback's exception into a warning and runs the sweep anyway: end it here, before
+            # any job and before the sweeper writes into the folder, as the CLI ends on any user error.
+            print(f"alignlab: error: {e}", file=sys.stderr)
+            sys.exit(2)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
@@ -154,6 +165,105 @@ class SweepSummary(Callback):
             summary = rebuild_summary(sweep_dir)
             print(f"sweep done: {summary['completed']} completed, {summary['failed']} failed; "
                   f"summary: {sweep_dir / SUMMARY}")
+
+
+def check_sweep_dir(config: DictConfig) -> None:
+    """Before any job: a sweep writes into a folder of its own. ``paths.output_dir`` given to a multirun is its root
+    (``conf/hydra/default.yaml``), so a sweep config that sets another ``hydra.sweep.dir`` would scatter it."""
+    from alignlab.run_dir import results_in
+
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    output_dir = config.get("paths", {}).get("output_dir")
+    if output_dir is not None and Path(output_dir).resolve() != sweep_dir.resolve():
+        raise ConfigError(f"paths.output_dir={output_dir} is a multirun's root, but hydra.sweep.dir={sweep_dir}: "
+                          "give one of them")
+    taken = [name for name in ("multirun.yaml", SUMMARY, JOBS_DIR) if (sweep_dir / name).exists()]
+    taken += results_in(sweep_dir)
+    if taken:
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir} already holds another sweep or run ({', '.join(taken)}); "
+                          "choose a new paths.output_dir")
+
+
+# --- DDP under a multirun: every rank runs the job its rank 0 runs ----------------------------------------------
+
+HYDRA_FLAGS = ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir")
+
+
+def config_flags(argv: list[str]) -> list[str]:
+    """The ``--config-path/-name/-dir`` flags of a command line, with their values: what composes the config."""
+    kept, args = [], iter(argv)
+    for arg in args:
+        if arg in HYDRA_FLAGS:
+            kept += [arg, next(args, "")]
+        elif arg.split("=", 1)[0] in HYDRA_FLAGS:
+            kept.append(arg)
+    return kept
+
+
+def quoted(value: str) -> str:
+    """A Hydra override value that stays one string whatever it holds (``=`` and ``,`` are in job folder names)."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def single_run_command(argv: list[str], hydra_cfg: DictConfig) -> list[str]:
+    """``argv`` for one job of a multirun run alone: its overrides, its folder, ``hydra.mode=RUN``, never ``-m``.
+
+    The job folder goes in ``paths.output_dir`` explicitly: a sweep root given there, or set by a config file, must
+    not become the job's folder in the rerun."""
+    job_dir = str(hydra_cfg.runtime.output_dir)
+    hydra_overrides = [o for o in hydra_cfg.overrides.hydra if override_key(o) != "hydra.mode"]
+    task = [o for o in hydra_cfg.overrides.task if override_key(o) != "paths.output_dir"]
+    return [argv[0], *config_flags(argv[1:]), *hydra_overrides, *task, f"paths.output_dir={quoted(job_dir)}",
+            "hydra.mode=RUN"]
+
+
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def ddp_ranks_run_this_job() -> Iterator[None]:
+    """Within a multirun job: ranks 1.. that Lightning's DDP subprocess launcher starts run this job, not the sweep.
+
+    That launcher reruns ``sys.argv`` (``-m`` included) with ``hydra.run.dir=<HydraConfig run.dir>`` appended, so
+    each rank > 0 would run a whole sweep of its own (and under Optuna sample its own trials). Here ``sys.argv`` is
+    this job alone and the run folder is this job's, so ranks 1.. rerun exactly the job rank 0 runs, in its folder.
+    After the job, the next job must launch its own ranks: the launcher's environment variables are restored and
+    the process group that this job's ranks shared is closed. Under an external launcher (torchrun, SLURM: every
+    rank runs the same sweep) both stay as they were. Hydra sets a fresh HydraConfig for each job."""
+    if not in_multirun():
+        yield
+        return
+    hydra_cfg = HydraConfig.get()
+    argv, env = list(sys.argv), {key: os.environ.get(key) for key in DDP_ENV}
+    sys.argv = single_run_command(argv, hydra_cfg)
+    with read_write(hydra_cfg.run):
+        hydra_cfg.run.dir = str(hydra_cfg.runtime.output_dir)
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        if env["LOCAL_RANK"] is None:  # ranks were launched here, not by torchrun or SLURM
+            close_process_group()
+            restore_environment(env)
+
+
+def restore_environment(env: dict[str, str | None]) -> None:
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def close_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # --- Optuna: a study in SQLite that a relaunch resumes --------------------------------------------------------

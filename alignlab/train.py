@@ -20,11 +20,13 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import rank_zero_only
 
 from alignlab.errors import ConfigError
 from alignlab.redaction import without_secrets
 from alignlab.reference import Reference
-from alignlab.sweeps import group_choices, job_overrides
+from alignlab.run_dir import check_folder_is_free, check_resume_matches, keep_earlier
+from alignlab.sweeps import group_choices, in_multirun, job_overrides
 
 log = logging.getLogger(__name__)
 # The run folder already holds config.yaml when the CSV logger starts: that is expected, not a warning.
@@ -37,19 +39,41 @@ def default_output_dir(root: str = "outputs") -> Path:
 
 
 def prepare_output_dir(cfg: DictConfig) -> Path:
-    """Fill ``paths.output_dir`` (Hydra's run folder under the CLI, else a new timestamped one) and create it."""
-    if cfg.paths.get("output_dir") is None:
+    """Fill ``paths.output_dir`` and create it: in a multirun, the job's own folder under the sweep's root (which
+    is ``paths.output_dir`` when given, see ``conf/hydra/default.yaml``); else ``paths.output_dir``, Hydra's run
+    folder under the CLI, or a new timestamped one."""
+    output_dir = cfg.paths.get("output_dir")
+    if in_multirun():
+        from hydra.core.hydra_config import HydraConfig
+
+        output_dir = HydraConfig.get().runtime.output_dir
+    elif output_dir is None:
         try:
             from hydra.core.hydra_config import HydraConfig
 
-            output_dir = Path(HydraConfig.get().runtime.output_dir)
+            output_dir = HydraConfig.get().runtime.output_dir
         except ValueError:  # not under @hydra.main
             output_dir = default_output_dir(cfg.paths.get("root", "outputs"))
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(output_dir)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     return output_dir
+
+
+def start_run_folder(cfg: DictConfig, output_dir: Path, ckpt: str | None) -> None:
+    """Before anything is written: the folder must be new or hold the run being resumed, with the same config
+    (:mod:`alignlab.run_dir`). Then ``config.yaml`` and ``run_info.json``. Rank 0 only: other DDP ranks start
+    when rank 0 has written them."""
+    if rank_zero_only.rank != 0:
+        return
+    plain = without_secrets(cfg)
+    check_folder_is_free(output_dir, ckpt)
+    if ckpt is not None:
+        check_resume_matches(ckpt, plain, bool(cfg.get("resume_allow_changes")))
+        keep_earlier(output_dir)  # before any logger opens metrics.csv
+    OmegaConf.save(OmegaConf.create(plain), output_dir / "config.yaml")
+    write_run_info(output_dir)
 
 
 def write_run_info(output_dir: Path) -> None:
@@ -66,16 +90,6 @@ def resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
     return str(path)
-
-
-def keep_earlier_metrics(output_dir: Path) -> None:
-    """Resuming into the same folder: the CSV logger would overwrite metrics.csv, so keep it under another name."""
-    metrics = output_dir / "metrics.csv"
-    if metrics.exists():
-        n = 1
-        while (output_dir / f"metrics.before-resume-{n}.csv").exists():
-            n += 1
-        metrics.rename(output_dir / f"metrics.before-resume-{n}.csv")
 
 
 def build_reference(loaded, loss) -> Reference | None:
@@ -113,8 +127,8 @@ def run_train(cfg: DictConfig, callbacks: list[pl.Callback] = ()) -> tuple[dict[
 
     ``callbacks``: Lightning callbacks added to the configured ones (a benchmark's timer, a notebook's probe)."""
     output_dir = prepare_output_dir(cfg)
-    OmegaConf.save(OmegaConf.create(without_secrets(cfg)), output_dir / "config.yaml")
-    write_run_info(output_dir)
+    ckpt = resolve_ckpt(cfg.get("ckpt_path"), output_dir)
+    start_run_folder(cfg, output_dir, ckpt)
     pl.seed_everything(cfg.seed, workers=True)
 
     loaded = instantiate(cfg.model)
@@ -125,9 +139,6 @@ def run_train(cfg: DictConfig, callbacks: list[pl.Callback] = ()) -> tuple[dict[
     log.info("policy %s, %s, output %s", loaded.name, loss, output_dir)
 
     try:
-        ckpt = resolve_ckpt(cfg.get("ckpt_path"), output_dir)
-        if ckpt is not None:
-            keep_earlier_metrics(output_dir)  # before any logger opens metrics.csv
         hyperparameters = {**without_secrets(cfg), "choices": group_choices(),
                            "overrides": job_overrides()}
         for logger in trainer.loggers:  # W&B's run config: what alignlab-compare and the W&B UI group runs by
@@ -153,8 +164,9 @@ def run_train(cfg: DictConfig, callbacks: list[pl.Callback] = ()) -> tuple[dict[
 
     shown = {k: metrics[k] for k in ("train/loss", "val/loss", "val/rewards/accuracies", "val/rewards/margins")
              if k in metrics}
-    print(f"done: step {trainer.global_step}, " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
-          + f"; run directory: {output_dir}")
+    if trainer.is_global_zero:  # every DDP rank gets here
+        print(f"done: step {trainer.global_step}, " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+              + f"; run directory: {output_dir}")
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "model": loaded,
                      "output_dir": output_dir}
 
