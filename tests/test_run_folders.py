@@ -106,7 +106,7 @@ def test_a_multirun_given_paths_output_dir_makes_it_the_sweep_root(tmp_path):
     jobs = sorted(p.parent for p in sweep.rglob("metrics.csv"))
     assert [job.parent for job in jobs] == [sweep, sweep]
     assert [job.name for job in jobs] == [  # as in other multiruns: hydra.sweep.subdir
-        f"{n}_data.max_train_pairs=8,data.prompts.max_val=4,debug=fast,loss={loss},trainer.max_steps=1"
+        f"{n}_data.prompts.max_train=8,data.prompts.max_val=4,debug=fast,loss={loss},trainer.max_steps=1"
         for n, loss in enumerate(("sigmoid", "ipo"))]
     assert [only(job.glob("checkpoints/*.ckpt")).name for job in jobs] == ["last.ckpt", "last.ckpt"]
     assert [yaml.safe_load((job / "config.yaml").read_text())["paths"]["output_dir"] for job in jobs] == \
