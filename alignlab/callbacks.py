@@ -7,8 +7,12 @@ import time
 
 import pytorch_lightning as pl
 
+from alignlab.answer_cache import AnswerCache
 from alignlab.data.collate import PreferenceBatch
+from alignlab.data.prompt_set import PromptExample, PromptSet
 from alignlab.errors import ConfigError
+from alignlab.loggers import log_records_table
+from alignlab.models import cache_root
 from alignlab.records import Recorder
 from alignlab.sampling import Sampling
 
@@ -46,13 +50,32 @@ class WinRateMonitor(pl.Callback):
         every_n_steps: 0 measures only at the end.
         num_prompts, n_samples: the first ``num_prompts`` held-out prompts, ``n_samples`` answers each.
         sampling: a :class:`Sampling` (``callbacks.win_rate.sampling``).
+        prompts: a :class:`PromptSet` whose validation prompts are measured instead of the datamodule's: arms that
+            train on different data (online prompts, offline pairs) are then scored on the same prompt ids.
+        reference_cache: where the reference's answers are kept once sampled (``null``: the alignlab cache;
+            ``false``: sample them at every measurement).
     """
 
     def __init__(self, sampling: Sampling, evaluator=None, reward=None, every_n_steps: int = 50,
-                 num_prompts: int = 16, n_samples: int = 1) -> None:
+                 num_prompts: int = 16, n_samples: int = 1, prompts: PromptSet | None = None,
+                 reference_cache: str | bool | None = None) -> None:
         self.evaluator, self.reward, self.every_n_steps = evaluator, reward, every_n_steps
         self.sampling, self.num_prompts, self.n_samples = sampling, num_prompts, n_samples
+        self.prompts = prompts
+        self.cache = None if reference_cache is False else \
+            AnswerCache(reference_cache or cache_root() / "reference_answers", "reference answers")
+        self._examples: list[PromptExample] | None = None
         self._last_step, self._warned = -1, False
+
+    def examples(self, datamodule) -> list[PromptExample]:
+        """The measured prompts, fixed for the whole run (read once)."""
+        if self._examples is None:
+            if self.prompts is None:
+                examples = datamodule.examples("val")
+            else:
+                _, examples = self.prompts.read_prompts(self.prompts.pair_tokenizer(datamodule.tokenizer), {})
+            self._examples = examples[: self.num_prompts]
+        return self._examples
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
@@ -64,7 +87,7 @@ class WinRateMonitor(pl.Callback):
     def measure(self, trainer, pl_module) -> dict | None:
         if trainer.global_step == self._last_step:
             return None
-        examples = trainer.datamodule.examples("val")[: self.num_prompts]
+        examples = self.examples(trainer.datamodule)
         if not pl_module.reference.can_sample or not examples:
             if not self._warned:
                 logging.getLogger(__name__).warning("WinRateMonitor: no reference model in memory or no held-out "
@@ -79,7 +102,7 @@ class WinRateMonitor(pl.Callback):
         try:
             result = sample_and_rate(pl_module.policy, pl_module.reference, trainer.datamodule.tokenizer, examples,
                                      self.sampling, self.reward, self.evaluator, self.n_samples, recorder,
-                                     "monitor", trainer.global_step)
+                                     "monitor", trainer.global_step, self.cache)
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 - a monitor's fault (e.g. its evaluator) must not end training
@@ -94,4 +117,6 @@ class WinRateMonitor(pl.Callback):
                 logged[name] = result[key]
         for logger in trainer.loggers:
             logger.log_metrics({f"val/samples/{k}": float(v) for k, v in logged.items()}, step=trainer.global_step)
+        log_records_table(trainer.loggers, "val/samples/records", recorder.rows.get("monitor", []),
+                          trainer.global_step)
         return result

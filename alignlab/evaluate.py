@@ -22,7 +22,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from alignlab.answer_cache import AnswerCache
 from alignlab.errors import ConfigError
+from alignlab.models import cache_root
 from alignlab.module import PreferenceModule
 from alignlab.policy_vs_reference import sample_and_rate
 from alignlab.records import Recorder
@@ -113,7 +115,8 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         evaluator = instantiate(cfg.evaluator) if cfg.get("evaluator") else None
         metrics["samples"] = sample_and_rate(policy, reference, loaded.tokenizer,
                                              examples[: cfg.generate.num_prompts], sampling, reward, evaluator,
-                                             cfg.generate.get("n_samples", 1), recorder, "eval")
+                                             cfg.generate.get("n_samples", 1), recorder, "eval",
+                                             cache=AnswerCache(cache_root() / "reference_answers", "reference answers"))
         metrics.update(datamodule.evaluate(policy, reference, sampling, recorder, cfg.generate.num_prompts))
 
     (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2))

@@ -35,3 +35,16 @@ def wandb_logger(project: str, save_dir: str, entity: str | None = None, group: 
     tags = list(dict.fromkeys([*(tags or []), *(o[:64] for o in job_overrides())]))  # W&B's tag limit: 64 chars
     return WandbLogger(project=project, entity=entity, group=group, name=name or run_dir.name, tags=tags,
                        save_dir=str(run_dir), mode=mode)
+
+
+TABLE_COLUMNS = ("prompt_id", "arm", "sample", "step", "answer", "length", "finished", "reward", "verdict",
+                 "reference_answer")
+
+
+def log_records_table(loggers, key: str, rows: list[dict], step: int) -> None:
+    """Per-prompt records as a W&B Table (``key``), for every W&B logger among ``loggers``; others keep the JSONL
+    records only. Columns: :data:`TABLE_COLUMNS`."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and rows:
+            logger.log_table(key=key, columns=list(TABLE_COLUMNS),
+                             data=[[row.get(c) for c in TABLE_COLUMNS] for row in rows], step=step)

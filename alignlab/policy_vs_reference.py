@@ -8,11 +8,14 @@ comparisons are computed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 from typing import Any
 
 import torch
 
+from alignlab.answer_cache import AnswerCache, model_fingerprint
 from alignlab.data.prompt_set import PromptExample
 from alignlab.logprobs import response_logps
 from alignlab.padding import mask_rows, pad_rows
@@ -42,6 +45,23 @@ def answer_logps(model, prompts: list[list[int]], gens: list[Generation], pad_id
     return out
 
 
+def reference_answers(reference: Reference, tokenizer, prompts: list[list[int]], sampling: Sampling,
+                      cache: AnswerCache | None = None) -> list[Generation]:
+    """The reference's answers, sampled once per (reference weights, prompts, settings) and then reused: at every
+    monitoring step and by every run that evaluates on the same prompts, which also pairs their comparisons."""
+    with reference.as_model() as model:
+        prompts_digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
+        key = {"model": model_fingerprint(model), "name": "reference", "prompts": prompts_digest,
+               "sampling": sampling.as_dict(), "format": 1}
+        cached = cache.get(key, len(prompts)) if cache is not None else None
+        if cached is not None:
+            return [Generation(r["text"], r["token_ids"], r["finished"]) for r in cached]
+        gens = generate(model, tokenizer, prompts, sampling, progress="sampling (reference)")
+    if cache is not None and sampling.seed is not None:  # unseeded answers are not reproducible: never cached
+        cache.put(key, [{"text": g.text, "token_ids": g.token_ids, "finished": g.finished} for g in gens])
+    return gens
+
+
 def kl_to_reference(policy, reference: Reference, prompts: list[list[int]], gens: list[Generation], pad_id: int,
                     eos_id: int, batch_size: int = 16) -> float:
     """Monte-Carlo estimate of KL(policy || reference) per answer: mean of ``log pi(y|x) - log pi_ref(y|x)`` over
@@ -56,18 +76,19 @@ def kl_to_reference(policy, reference: Reference, prompts: list[list[int]], gens
 
 def sample_and_rate(policy, reference: Reference, tokenizer, examples: list[PromptExample], sampling: Sampling,
                     reward=None, evaluator=None, n_samples: int = 1, recorder: Recorder | None = None,
-                    evaluation: str = "eval", step: int | None = None) -> dict[str, Any]:
+                    evaluation: str = "eval", step: int | None = None,
+                    cache: AnswerCache | None = None) -> dict[str, Any]:
     """``n_samples`` answers per example from ``policy`` and from ``reference`` (same seed and settings), compared.
 
     ``reward``: ``(question, answer, meta) -> Rating | None`` (e.g. :class:`AnswerRater`); ``evaluator``: a judge
     asked whether the policy's answer beats the reference's answer to the same prompt and sample index (it may
-    differ from the training annotator). Records go to ``recorder`` under ``evaluation``.
+    differ from the training annotator). Records go to ``recorder`` under ``evaluation``. The reference's answers
+    come from ``cache`` when the same reference, prompts and settings produced them before.
     """
     prompts = [e.prompt_ids for e in examples for _ in range(n_samples)]  # prompt-major
     owners = [e for e in examples for _ in range(n_samples)]
-    outputs = {"policy": generate(policy, tokenizer, prompts, sampling, progress="sampling (policy)")}
-    with reference.as_model() as model:
-        outputs["reference"] = generate(model, tokenizer, prompts, sampling, progress="sampling (reference)")
+    outputs = {"policy": generate(policy, tokenizer, prompts, sampling, progress="sampling (policy)"),
+               "reference": reference_answers(reference, tokenizer, prompts, sampling, cache)}
     result: dict[str, Any] = {"num_prompts": len(examples), "n_samples": n_samples}
     result["policy/kl_to_reference"] = kl_to_reference(policy, reference, prompts, outputs["policy"],
                                                        tokenizer.pad_token_id, tokenizer.eos_token_id,

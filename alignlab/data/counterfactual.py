@@ -25,11 +25,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from alignlab.answer_cache import AnswerCache, model_fingerprint
 from alignlab.data.base import FixedPairsSource, check_split
 from alignlab.data.behaviors import BehaviorSpec
 from alignlab.data.offline import cut_end_of_turn
@@ -44,17 +44,6 @@ log = logging.getLogger(__name__)
 # variant -> (chosen condition, rejected condition)
 VARIANTS = {"enc": ("encourage", "control"), "dis": ("control", "discourage"),
             "contrastive": ("encourage", "discourage"), "instruction_negation": ("control", "inappropriate")}
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of a model's config and a sample of its weights: a different model gets another cache."""
-    digest = hashlib.sha256()
-    config = getattr(model, "config", None)
-    if config is not None:
-        digest.update(config.to_json_string(use_diff=False).encode())
-    for _, param in list(model.named_parameters())[:: max(1, len(list(model.parameters())) // 8)]:
-        digest.update(param.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class CounterfactualDataModule(FixedPairsSource):
@@ -88,7 +77,7 @@ class CounterfactualDataModule(FixedPairsSource):
         self.pair_tokenizer = prompts.pair_tokenizer(tokenizer, max_response_length=sampling.max_new_tokens + 2)
         self.samples_per_prompt, self.sampling = samples_per_prompt, sampling
         self.filter_by_measure = filter_by_measure
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else cache_root() / "counterfactual"
+        self.cache = AnswerCache(cache_dir or cache_root() / "counterfactual", "counterfactual answers")
         self.rows: list[dict[str, Any]] = []
 
     # ----- prompts and conditions ------------------------------------------------------------------------------
@@ -110,7 +99,7 @@ class CounterfactualDataModule(FixedPairsSource):
 
     def cache_key(self, model: torch.nn.Module, prompts: list[PromptExample], condition: str) -> dict[str, Any]:
         template = hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest()[:12]
-        return {"model": model_fingerprint(model), "chat_template": template,
+        return {"model": model_fingerprint(model), "chat_template": template, "name": condition,
                 "prompts": [p.meta["prompt"] for p in prompts], "condition": condition,
                 "messages": self.messages("{prompt}", condition), "samples_per_prompt": self.samples_per_prompt,
                 "sampling": {"temperature": self.sampling.temperature, "top_p": self.sampling.top_p,
@@ -118,44 +107,11 @@ class CounterfactualDataModule(FixedPairsSource):
                 "batch_size": self.sampling.batch_size,  # batching changes samples
                 "seed": self.sampling.seed + self.CONDITION_SEED[condition], "format": 2}
 
-    def _cache_paths(self, key: dict[str, Any]) -> tuple[Path, Path]:
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        stem = self.cache_dir / key["model"] / f"{key['condition']}-{digest}"
-        return stem.with_suffix(".jsonl"), stem.with_suffix(".key.json")
-
-    def _load_cache(self, key: dict[str, Any], expected: int) -> list[dict[str, Any]] | None:
-        rows_path, key_path = self._cache_paths(key)
-        if not rows_path.exists():
-            return None
-        try:
-            if json.loads(key_path.read_text()) != key:
-                log.warning("counterfactual cache %s was made by something else: regenerating", rows_path)
-                return None
-            rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
-        except (OSError, json.JSONDecodeError) as e:
-            log.warning("counterfactual cache %s is unreadable (%s): regenerating", rows_path, e)
-            return None
-        if len(rows) != expected:
-            log.warning("counterfactual cache %s has %d answers, expected %d (interrupted?): regenerating",
-                        rows_path, len(rows), expected)
-            return None
-        log.info("counterfactual answers reused from %s", rows_path)
-        return rows
-
-    def _save_cache(self, key: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
-        rows_path, key_path = self._cache_paths(key)
-        rows_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = rows_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        key_path.write_text(json.dumps(key, sort_keys=True))
-        tmp.replace(rows_path)  # the answers appear whole or not at all
-        return rows_path
-
     def answers(self, model: torch.nn.Module, prompts: list[PromptExample], condition: str) -> list[dict]:
         """``samples_per_prompt`` answers per prompt under ``condition`` (prompt-major), from cache if there."""
         key = self.cache_key(model, prompts, condition)
         expected = len(prompts) * self.samples_per_prompt
-        cached = self._load_cache(key, expected)
+        cached = self.cache.get(key, expected)
         if cached is not None:
             return cached
         log.info("generating %d answers under the %s condition (%s)", expected, condition, self.behavior.name)
@@ -164,7 +120,7 @@ class CounterfactualDataModule(FixedPairsSource):
         gens = generate(model, self.tokenizer, ids, self.sampling.replace(seed=key["seed"]),
                         progress=f"generating ({condition})")
         rows = [{"text": g.text, "finished": g.finished} for g in gens]
-        self.report.setdefault("cache", []).append(str(self._save_cache(key, rows)))
+        self.report.setdefault("cache", []).append(str(self.cache.put(key, rows)))
         return rows
 
     def pair_rows(self, model: torch.nn.Module, prompts: list[PromptExample], splits: list[str]) -> list[dict]:
