@@ -301,3 +301,37 @@ def test_evaluating_an_oaif_run_samples_its_held_out_prompts(make_cfg, tmp_path,
     monkeypatch.setattr(rule, "RuleJudge", no_annotator)
     metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval"))
     assert metrics["num_pairs"] == 0 and metrics["samples"]["num_prompts"] == 4
+
+
+def test_an_exported_pair_trains_with_the_online_arms_token_ids(tiny, write_jsonl, tmp_path):
+    """The same sampled pair through both arms: online (labelled in the step) and offline (exported by
+    alignlab-generate, then read back) give identical token ids (so identical log-probs), cut answers included."""
+    from alignlab.data.offline import OfflinePreferenceDataModule
+    from alignlab.export_pairs import write_rows
+
+    dm = make_online(tiny, write_jsonl, FewerEsJudge(), unfinished="keep")
+    torch.manual_seed(0)
+    rows, _ = dm.export_rows(tiny.model, "train")
+    assert rows and any(not (r["chosen_finished"] and r["rejected_finished"]) for r in rows)
+    torch.manual_seed(0)
+    online = [dm.label(tiny.model, dm.collate(dm.train_items[i: i + 4]))[0] for i in range(0, 8, 4)]
+    online = [p for batch in online for p in batch]
+    path = tmp_path / "pairs.jsonl"
+    write_rows(rows, path)
+    offline = OfflinePreferenceDataModule(tiny.tokenizer, PromptSet(path=str(path), val_fraction=0.0,
+                                                                    max_bad_fraction=0.0), batch_size=4)
+    offline.setup("fit")
+    by_prompt = {tuple(p.prompt_ids): p for p in offline.train_items}
+    assert len(by_prompt) == len(online)
+    for pair in online:
+        trained = by_prompt[tuple(pair.prompt_ids)]
+        assert trained.chosen_ids == pair.chosen.token_ids + ([tiny.tokenizer.eos_token_id] if pair.chosen.finished
+                                                               else [])
+        assert trained.rejected_ids == pair.rejected.token_ids + (
+            [tiny.tokenizer.eos_token_id] if pair.rejected.finished else [])
+    # Without the stored ids (another tokenizer), the text is re-tokenized and the ends of turn differ.
+    write_rows([{k: v for k, v in r.items() if k != "tokenizer"} for r in rows], path)
+    retokenized = OfflinePreferenceDataModule(tiny.tokenizer, PromptSet(path=str(path), val_fraction=0.0),
+                                              batch_size=4)
+    retokenized.setup("fit")
+    assert any(p.chosen_ids != by_prompt[tuple(p.prompt_ids)].chosen_ids for p in retokenized.train_items)

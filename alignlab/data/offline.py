@@ -8,6 +8,10 @@ serves :class:`alignlab.data.collate.PreferenceBatch` es. A row that cannot be u
 
 Rows written by ``alignlab-generate`` say whether each answer ended (``chosen_finished``/``rejected_finished``); an
 answer that was cut at the sampling cap is trained without an end-of-turn token, exactly as the online arm trains it.
+They also carry the sampled token ids (``chosen_token_ids``/``rejected_token_ids``, with the vocabulary's hash under
+``tokenizer``): under the same tokenizer those ids are trained as they are, so an offline pair is token for token
+the pair the online arm would have trained on (text re-tokenized would differ at the end of turn and wherever
+decoding and encoding do not round-trip). Under another tokenizer the text is tokenized as usual.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 from typing import Any
 
 from alignlab.data.base import FixedPairsSource, choose_split
-from alignlab.data.pairs import BadRow, TokenizedPair, parse_row
+from alignlab.data.pairs import BadRow, TokenizedPair, parse_row, tokenizer_fingerprint
 from alignlab.data.prompt_set import PromptSet, stable_prompt_id
 from alignlab.data.sources import Record
 
@@ -55,6 +59,7 @@ class OfflinePreferenceDataModule(FixedPairsSource):
         self.keys = dict(prompt_key=prompts.prompt_key, chosen_key=chosen_key, rejected_key=rejected_key)
         self.pair_tokenizer = prompts.pair_tokenizer(tokenizer, max_response_length)
         self._prepared = False
+        self._vocabulary_hash: str | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self._prepared:
@@ -72,6 +77,12 @@ class OfflinePreferenceDataModule(FixedPairsSource):
     def _parse(self, record: Record) -> TokenizedPair:
         pair = parse_row(record.row, **self.keys)
         tokenized = self.pair_tokenizer(pair, 0, record.where)  # ids are set after the split
+        if record.row.get("tokenizer") is not None and record.row["tokenizer"] == self._vocabulary():
+            limit = self.pair_tokenizer.max_response_length
+            chosen, rejected = list(record.row["chosen_token_ids"]), list(record.row["rejected_token_ids"])
+            self.pair_tokenizer.truncated_responses += max(len(chosen), len(rejected)) > limit
+            return dataclasses.replace(tokenized, chosen_ids=chosen[:limit], rejected_ids=rejected[:limit],
+                                       meta={**tokenized.meta, "prompt_id": stable_prompt_id(record)})
         eos = self.tokenizer.eos_token_id
         cut = {field: cut_end_of_turn(getattr(tokenized, field), eos)
                for field, key in FINISHED_KEYS.items() if record.row.get(key) is False}
@@ -80,6 +91,11 @@ class OfflinePreferenceDataModule(FixedPairsSource):
             if tokenized.chosen_ids == tokenized.rejected_ids or not (tokenized.chosen_ids and tokenized.rejected_ids):
                 raise BadRow("chosen and rejected are identical or empty once the unfinished ending is removed")
         return dataclasses.replace(tokenized, meta={**tokenized.meta, "prompt_id": stable_prompt_id(record)})
+
+    def _vocabulary(self) -> str:
+        if self._vocabulary_hash is None:
+            self._vocabulary_hash = tokenizer_fingerprint(self.tokenizer)
+        return self._vocabulary_hash
 
     def export_rows(self, model, split: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
         """The validated rows as they were read (text, not token ids), with their columns."""

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from alignlab.data.base import PairSource, choose_split
 from alignlab.data.collate import PreferenceBatch, PreferenceCollator
-from alignlab.data.pairs import TokenizedPair
+from alignlab.data.pairs import TokenizedPair, tokenizer_fingerprint
 from alignlab.data.prompt_set import PromptExample, PromptSet
 from alignlab.errors import ConfigError
 from alignlab.judges.base import Judge, Verdicts
@@ -224,6 +224,7 @@ class OnlinePairsDataModule(PairSource):
         self.setup("fit")
         prompts = self.examples(split)
         produced_by = {"sampling": self.sampling.as_dict(), "unfinished": self.unfinished, "seed": self.seed}
+        vocabulary = tokenizer_fingerprint(self.tokenizer)
         rows, totals = [], {}
         for start in tqdm(range(0, len(prompts), self.batch_size), desc="sampling and judging pairs",
                           unit="batch", disable=None):
@@ -236,6 +237,9 @@ class OnlinePairsDataModule(PairSource):
                 rows.append({**meta, "prompt": pair.meta.get("prompt", pair.question), "chosen": pair.chosen.text,
                              "rejected": pair.rejected.text, "judge_confidence": pair.confidence,
                              "chosen_finished": pair.chosen.finished, "rejected_finished": pair.rejected.finished,
+                             # The sampled ids themselves, so an offline run trains on exactly these tokens.
+                             "chosen_token_ids": _with_eos(pair.chosen, self),
+                             "rejected_token_ids": _with_eos(pair.rejected, self), "tokenizer": vocabulary,
                              "produced_by": produced_by})
             log.info("%d / %d prompts, %d pairs kept", min(start + self.batch_size, len(prompts)), len(prompts),
                      len(rows))

@@ -51,6 +51,15 @@ class TokenizedPair:
     meta: dict[str, Any] = field(default_factory=dict)  # the row's other columns (e.g. a reference answer)
 
 
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A short hash of a tokenizer's vocabulary: token ids stored with a dataset are valid only under it."""
+    import hashlib
+    import json
+
+    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
+    return hashlib.sha256(vocabulary.encode()).hexdigest()[:16]
+
+
 def _is_messages(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
 
