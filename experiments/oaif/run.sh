@@ -12,14 +12,17 @@ cd "$(dirname "$0")/../.."
 ROOT=experiments/oaif/runs
 BIN=.venv/bin
 COMMON=(trainer.enable_progress_bar=false)
+# The committed runs (2026-12-01) labelled a pair with one cut answer by that fact (data.unfinished=penalize, then
+# the default); experiment=oaif now keeps the annotator's label (keep). ONLINE reruns them as they were made.
+ONLINE=(data.unfinished=penalize)
 done_() { [ -f "$ROOT/$1/summary.json" ]; }
 for seed in ${SEEDS:-0 1 2}; do
   done_ online_seed$seed || $BIN/alignlab-train experiment=oaif seed=$seed paths.output_dir=$ROOT/online_seed$seed \
-    "${COMMON[@]}"
+    "${COMMON[@]}" "${ONLINE[@]}"
   for split in train val; do
     pairs=$ROOT/offline_pairs_seed${seed}_$split.jsonl
     [ -f "$pairs" ] || $BIN/alignlab-generate judge=llm_pointwise data.sampling.max_new_tokens=64 data.sampling.temperature=0.9 \
-      seed=$seed split=$split output=$pairs
+      seed=$seed split=$split output=$pairs "${ONLINE[@]}"
   done
   done_ offline_seed$seed || $BIN/alignlab-train experiment=oaif_offline seed=$seed \
     data.prompts.path=$ROOT/offline_pairs_seed${seed}_train.jsonl data.prompts.val_path=$ROOT/offline_pairs_seed${seed}_val.jsonl \
@@ -29,7 +32,8 @@ for instruction in ${INSTRUCTIONS:-helpful helpful_short helpful_very_short}; do
   for lr in 1e-5 5e-5; do
     name=length_$instruction; [ $lr = 1e-5 ] || name=length_lr${lr}_$instruction
     done_ $name || $BIN/alignlab-train experiment=oaif judge=rule judge.instruction=$instruction optimizer.lr=$lr \
-      data.prompts.max_train=128 callbacks.win_rate.every_n_steps=4 paths.output_dir=$ROOT/$name "${COMMON[@]}"
+      data.prompts.max_train=128 callbacks.win_rate.every_n_steps=4 paths.output_dir=$ROOT/$name "${COMMON[@]}" \
+      "${ONLINE[@]}"
   done
 done
 $BIN/alignlab-compare $ROOT/online_seed* $ROOT/offline_seed* --by objective.name \
