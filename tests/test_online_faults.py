@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -28,10 +29,20 @@ OAIF = ["objective=oaif", "data.sampling.max_new_tokens=6", "data.unfinished=kee
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``alignlab-train`` as ``python -m alignlab.cli``, on this checkout's code (children inherit PYTHONPATH)."""
+    """``alignlab-train`` as ``python -m alignlab.cli``, on this checkout's code (children inherit PYTHONPATH).
+
+    Past ``timeout`` the whole process group is killed (DDP ranks included: a hung rank must not outlive the test)
+    and the test fails."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "alignlab.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    with subprocess.Popen([sys.executable, "-m", "alignlab.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"alignlab-train ran past {timeout} s (hung?):\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 # --- an annotator that keeps failing stops the run ----------------------------------------------------------------
