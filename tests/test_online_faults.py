@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import open_dict
 
 from alignlab.data.online import JudgeHealth
@@ -159,6 +160,8 @@ def test_an_online_run_resumes_with_the_same_samples_and_losses(make_cfg, tmp_pa
     _, full = run_train(make_cfg(*every3))
     straight = read_metrics(full["output_dir"])
     step3 = full["output_dir"] / "checkpoints" / "step000003.ckpt"
+    saved = torch.load(step3, weights_only=False)["OnlinePairsDataModule"]["judge_health"]
+    assert len(saved["recent"]) >= 1  # the judge's recent record travels with the checkpoint too
 
     resumed_cfg = make_cfg(*every3, f"ckpt_path={step3}")
     with open_dict(resumed_cfg):
