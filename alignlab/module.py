@@ -8,6 +8,11 @@ the same metrics, named as TRL names them so runs compare side by side.
 The reference is a public :class:`alignlab.reference.Reference` (``module.reference``): a frozen copy, the policy
 with its LoRA adapter disabled, or reference log-probs computed once before training (fixed pairs only,
 ``precompute_reference=true``; the copy is then released).
+
+A batch whose pairs were all dropped (online data) trains nothing: on one device the step is skipped; under
+several devices the rank still takes part in the gradient all-reduce with a zero loss, or the others would wait
+for it forever. A run that ends with fewer than ``min_updates`` steps that had pairs to train on fails
+(:class:`alignlab.errors.TrainingFailure`) rather than exit as if it had trained.
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ import torch
 from torch import Tensor, nn
 
 from alignlab.data.collate import PreferenceBatch
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, TrainingFailure
 from alignlab.logprobs import LAYOUTS, PairLogps, pair_logps, unwrap
 from alignlab.losses import PreferenceLoss
 from alignlab.reference import Reference
 
 log = logging.getLogger(__name__)
+# What preference_step reports for a batch; a rank with no pairs reports them with weight 0 (see validation_step).
+PAIR_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                "logps/rejected")
+NOT_COUNTS = ("mean_length", "position_consistency")  # per-batch means among the online stats
 
 
 def _pair(logps: PairLogps | None) -> tuple[Tensor | None, Tensor | None]:
@@ -49,11 +58,14 @@ class PreferenceModule(pl.LightningModule):
         layout: ``packed`` | ``shared_prompt`` | ``concatenated``, see :mod:`alignlab.logprobs`; all give the
             same log-probs, the first two compute each prompt once.
         disable_dropout: dropout off in the policy, as TRL does; the log-ratios are then deterministic.
+        min_updates: a fit that runs steps but has fewer than this many with pairs to train on (summed over
+            devices) raises :class:`TrainingFailure`, naming what dropped the pairs; 0 allows any.
     """
 
     def __init__(self, policy: nn.Module, loss: PreferenceLoss, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, reference: Reference | None = None,
-                 precompute_reference: bool = False, layout: str = "packed", disable_dropout: bool = True) -> None:
+                 precompute_reference: bool = False, layout: str = "packed", disable_dropout: bool = True,
+                 min_updates: int = 1) -> None:
         super().__init__()
         self.policy = policy.train()  # from_pretrained returns eval mode; Lightning keeps submodules' modes
         self.loss = loss
@@ -68,6 +80,9 @@ class PreferenceModule(pl.LightningModule):
             layout = "packed"  # checkpointing turns the KV cache off in training
         self.layout = layout
         self.last_validated_step = -1
+        self.min_updates = min_updates
+        self.updates, self.steps_at_start = 0, 0  # this fit's steps that had pairs; global_step when it began
+        self.pair_counts: dict[str, float] = {}  # this fit's summed training stats (online: pairs, drops by cause)
         if loss.needs_reference and reference is None:
             raise ValueError(f"{loss!r} needs a reference model, and none was given")
         if disable_dropout:
@@ -109,6 +124,9 @@ class PreferenceModule(pl.LightningModule):
     def _log_stats(self, batch: PreferenceBatch, split: str) -> None:
         if batch.stats:
             on_step = split == "train"
+            if on_step:
+                for key, value in batch.stats.items():
+                    self.pair_counts[key] = self.pair_counts.get(key, 0.0) + float(value)
             prompts = int(batch.stats.get("pairs", len(batch)))  # weight by prompts, not by pairs kept
             self.log_dict({f"{split}/online/{k}": float(v) for k, v in batch.stats.items()}, on_step=on_step,
                           on_epoch=not on_step, batch_size=max(1, prompts))
@@ -116,20 +134,35 @@ class PreferenceModule(pl.LightningModule):
     def training_step(self, batch: PreferenceBatch, batch_idx: int) -> Tensor | None:
         self._log_stats(batch, "train")
         if len(batch) == 0:
-            # Every pair of this batch was dropped (counted in the stats). Gradients set to None make the optimizer
-            # leave every parameter and its moments alone; the LR schedule still advances one step. (Under DDP
-            # all ranks must agree to skip: online data with several devices should keep drop_ties off.)
+            # Every pair of this batch was dropped (counted in the stats).
+            if self.trainer.world_size > 1:
+                return self.zero_loss()
+            # Gradients set to None make the optimizer leave every parameter and its moments alone; the LR
+            # schedule still advances one step.
             self.policy.zero_grad(set_to_none=True)
             return None
+        self.updates += 1
         loss, metrics = self.preference_step(batch)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
                       batch_size=len(batch))
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=len(batch))  # progress bar only
         return loss
 
+    def zero_loss(self) -> Tensor:
+        """A loss of 0 that reaches every trainable parameter: a rank with no pairs still joins DDP's gradient
+        all-reduce (its zero gradients make the averaged update smaller by its share), and every rank then takes
+        the same optimizer step, so the replicas stay equal."""
+        return sum(p.sum() * 0.0 for p in self.policy.parameters() if p.requires_grad)
+
     def validation_step(self, batch: PreferenceBatch, batch_idx: int) -> None:
         self._log_stats(batch, "val")
         if len(batch) == 0:
+            if self.trainer.world_size > 1:
+                # The metrics are synced across ranks at epoch end: every rank must log the same ones, here with
+                # weight 0 so that they do not move the mean.
+                zero = torch.zeros((), device=self.device)
+                self.log_dict({f"val/{k}": zero for k in PAIR_METRICS}, on_step=False, on_epoch=True, batch_size=0,
+                              sync_dist=True)
             return
         _, metrics = self.preference_step(batch)
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True,
@@ -137,6 +170,20 @@ class PreferenceModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.policy.train()
+
+    def on_train_start(self) -> None:
+        self.updates, self.steps_at_start, self.pair_counts = 0, self.global_step, {}
+
+    def on_train_end(self) -> None:
+        """Fail a fit that ran steps but (nearly) never had pairs to train on; every rank decides alike."""
+        steps = self.global_step - self.steps_at_start
+        updates = int(self.trainer.strategy.reduce(torch.tensor(float(self.updates), device=self.device),
+                                                   reduce_op="sum"))
+        if steps > 0 and updates < self.min_updates:
+            counts = ", ".join(f"{k}={v:g}" for k, v in self.pair_counts.items() if k not in NOT_COUNTS)
+            raise TrainingFailure(f"{updates} of {steps} training steps had pairs to train on "
+                                  f"(objective.module.min_updates={self.min_updates}); this device's pairs over the "
+                                  f"run: {counts or 'none counted'}")
 
     def on_validation_epoch_end(self) -> None:
         self.last_validated_step = self.global_step

@@ -133,7 +133,10 @@ def test_inconsistent_verdicts_and_missing_reference(tiny, write_jsonl):
 
 
 def test_a_judge_that_raises_costs_the_batch_not_the_run(tiny, write_jsonl):
-    from alignlab.errors import ConfigError
+    """An I/O, HTTP or reply fault costs the batch's pairs; a refused key or a bug in the judge stops the run."""
+    import httpx
+
+    from alignlab.errors import ConfigError, JudgeReplyError
 
     class Broken:
         def __init__(self, error):
@@ -142,13 +145,18 @@ def test_a_judge_that_raises_costs_the_batch_not_the_run(tiny, write_jsonl):
         def __call__(self, prompts, pairs, metas=None):
             raise self.error
 
-    dm = make_online(tiny, write_jsonl, Broken(RuntimeError("CUDA out of memory")), unfinished="keep")
-    pairs = dm.make_pairs(Holder(tiny.model), dm.collate(dm.train_prompts[:4]))
-    assert len(pairs) == 0
-    assert pairs.stats["judge_failures"] == 4 - pairs.stats["empty"] - pairs.stats["identical"] >= 1
-    refused = make_online(tiny, write_jsonl, Broken(ConfigError("endpoint answered 401")), unfinished="keep")
-    with pytest.raises(ConfigError, match="401"):
-        refused.make_pairs(Holder(tiny.model), refused.collate(refused.train_prompts[:4]))
+    for fault in (TimeoutError("no answer in 30 s"), httpx.ConnectError("connection refused"),
+                  JudgeReplyError("no letter in the reply")):
+        dm = make_online(tiny, write_jsonl, Broken(fault), unfinished="keep")
+        pairs = dm.make_pairs(Holder(tiny.model), dm.collate(dm.train_prompts[:4]))
+        assert len(pairs) == 0
+        assert pairs.stats["judge_failures"] == 4 - pairs.stats["empty"] - pairs.stats["identical"] >= 1
+        assert dm.judge_health.last_failure == f"{type(fault).__name__}: {fault}"
+    for bug in (ConfigError("endpoint answered 401"), TypeError("unsupported operand"),
+                RuntimeError("shape mismatch")):
+        refused = make_online(tiny, write_jsonl, Broken(bug), unfinished="keep")
+        with pytest.raises(type(bug), match=str(bug)):
+            refused.make_pairs(Holder(tiny.model), refused.collate(refused.train_prompts[:4]))
 
 
 def test_a_batch_with_no_pairs_changes_nothing(make_cfg, monkeypatch):
@@ -160,7 +168,8 @@ def test_a_batch_with_no_pairs_changes_nothing(make_cfg, monkeypatch):
 
     monkeypatch.setattr(rule, "RuleJudge", lambda **kw: AllTies())
     cfg = make_cfg("objective=oaif", "data.sampling.max_new_tokens=4", "trainer.max_steps=2", "optimizer.lr=1e-2",
-                   "data.prompts.max_train=8", "data.unfinished=keep", "validate_before_training=false")
+                   "data.prompts.max_train=8", "data.unfinished=keep", "validate_before_training=false",
+                   "objective.module.min_updates=0")  # by default such a run fails (tests/test_online_faults.py)
     from alignlab.models import tiny_random
 
     initial = {k: v.clone() for k, v in tiny_random(cfg.model.tokenizer).model.state_dict().items()}

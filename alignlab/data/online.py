@@ -8,12 +8,26 @@ online but off-policy), without gradient; the judge picks the better one and the
 Pairs the judge cannot label (failure), ties (``drop_ties``), pairs with an empty answer, and, with
 ``unfinished=drop``, pairs with an answer cut at ``max_new_tokens`` are dropped and counted; the counts travel in
 the batch's ``stats`` and are logged under ``train/online/*`` and ``val/online/*``.
+
+An annotator that keeps failing does not leave a run training on nothing: when more than
+``max_judge_failure_fraction`` of the last ``judge_failure_window`` pairs it was asked about failed, the run stops
+with a :class:`JudgeFailure` naming the judge and the last reply it could not read (:class:`JudgeHealth`). A judge
+that raises one of :data:`alignlab.judges.base.JUDGE_FAULTS` costs that batch's pairs; any other exception is a bug
+and propagates.
+
+Training samples are seeded per batch, from the data seed, the number of training batches served so far and the
+device's rank, never from the global random state: what a step samples depends only on the policy and its
+position in the run, so a run resumed from a checkpoint (which restores the policy, the optimizer and Lightning's
+batch counters; the prompt order follows from the seed and the epoch) samples exactly what the uninterrupted run
+sampled, whatever else drew random numbers in between.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +39,8 @@ from alignlab.data.base import PairSource, choose_split
 from alignlab.data.collate import PreferenceBatch, PreferenceCollator
 from alignlab.data.pairs import TokenizedPair, tokenizer_fingerprint
 from alignlab.data.prompt_set import PromptExample, PromptSet
-from alignlab.errors import ConfigError
-from alignlab.judges.base import Judge, Verdicts
+from alignlab.errors import ConfigError, JudgeFailure
+from alignlab.judges.base import JUDGE_FAULTS, Judge, Verdicts
 from alignlab.padding import left_pad
 from alignlab.sampling import Generation, Sampling, generate
 
@@ -64,6 +78,64 @@ class PromptBatch:
         return [row[mask.bool()].tolist() for row, mask in zip(self.prompt_ids, self.prompt_mask, strict=True)]
 
 
+class JudgeHealth:
+    """Whether each of the last ``window`` pairs the annotator was asked about failed, and why the last one did.
+
+    It trips when the failures among them exceed ``max_fraction * window``. Before ``window`` pairs were judged the
+    missing ones count as answered, so one unlucky first batch never stops a run, while an annotator that never
+    answers usably stops it within ``window`` pairs. ``max_fraction=1`` never trips.
+    """
+
+    def __init__(self, max_fraction: float = 0.5, window: int = 64) -> None:
+        if not 0 <= max_fraction <= 1:
+            raise ConfigError(f"data.max_judge_failure_fraction={max_fraction} is not within [0, 1]")
+        if window < 1:
+            raise ConfigError(f"data.judge_failure_window={window} must be at least 1")
+        self.max_fraction = max_fraction
+        self.recent: deque[bool] = deque(maxlen=window)
+        self.last_failure: str | None = None
+
+    def record(self, verdicts: Verdicts) -> None:
+        self.recent.extend(p is None for p in verdicts.prob_first)
+        if verdicts.last_failure is not None:
+            self.last_failure = verdicts.last_failure
+
+    @property
+    def failures(self) -> int:
+        return sum(self.recent)
+
+    def tripped(self) -> bool:
+        return self.failures > self.max_fraction * self.recent.maxlen
+
+    def error(self, judge: Judge) -> JudgeFailure:
+        last = " ".join(self.last_failure.split()) if self.last_failure else "none reported"
+        return JudgeFailure(f"judge {judge!r} failed on {self.failures} of the last {len(self.recent)} pairs it was "
+                            f"asked about (data.max_judge_failure_fraction={self.max_fraction}, "
+                            f"data.judge_failure_window={self.recent.maxlen}); last failure: {last}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"recent": list(self.recent), "last_failure": self.last_failure}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.recent.clear()
+        self.recent.extend(state["recent"])
+        self.last_failure = state["last_failure"]
+
+
+def batch_seed(*parts: int) -> int:
+    """A seed for ``torch.manual_seed`` from integers (data seed, batches served, rank), well mixed: neighbouring
+    batches or ranks never share a random stream."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def batches_served(trainer) -> int:
+    """Training batches of this run served before the current one (across epochs; restored on resume).
+
+    ``on_after_batch_transfer`` runs before Lightning counts the batch as ready, so this is the batch's index."""
+    return trainer.fit_loop.epoch_loop.batch_progress.total.ready
+
+
 class OnlinePairsDataModule(PairSource):
     """Prompts in, judged on-policy pairs out.
 
@@ -78,12 +150,15 @@ class OnlinePairsDataModule(PairSource):
             finished answer whatever the judge says), or ``drop`` the pair.
         drop_ties: drop pairs the judge finds equally good (probability within ``tie_tolerance`` of 0.5).
         drop_inconsistent: drop pairs whose two orders a pairwise judge decided differently (position bias).
+        max_judge_failure_fraction, judge_failure_window: stop the run when more than this share of the last
+            ``judge_failure_window`` judged pairs failed (see :class:`JudgeHealth`).
         batch_size, eval_batch_size: prompts per training / validation batch.
     """
 
     def __init__(self, tokenizer, judge: Judge, prompts: PromptSet, sampling: Sampling,
                  sample_from: str = "policy", unfinished: str = "penalize", drop_ties: bool = True,
-                 tie_tolerance: float = 0.0, drop_inconsistent: bool = True, **serving: Any) -> None:
+                 tie_tolerance: float = 0.0, drop_inconsistent: bool = True, max_judge_failure_fraction: float = 0.5,
+                 judge_failure_window: int = 64, **serving: Any) -> None:
         super().__init__(tokenizer, prompts, **serving)
         if sample_from not in ("policy", "reference"):
             raise ConfigError(f"data.sample_from={sample_from!r} is not 'policy' or 'reference'")
@@ -94,6 +169,7 @@ class OnlinePairsDataModule(PairSource):
         self.sample_from, self.unfinished = sample_from, unfinished
         self.drop_ties, self.tie_tolerance, self.drop_inconsistent = drop_ties, tie_tolerance, drop_inconsistent
         self.collator = PreferenceCollator(tokenizer.pad_token_id)
+        self.judge_health = JudgeHealth(max_judge_failure_fraction, judge_failure_window)
 
     # ----- prompts ---------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -122,7 +198,38 @@ class OnlinePairsDataModule(PairSource):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not isinstance(batch, PromptBatch) or self.trainer is None:
             return batch
-        return self.make_pairs(self.trainer.lightning_module, batch)
+        pairs = self.make_pairs(self.trainer.lightning_module, batch)
+        self.check_judge(self.trainer.strategy)
+        return pairs
+
+    def check_judge(self, strategy=None) -> None:
+        """Raise :class:`JudgeFailure` when the annotator failed too often (:class:`JudgeHealth`). Under several
+        devices every rank decides together (one small all-reduce per batch), so no rank stops while the others
+        wait for it in the next collective."""
+        tripped = self.judge_health.tripped()
+        anywhere = strategy.reduce_boolean_decision(tripped, all=False) if strategy is not None else tripped
+        if tripped:
+            raise self.judge_health.error(self.judge)
+        if anywhere:
+            raise JudgeFailure(f"judge {self.judge!r} failed too often on another device (see its error)")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"judge_health": self.judge_health.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "judge_health" in state_dict:
+            self.judge_health.load_state_dict(state_dict["judge_health"])
+
+    def _sampling_seed(self, module, batch: PromptBatch) -> int | None:
+        """Validation answers are seeded by their prompts, so they do not vary between evaluations for reasons other
+        than the policy; training answers by the batch's position in the run (see the module docstring). Outside a
+        trainer, None: the global random state."""
+        if not module.training:
+            return self.seed + int(batch.example_id[0])
+        if self.trainer is None:
+            return None
+        base = self.sampling.seed if self.sampling.seed is not None else self.seed
+        return batch_seed(base, batches_served(self.trainer), self.trainer.global_rank)
 
     def _sampler_model(self, module):
         """The model this step's answers come from, as a context manager (the reference may be the disabled
@@ -135,11 +242,8 @@ class OnlinePairsDataModule(PairSource):
 
     def make_pairs(self, module, batch: PromptBatch) -> PreferenceBatch:
         """Sample, judge and tokenize: the training batch for ``batch``'s prompts (see the module docstring)."""
-        # Validation answers are seeded by their prompts, so validation neither moves the training samples' random
-        # stream nor varies between evaluations for reasons other than the policy.
-        seed = None if module.training else self.seed + int(batch.example_id[0])
         with self._sampler_model(module) as model:
-            labelled, stats = self.label(model, batch, seed=seed)
+            labelled, stats = self.label(model, batch, seed=self._sampling_seed(module, batch))
         device = batch.prompt_ids.device
         kept = [TokenizedPair(p.example_id, "online", p.prompt_ids, _with_eos(p.chosen, self),
                               _with_eos(p.rejected, self)) for p in labelled]
@@ -171,6 +275,7 @@ class OnlinePairsDataModule(PairSource):
                 usable.append(i)
         verdicts = self._judge([batch.questions[i] for i in usable],
                                [(firsts[i].text, seconds[i].text) for i in usable], [batch.metas[i] for i in usable])
+        self.judge_health.record(verdicts)
         consistent_flags = verdicts.consistent or [None] * len(usable)
         kept = []
         for i, prob, consistent in zip(usable, verdicts.prob_first, consistent_flags, strict=True):
@@ -200,20 +305,18 @@ class OnlinePairsDataModule(PairSource):
         return kept, stats
 
     def _judge(self, questions: list[str], pairs: list[tuple[str, str]], metas: list[dict]) -> Verdicts:
-        """The annotator's verdicts; a judge that raises costs this batch's pairs (counted), not the run.
-
-        A ConfigError (e.g. an endpoint refusing the API key) still stops the run: no later batch would fare better.
+        """The annotator's verdicts. A judge that raises one of :data:`JUDGE_FAULTS` (I/O, HTTP, an unreadable
+        reply, memory) costs this batch's pairs (counted), not the run; any other exception (a ConfigError such as
+        an endpoint refusing the API key, a TypeError in a judge's code) stops it: no later batch would fare better.
         """
         if not pairs:
             return Verdicts([])
         try:
             return self.judge(questions, pairs, metas)
-        except ConfigError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any annotator fault, local model or remote
+        except JUDGE_FAULTS as e:
             log.warning("the annotator failed on %d pairs (%s: %s); they are counted as judge failures",
                         len(pairs), type(e).__name__, e)
-            return Verdicts([None] * len(pairs))
+            return Verdicts([None] * len(pairs), last_failure=f"{type(e).__name__}: {e}")
 
     # ----- export ---------------------------------------------------------------------------------------------
     def export_rows(self, model, split: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -229,6 +332,7 @@ class OnlinePairsDataModule(PairSource):
         for start in tqdm(range(0, len(prompts), self.batch_size), desc="sampling and judging pairs",
                           unit="batch", disable=None):
             labelled, stats = self.label(model, self.collate(prompts[start: start + self.batch_size]))
+            self.check_judge()
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value
             for pair in labelled:

@@ -4,7 +4,12 @@ A judge answers, for each (prompt, (answer_a, answer_b)), the probability that `
 ``None`` when it could not tell (a timeout, an unparseable reply): that pair is dropped and counted, never the run.
 Judges that score both orders report whether the two verdicts agreed (position consistency). Judges that can
 decide in more than one way (an endpoint reads token log-probabilities where the server sends them, else the
-reply text) say which decided each verdict, so a run can count them.
+reply text) say which decided each verdict, so a run can count them. A judge whose failures have a reason (the
+reply it could not read, the error a request ended with) says the last one, so that a run stopped for too many
+failures can show it.
+
+A judge may also raise for a whole batch: one of :data:`JUDGE_FAULTS` (I/O, HTTP, an unreadable reply, memory)
+costs that batch's pairs, counted as failures; any other exception is a bug and stops the run.
 """
 
 from __future__ import annotations
@@ -12,6 +17,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import httpx
+import torch
+
+from alignlab.errors import JudgeReplyError
+
+# What a judge may raise and the run survives: I/O and network faults (OSError covers TimeoutError and
+# ConnectionError), HTTP faults, a reply it cannot read, and running out of memory on an unusually long batch.
+JUDGE_FAULTS = (OSError, httpx.HTTPError, JudgeReplyError, torch.OutOfMemoryError)
 
 
 @dataclass
@@ -21,6 +35,7 @@ class Verdicts:
     sources: list[str | None] | None = None  # per pair, what decided it (e.g. "logprobs", "text"); None: not said
     # per pair, P(a better) with a shown first and with a shown second (pairwise judges); None: one order only
     orders: list[tuple[float | None, float | None]] | None = None
+    last_failure: str | None = None  # why the last failed pair of this batch failed (e.g. the reply it could not read)
 
     def __post_init__(self) -> None:
         if self.consistent and len(self.consistent) != len(self.prob_first):

@@ -39,6 +39,9 @@ class _LocalJudge:
         self.negative = single_token_ids(self.loaded.tokenizer, choices[1])
         self.batch_size, self.max_length = batch_size, max_length
 
+    def __repr__(self) -> str:  # the class says the mode: pointwise or pairwise
+        return f"{type(self).__name__}(model={self.loaded.name!r})"
+
     @torch.no_grad()
     def log_odds(self, texts: list[str]) -> list[float]:
         """``log P(positive) - log P(negative)`` of the next token after each rendered judge prompt."""

@@ -99,6 +99,7 @@ class ChatEndpoint:
         self.top_logprobs = top_logprobs or None
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.failures = 0
+        self.last_error: str | None = None  # why the latest failed request failed, for a failure report
 
     # ----- public: text replies (OPO) and full replies (the judge) ------------------------------------------------
     def complete(self, prompt: str | list[dict[str, str]]) -> str | None:
@@ -156,19 +157,21 @@ class ChatEndpoint:
         try:
             response = self._retrying()(self._post, client, payload)
         except (httpx.TransportError, _RetryableStatus) as e:  # e.g. a body cut off mid-transfer, a timeout
-            log.warning("endpoint request failed after %d tries (%s: %s)", self.max_retries + 1,
-                        type(e).__name__, e)
-            return None
+            tries = self.max_retries + 1
+            return self._failed(f"endpoint request failed after {tries} tries ({type(e).__name__}: {e})")
         if not response.is_success:  # a 400 (e.g. a server that refuses logprobs), a redirect, ...
-            log.warning("endpoint answered %d: %s", response.status_code, response.text[:200])
-            return None
+            return self._failed(f"endpoint answered {response.status_code}: {response.text[:200]}")
         try:
             reply = _read_reply(response.content)
         except ValueError as e:
-            log.warning("endpoint sent a malformed response: %s", e)
-            return None
+            return self._failed(f"endpoint sent a malformed response: {e}")
         self._write_cache(cached, payload, reply)
         return reply
+
+    def _failed(self, why: str) -> None:
+        log.warning("%s", why)
+        self.last_error = why
+        return None
 
     def _post(self, client: httpx.Client, payload: dict[str, Any]) -> httpx.Response:
         """One try; raises what the retry policy retries, and a ConfigError for what no retry could fix."""
@@ -277,6 +280,9 @@ class OpenAIJudge(ChatEndpoint):
         self.template = template or (PAIRWISE if mode == "pairwise" else POINTWISE)
         self.verdict_sources: Counter[str] = Counter()  # over the run: how many verdicts each source decided
 
+    def __repr__(self) -> str:
+        return f"OpenAIJudge(model={self.model!r}, mode={self.mode!r}, url={self.url!r})"
+
     # ----- verdicts --------------------------------------------------------------------------------------------
     def __call__(self, prompts: list[str], pairs: list[tuple[str, str]],
                  metas: list[dict[str, Any]] | None = None) -> Verdicts:
@@ -289,7 +295,8 @@ class OpenAIJudge(ChatEndpoint):
         """Each answer alone: ``P(yes)`` of each, compared as ``0.5 + (P_a(yes) - P_b(yes)) / 2``."""
         texts = [self.template.format(prompt=p, answer=a) for p, (a, _) in zip(prompts, pairs, strict=True)]
         texts += [self.template.format(prompt=p, answer=b) for p, (_, b) in zip(prompts, pairs, strict=True)]
-        reads = [_YES_OR_NO.read(r) for r in self.reply_all(texts)]
+        replies = self.reply_all(texts)
+        reads = [_YES_OR_NO.read(r) for r in replies]
         n = len(prompts)
         probs, sources = [], []
         for read_a, read_b in zip(reads[:n], reads[n:], strict=True):
@@ -299,14 +306,15 @@ class OpenAIJudge(ChatEndpoint):
                 continue
             probs.append(0.5 + (read_a.prob - read_b.prob) / 2)
             sources.append(_source(read_a, read_b))
-        return Verdicts(probs, sources=sources)
+        return Verdicts(probs, sources=sources, last_failure=self._last_failure(replies, reads))
 
     def _pairwise(self, prompts: list[str], pairs: list[tuple[str, str]]) -> Verdicts:
         """Both orders: ``P(a better)`` is the mean of ``P(A)`` with ``a`` shown first and ``P(B)`` with it shown
         second; the orders are consistent when both put ``a`` on the same side of 0.5."""
         shown = [self.template.format(prompt=p, first=a, second=b) for p, (a, b) in zip(prompts, pairs, strict=True)]
         swapped = [self.template.format(prompt=p, first=b, second=a) for p, (a, b) in zip(prompts, pairs, strict=True)]
-        reads = [_AB.read(r) for r in self.reply_all(shown + swapped)]
+        replies = self.reply_all(shown + swapped)
+        reads = [_AB.read(r) for r in replies]
         n = len(prompts)
         probs, consistent, sources, orders = [], [], [], []
         for read_shown, read_swapped in zip(reads[:n], reads[n:], strict=True):
@@ -320,7 +328,14 @@ class OpenAIJudge(ChatEndpoint):
             probs.append((a_wins_shown + a_wins_swapped) / 2)
             consistent.append((a_wins_shown > 0.5) == (a_wins_swapped > 0.5))
             sources.append(_source(read_shown, read_swapped))
-        return Verdicts(probs, consistent, sources, orders)
+        return Verdicts(probs, consistent, sources, orders, self._last_failure(replies, reads))
+
+    def _last_failure(self, replies: list[Reply | None], reads: list[_Read | None]) -> str | None:
+        """Why the last reply of a batch that decided nothing failed: its text, or the failed request's error."""
+        for reply, read in zip(reversed(replies), reversed(reads), strict=True):
+            if read is None:
+                return f"unreadable reply {reply.text[:200]!r}" if reply is not None else self.last_error
+        return None
 
     def _count_sources(self, counts: Counter[str]) -> None:
         """Adds to the run's counts, and says once per run which way verdicts are being decided."""

@@ -30,6 +30,10 @@ class RewardModelJudge:
         self.model.to(device).eval()
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size, self.max_length = batch_size, max_length
+        self.name = model
+
+    def __repr__(self) -> str:
+        return f"RewardModelJudge(model={self.name!r})"
 
     def _render(self, prompt: str, answer: str) -> str:
         if self.tokenizer.chat_template:

@@ -31,6 +31,9 @@ class RuleJudge:
         self.instruction = instruction
         self.answer_key = answer_key
 
+    def __repr__(self) -> str:
+        return f"RuleJudge(instruction={self.instruction!r})"
+
     def score(self, prompt: str, answer: str, meta: dict[str, Any]) -> float:
         expected = meta.get(self.answer_key)
         if expected is not None:
