@@ -344,3 +344,63 @@ def test_an_exported_pair_trains_with_the_online_arms_token_ids(tiny, write_json
                                               batch_size=4)
     retokenized.setup("fit")
     assert any(p.chosen_ids != by_prompt[tuple(p.prompt_ids)].chosen_ids for p in retokenized.train_items)
+
+
+def test_pairs_come_from_the_updated_policy_not_a_stale_one(make_cfg, monkeypatch):
+    """After one update, the next step's samples are what the updated policy gives with that step's seed, and not
+    what the initial policy gives with it: the sampler sees every weight update."""
+    import copy as copying
+
+    import pytorch_lightning as pl
+
+    import alignlab.data.online as online
+    import alignlab.judges.rule as rule
+    from alignlab.sampling import generate
+
+    monkeypatch.setattr(rule, "RuleJudge", lambda **kw: FewerEsJudge())
+    calls, states = [], []
+
+    def recording(model, tokenizer, prompts, sampling, progress=None):
+        out = generate(model, tokenizer, prompts, sampling, progress)
+        calls.append((prompts, sampling, [g.token_ids for g in out]))  # no validation in this run: training only
+        return out
+
+    class Snapshot(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            states.append(copying.deepcopy(module.policy.state_dict()))
+
+    monkeypatch.setattr(online, "generate", recording)
+    cfg = make_cfg("objective=oaif", "data.sampling.max_new_tokens=8", "trainer.max_steps=2", "optimizer.lr=5e-2",
+                   "scheduler=constant", "data.prompts.max_train=8", "data.prompts.max_val=4",
+                   "validate_before_training=false", "+trainer.limit_val_batches=0")
+    with open_dict(cfg):
+        cfg.data.unfinished = "keep"
+    _, run = run_train(cfg, callbacks=[Snapshot()])
+    with run["module"].reference.as_model() as reference:
+        initial = copying.deepcopy(reference)  # the initial policy
+    assert len(calls) == 2 and len(states) == 2
+    prompts, sampling, sampled = calls[1]  # the second training step's samples
+    updated = copying.deepcopy(initial)
+    updated.load_state_dict(states[0])  # the policy after the first update
+    tok = run["datamodule"].tokenizer
+    assert [g.token_ids for g in generate(updated, tok, prompts, sampling)] == sampled
+    assert [g.token_ids for g in generate(initial, tok, prompts, sampling)] != sampled
+
+
+def test_pairs_decided_by_an_unfinished_answer_are_counted(tiny, write_jsonl, monkeypatch):
+    from alignlab.sampling import Generation
+
+    class Fails:
+        def __call__(self, prompts, pairs, metas=None):
+            return Verdicts([None] * len(pairs))
+
+    # Per prompt: a finished and a cut answer (decided by that fact), then two finished answers (the judge's).
+    texts = [("ends", True), ("cut off", False)] * 2 + [("one", True), ("two", True)] * 2
+    monkeypatch.setattr("alignlab.data.online.generate", lambda model, tokenizer, prompts, sampling: [
+        Generation(t, [1, 2], done) for t, done in texts])
+    dm = make_online(tiny, write_jsonl, Fails(), unfinished="penalize")
+    pairs = dm.make_pairs(Holder(tiny.model), dm.collate(dm.train_prompts[:4]))
+    assert pairs.stats["decided_by_unfinished"] == 2 and pairs.stats["judge_failures"] == 2 and len(pairs) == 2
+    kept = make_online(tiny, write_jsonl, Fails(), unfinished="keep")
+    pairs = kept.make_pairs(Holder(tiny.model), kept.collate(kept.train_prompts[:4]))
+    assert pairs.stats["decided_by_unfinished"] == 0 and pairs.stats["judge_failures"] == 4 and len(pairs) == 0

@@ -147,7 +147,8 @@ class OnlinePairsDataModule(PairSource):
             training batch's prompts, twice each, in one batch).
         sample_from: ``policy`` (on-policy, the paper's setting) or ``reference`` (online, off-policy).
         unfinished: an answer cut at ``max_new_tokens``: ``keep`` it as is, ``penalize`` it (it loses to a
-            finished answer whatever the judge says), or ``drop`` the pair.
+            finished answer whatever the judge says, even when the judge failed; such pairs are counted as
+            ``decided_by_unfinished``), or ``drop`` the pair.
         drop_ties: drop pairs the judge finds equally good (probability within ``tie_tolerance`` of 0.5).
         drop_inconsistent: drop pairs whose two orders a pairwise judge decided differently (position bias).
         max_judge_failure_fraction, judge_failure_window: stop the run when more than this share of the last
@@ -262,6 +263,7 @@ class OnlinePairsDataModule(PairSource):
         firsts, seconds = samples[0::2], samples[1::2]
         stats = {"pairs": float(len(prompts)), "judge_failures": 0.0, "ties": 0.0, "empty": 0.0, "identical": 0.0,
                  "inconsistent": 0.0, "unfinished_dropped": 0.0, "unfinished_answers": 0.0,
+                 "decided_by_unfinished": 0.0,
                  "mean_length": sum(len(s.token_ids) for s in samples) / max(1, len(samples))}
         # Nothing to learn from an empty answer (no text left once special tokens and spaces are gone) or from two
         # identical ones: dropped before the judge is asked, and counted apart.
@@ -286,6 +288,7 @@ class OnlinePairsDataModule(PairSource):
                 continue
             if self.unfinished == "penalize" and a.finished != b.finished:
                 prob = 1.0 if a.finished else 0.0  # decided by which answer ended, whatever the judge said
+                stats["decided_by_unfinished"] += 1  # not the annotator's label: counted, so a reader sees how many
             elif prob is None:
                 stats["judge_failures"] += 1
                 continue
