@@ -173,7 +173,8 @@ class PreferenceLoss:
         self.name, self.spec = name, LOSSES[name]
         params = inspect.signature(self.spec.fn).parameters
         accepted = {p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY} - {"beta"}
-        unknown, missing = set(hparams) - accepted, accepted - set(hparams)
+        required = {p for p in accepted if params[p].default is inspect.Parameter.empty}
+        unknown, missing = set(hparams) - accepted, required - set(hparams)
         if unknown:
             raise ConfigError(f"loss {name!r} takes no parameter {sorted(unknown)} (it takes beta, {sorted(accepted)})")
         if missing:

@@ -56,8 +56,8 @@ def test_monitor_prompts_are_fixed_by_their_own_prompt_set(make_cfg, tmp_path, w
         cfg = make_cfg(f"objective={'dpo' if data == 'offline' else 'oaif'}", "callbacks=with_win_rate",
                        "callbacks.win_rate.every_n_steps=0", "callbacks.win_rate.num_prompts=4",
                        "callbacks.win_rate.sampling.max_new_tokens=4", "trainer.max_steps=1",
-                       "objective.module.precompute_reference=false", "data.sampling.max_new_tokens=4"
-                       if data == "online" else "seed=0",
+                       "objective.module.precompute_reference=false",
+                       *(["data.sampling.max_new_tokens=4", "objective.module.min_updates=0"] if data == "online" else []),
                        f"+callbacks.win_rate.prompts={{_target_: alignlab.data.prompt_set.PromptSet, "
                        f"path: '{prompts}', val_fraction: 0.25}}")
         cfg.paths.output_dir = str(tmp_path / data)

@@ -81,12 +81,25 @@ def _study(storage: Path):
     return optuna.load_study(study_name="t", storage=f"sqlite:///{storage}")
 
 
+def _complete_trials(storage: Path) -> int:
+    import optuna
+
+    if not storage.exists():
+        return 0
+    try:
+        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in _study(storage).get_trials())
+    except Exception:  # noqa: BLE001 - the study is still being created, or the database is locked
+        return 0
+
+
 def test_optuna_search_resumes_after_a_kill(tmp_path):
     args = ["-m", "sweep=optuna", "optuna.study=t", "optuna.trials=3", *TINY, f"paths.root={tmp_path}"]
     first = subprocess.Popen(cli(*args), cwd=tmp_path, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while not list(tmp_path.glob("sweeps/t/*/.jobs/0.json")) and time.time() < deadline:
+    # Killed once the study has recorded its first finished trial (the sweeper tells Optuna after the job's own
+    # record is written, so waiting for that file alone races on a loaded machine).
+    while not _complete_trials(tmp_path / "sweeps/t/study.db") and time.time() < deadline:
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)  # interrupted after its first trial
     first.wait()

@@ -20,6 +20,7 @@ from alignlab.data.collate import PreferenceCollator
 from alignlab.data.pairs import PairTokenizer, parse_row
 from alignlab.losses import PreferenceLoss
 from alignlab.module import PreferenceModule
+from alignlab.reference import Reference
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
@@ -81,7 +82,7 @@ def trl_eval(policy, reference, tokenizer, rows, tmp_path_factory, loss_type="si
 
 def our_module(policy, reference, loss, lr=1e-3):
     optimizer = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0, fused=True)
-    return PreferenceModule(copy.deepcopy(policy), loss, optimizer=optimizer, reference=reference)
+    return PreferenceModule(copy.deepcopy(policy), loss, optimizer=optimizer, reference=Reference(model=reference))
 
 
 def our_batch(tokenizer, rows, chat_template=True):

@@ -55,7 +55,7 @@ class LongerAnswerJudge:
 
 @register_loss("toy_softplus_margin", paper="(a test's own loss)")
 def toy_softplus_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float,
-                        margin: float) -> torch.Tensor:
+                        margin: float = 0.5) -> torch.Tensor:
     """softplus(margin - beta * h): DPO's loss shifted by a margin."""
     h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     return F.softplus(margin - beta * h)
