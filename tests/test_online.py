@@ -404,3 +404,15 @@ def test_pairs_decided_by_an_unfinished_answer_are_counted(tiny, write_jsonl, mo
     kept = make_online(tiny, write_jsonl, Fails(), unfinished="keep")
     pairs = kept.make_pairs(Holder(tiny.model), kept.collate(kept.train_prompts[:4]))
     assert pairs.stats["decided_by_unfinished"] == 0 and pairs.stats["judge_failures"] == 4 and len(pairs) == 0
+
+
+def test_what_decided_each_verdict_is_counted(tiny, write_jsonl):
+    class Mixed:
+        def __call__(self, prompts, pairs, metas=None):
+            sources = ["logprobs" if i % 2 == 0 else "text" for i in range(len(pairs))]
+            return Verdicts([0.9] * len(pairs), sources=sources)
+
+    dm = make_online(tiny, write_jsonl, Mixed(), unfinished="keep")
+    pairs = dm.make_pairs(Holder(tiny.model), dm.collate(dm.train_prompts[:4]))
+    judged = 4 - pairs.stats["empty"] - pairs.stats["identical"]
+    assert pairs.stats.get("verdicts_from_logprobs", 0) + pairs.stats.get("verdicts_from_text", 0) == judged > 0

@@ -301,6 +301,8 @@ class OnlinePairsDataModule(PairSource):
             chosen, rejected = (a, b) if prob >= 0.5 else (b, a)
             kept.append(LabelledPair(int(batch.example_id[i]), prompts[i], batch.questions[i], batch.metas[i],
                                      chosen, rejected, prob if prob >= 0.5 else 1 - prob))
+        for source, count in verdicts.source_counts().items():  # e.g. an endpoint: log-probs or reply text
+            stats[f"verdicts_from_{source}"] = float(count)
         consistent = [c for c in verdicts.consistent if c is not None]
         if consistent:
             stats["position_consistency"] = sum(consistent) / len(consistent)
