@@ -66,7 +66,7 @@ def test_an_unknown_backend_is_a_config_error():
 @pytest.mark.parametrize("batch_size", [None, 1, 3])
 def test_greedy_tokens_and_finished_flags_match_generate(lively, backend, batch_size):
     model, tok = lively
-    sampling = Sampling(max_new_tokens=16, temperature=0.0, batch_size=batch_size)
+    sampling = Sampling(max_new_tokens=16, temperature=0.0, batch_size=batch_size, backend="hf")
     reference = generate(model, tok, PROMPTS, sampling)
     assert answers(generate(model, tok, PROMPTS, sampling.replace(backend=backend))) == answers(reference)
     flags = {g.finished for g in reference}
@@ -141,7 +141,7 @@ def test_second_tokens_follow_generates_distribution(lively, backend):
     temperature (the test's power)."""
     model, tok = lively
     prompts = [PROMPTS[3]] * 20_000
-    sampling = Sampling(max_new_tokens=2, temperature=0.8, top_p=0.9, batch_size=2_000, seed=1)
+    sampling = Sampling(max_new_tokens=2, temperature=0.8, top_p=0.9, batch_size=2_000, seed=1, backend="hf")
     reference = second_tokens(model, tok, prompts, sampling)
     ours = second_tokens(model, tok, prompts, sampling.replace(backend=backend, seed=2))
     assert same_distribution(reference, ours) > 1e-3
@@ -177,7 +177,7 @@ def test_chat_prompts_through_a_lora_adapter_and_without_it(tiny, backend):
     prompts = [list(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                             return_dict=True)["input_ids"])
                for q in ("Hi?", "What is the capital of France? Answer briefly.", "Tell me a story.")]
-    sampling = Sampling(max_new_tokens=6, temperature=0.0)
+    sampling = Sampling(max_new_tokens=6, temperature=0.0, backend="hf")
     adapted = generate(model, tok, prompts, sampling)
     assert answers(generate(model, tok, prompts, sampling.replace(backend=backend))) == answers(adapted)
     with model.disable_adapter():

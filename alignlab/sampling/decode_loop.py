@@ -3,19 +3,27 @@
 It computes what Hugging Face ``generate`` computes, operation for operation where it matters (the same left-padded
 batch, position ids, attention mask and ``logits_to_keep=1`` forward; the same argmax, or temperature, nucleus
 filter and softmax), so greedy decoding gives the same tokens, and sampling draws from the same distribution
-(tests/test_sampling.py checks both; a seeded call repeats, but its draws are not ``generate``'s: see :func:`draw`). What it does differently is what
-the profile of ``generate`` pointed at (SmolLM2-135M, fp32, batch 8, CPU; the numbers are in the report and in
-``benchmarks/bench_sampling.py``):
+(tests/test_sampling.py checks both; a seeded call repeats, but its draws are not ``generate``'s: see :func:`draw`).
 
-* the KV cache is a transformers ``StaticCache`` sized to prompt + answer once, written in place, instead of a
-  ``DynamicCache`` that concatenates (copies) every layer's keys and values at every step;
+What it leaves out is what the profile of ``generate`` put outside the model's matrix products (SmolLM2-135M fp32,
+8 chat prompts, 1 thread, torch.profiler, self CPU time per decode step; the machine shared with other jobs):
+of about 270 ms, 143 ms were the 211 ``aten::mm`` calls of 8 rows each (the output head alone 41 ms), 15 ms
+``exponential_`` (``torch.multinomial`` draws one exponential number per vocabulary entry and row), 10 ms
+``aten::cat`` (124 calls: the ``DynamicCache`` copying every layer's keys and values, and the growing mask and
+ids), 8 ms attention, and the prompt's prefill about 48 ms per step when spread over 24 steps. So:
+
+* the KV cache is a transformers ``StaticCache`` sized to prompt + answer once and written in place;
+* the next token is drawn with one uniform number per row (:func:`draw`);
 * a prompt that several rows share (online pairs sample each prompt twice: ``[p0, p0, p1, p1, ...]``) is prefilled
   once and its cache rows copied, which halves the prefill of a pair batch;
-* the attention mask and the output are allocated once, and nothing else runs per step: no logits-processor list,
-  no stopping-criteria objects, no re-built model kwargs.
+* the attention mask and the output are allocated once; no logits-processor list, no stopping-criteria objects,
+  no re-built model kwargs run per step.
 
-Rows that have ended are not dropped from the batch: on CPU a decode step costs about the same for 2 to 8 rows
-(a matrix product with 2 to 8 rows takes about as long as with 8).
+The matrix products stay, and they bound what any loop over this forward can gain: with 8 rows, MKL's fp32
+``sgemm`` reaches about a third of the rate a large product reaches and half the bandwidth a single-row product
+reaches (``benchmarks/bench_sampling.py`` prints their cost next to the bandwidth and FLOP limits). Rows that have
+ended are not dropped from the batch for the same reason: a product with 2 to 8 rows costs about what one with 8
+costs.
 """
 
 from __future__ import annotations

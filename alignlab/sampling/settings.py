@@ -21,8 +21,9 @@ class Sampling:
             a training batch's prompts, twice each).
         seed: a seeded call samples the same answers whenever it is repeated and leaves the caller's random state
             alone; ``None`` draws from the global generator (online training: a new draw every step).
-        backend: the engine that samples, a key of :data:`alignlab.sampling.BACKENDS`: ``hf`` (Hugging Face
-            ``generate``, the reference) or ``loop`` (alignlab's decode loop: the same tokens, faster).
+        backend: the engine that samples, a key of :data:`alignlab.sampling.BACKENDS`: ``loop`` (alignlab's decode
+            loop, the default: ``generate``'s tokens under greedy decoding and its distribution under sampling,
+            faster) or ``hf`` (Hugging Face ``generate``, the reference).
     """
 
     max_new_tokens: int = 64
@@ -30,7 +31,7 @@ class Sampling:
     top_p: float = 1.0
     batch_size: int | None = 16
     seed: int | None = None
-    backend: str = "hf"
+    backend: str = "loop"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
