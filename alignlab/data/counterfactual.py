@@ -105,6 +105,7 @@ class CounterfactualDataModule(FixedPairsSource):
                 "sampling": {"temperature": self.sampling.temperature, "top_p": self.sampling.top_p,
                              "max_new_tokens": self.sampling.max_new_tokens},
                 "batch_size": self.sampling.batch_size,  # batching changes samples
+                "backend": self.sampling.backend,  # so does the engine (its random draws)
                 "seed": self.sampling.seed + self.CONDITION_SEED[condition], "format": 2}
 
     def answers(self, model: torch.nn.Module, prompts: list[PromptExample], condition: str) -> list[dict]:

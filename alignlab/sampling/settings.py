@@ -1,0 +1,52 @@
+"""The settings value every sampler takes: :class:`Sampling`, built from a ``sampling:`` config node."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from alignlab.errors import ConfigError
+from alignlab.sampling.backends import BACKENDS
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How answers are sampled.
+
+    Args:
+        max_new_tokens: the cap on an answer's length; an answer that reaches it did not finish.
+        temperature: 0 decodes greedily.
+        top_p: nucleus sampling (1.0: the whole distribution).
+        batch_size: prompts per forward batch; ``None`` samples every prompt of a call in one batch (online pairs:
+            a training batch's prompts, twice each).
+        seed: a seeded call samples the same answers whenever it is repeated and leaves the caller's random state
+            alone; ``None`` draws from the global generator (online training: a new draw every step).
+        backend: the engine that samples, a key of :data:`alignlab.sampling.BACKENDS`: ``loop`` (alignlab's decode
+            loop, the default: ``generate``'s tokens under greedy decoding and its distribution under sampling,
+            faster) or ``hf`` (Hugging Face ``generate``, the reference).
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    top_p: float = 1.0
+    batch_size: int | None = 16
+    seed: int | None = None
+    backend: str = "loop"
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"sampling.max_new_tokens={self.max_new_tokens} must be at least 1")
+        if self.temperature < 0:
+            raise ConfigError(f"sampling.temperature={self.temperature} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling.top_p={self.top_p} must be in (0, 1]")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"sampling.batch_size={self.batch_size} must be at least 1 (or null)")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"sampling.backend={self.backend!r} is not one of {sorted(BACKENDS)}")
+
+    def replace(self, **changes) -> Sampling:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)

