@@ -7,10 +7,10 @@ export and OPO's question writer) takes a :class:`Sampling` built from a ``sampl
 
 Backends (``sampling.backend``, see :mod:`alignlab.sampling.backends`):
 
-* ``loop`` (the default): alignlab's decode loop over the model's forward (:mod:`alignlab.sampling.decode_loop`):
-  ``generate``'s tokens under greedy decoding and its distribution under sampling, with a static KV cache, one
-  prefill per distinct prompt and one random number per row and step;
-* ``hf``: Hugging Face ``model.generate``, the reference (``sampling.backend=hf``).
+* ``hf`` (the default): Hugging Face ``model.generate``, the reference;
+* ``loop`` (``sampling.backend=loop``): alignlab's decode loop over the model's forward
+  (:mod:`alignlab.sampling.decode_loop`): ``generate``'s tokens under greedy decoding and its distribution under
+  sampling, with a static KV cache, one prefill per distinct prompt and one random number per row and step.
 
 A new engine is one entry in :data:`BACKENDS`: a callable ``(model, prompts, sampling, eos, pad, progress) ->``
 each prompt's new token ids (through EOS when it ended). A vLLM backend, for instance, would be one class holding
