@@ -388,8 +388,11 @@ def test_run_opo_records_every_answer_and_summarizes_them(tmp_path):
     assert entry["report"]["skipped"] == 1 and entry["recall"] == {"recall@1": 1.0, "recall@2": 1.0}
     assert list(entry["conditions"]) == ["no rules", "top-1", "top-2", "gold rule (oracle)", "random-1"]
     assert entry["copyable"] == 3  # Q2's key "Tuesday" is not word for word in "Tuesdays"
+    lines = (tmp_path / "run" / "records" / "opo.jsonl").read_text().splitlines()
+    assert not any(value is None for line in lines for value in json.loads(line).values())  # compact
     rows = read_records(tmp_path / "run" / "records" / "opo.jsonl")
     assert len(rows) == 4 * (4 + 2) * 3 and "stale" not in rows  # questions x (conditions + draw) x answerers
+    assert rows["verdict"].isna().all()  # every field of the schema is a column again
     assert set(rows["answerer"]) == {"model", "string_match", "word_overlap"}
     gold = rows[(rows["arm"] == "gold rule (oracle)") & (rows["answerer"] == "string_match")]
     assert dict(zip(gold["prompt_id"], gold["correct"], strict=True)) == {"Q1": 1, "Q2": 0.25, "Q3": 1, "Q4": 1}

@@ -148,11 +148,11 @@ class OPOEvaluator:
         baselines = {}
         for name in self.baselines:
             p = BASELINES[name](question.options, text)
-            baselines[name] = {"probs": [round(float(x), 4) for x in p], "p_correct": float(p[question.answer])}
+            baselines[name] = {"probs": [round(float(x), 4) for x in p], "p_correct": round(float(p[question.answer]), 4)}
         return {"id": question.id, "choice": None if choice is None else LETTERS[choice],
                 "correct": choice == question.answer,
                 "probs": None if probs is None else [round(float(p), 4) for p in probs],
-                "p_correct": None if probs is None else float(probs[question.answer]),
+                "p_correct": None if probs is None else round(float(probs[question.answer]), 4),
                 "rules": [r.id for r in packed], "offered": [r.id for r in offered], "answered_orders": orders,
                 "baselines": baselines}
 
@@ -271,7 +271,7 @@ def run_opo(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.save(OmegaConf.create(without_secrets(cfg)), output_dir / "config.yaml")
     for evaluation in ("opo", "opo_edit"):  # an unfinished earlier attempt in this folder: start its records anew
         records_path(output_dir, evaluation).unlink(missing_ok=True)
-    recorder = Recorder(output_dir, cfg.seed)
+    recorder = Recorder(output_dir, cfg.seed, compact=True)
     loaded = instantiate(cfg.model)
     memory = RuleMemory.load(cfg.memory)
     retriever = instantiate(cfg.opo.retriever, _partial_=True)(memory=memory)
