@@ -62,7 +62,11 @@ def read_records(path: str | Path):
     path = Path(path)
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     rows = [row for file in files for _, row in strict_jsonl(file)]
-    return pd.DataFrame(rows, columns=None if rows else list(FIELDS))
+    frame = pd.DataFrame(rows, columns=None if rows else list(FIELDS))
+    for name in FIELDS:  # a compact file leaves out the fields that are None
+        if name not in frame.columns:
+            frame[name] = None
+    return frame
 
 
 class Recorder:
@@ -70,11 +74,13 @@ class Recorder:
 
     ``run_dir=None`` keeps the rows in memory only (``rows``); otherwise they are appended to
     ``<run_dir>/records/<evaluation>.jsonl`` as each measurement ends, so an interrupted run keeps what it measured.
+    ``compact=True`` leaves the fields that are ``None`` out of the written lines (``read_records`` restores them):
+    files committed with an experiment stay small.
     """
 
-    def __init__(self, run_dir: str | Path | None, seed: int | None = None) -> None:
+    def __init__(self, run_dir: str | Path | None, seed: int | None = None, compact: bool = False) -> None:
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.seed = seed
+        self.seed, self.compact = seed, compact
         self.rows: dict[str, list[dict[str, Any]]] = {}
 
     def write(self, evaluation: str, rows: list[dict[str, Any]], step: int | None = None) -> Path | None:
@@ -82,4 +88,5 @@ class Recorder:
         self.rows.setdefault(evaluation, []).extend(stamped)
         if self.run_dir is None:
             return None
-        return append_records(records_path(self.run_dir, evaluation), stamped)
+        lines = [{k: v for k, v in row.items() if v is not None} for row in stamped] if self.compact else stamped
+        return append_records(records_path(self.run_dir, evaluation), lines)

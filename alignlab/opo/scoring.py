@@ -23,7 +23,7 @@ from alignlab.errors import ConfigError
 from alignlab.models import single_token_ids
 from alignlab.opo.prompting import PromptTemplate
 from alignlab.opo.questions import LETTERS
-from alignlab.padding import left_pad
+from alignlab.padding import left_pad, mask_rows, pad_rows
 
 
 class Scorer:
@@ -97,24 +97,43 @@ class OptionLikelihoodScorer(_LocalScorer):
         self.normalize = normalize
 
     def score(self, conversations, options, device) -> list[np.ndarray | None]:
-        rows = []  # (conversation index, prompt ids, option ids)
-        for i, (conversation, texts) in enumerate(zip(conversations, options, strict=True)):
-            prompt = self.prompt_ids(conversation)
-            rows += [(i, prompt, self.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
-        scores: list[list[float]] = [[] for _ in conversations]
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start: start + self.batch_size]
-            sequences = [prompt + answer for _, prompt, answer in chunk]
-            ids, mask = left_pad(sequences, self.pad)
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            width = ids.shape[1]
-            for row, (i, _, answer) in enumerate(chunk):
-                positions = torch.arange(width - len(answer) - 1, width - 1, device=logprobs.device)
-                targets = torch.tensor(answer, device=logprobs.device)
-                total = logprobs[row, positions, targets].sum().item()
-                scores[i].append(total / len(answer) if self.normalize == "mean" else total)
-        return [torch.softmax(torch.tensor(s), dim=0).numpy() for s in scores]
+        prompts = [self.prompt_ids(c) for c in conversations]
+        answers = [[self.tokenizer.encode(t, add_special_tokens=False) for t in texts] for texts in options]
+        results: list[np.ndarray | None] = [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start: start + self.batch_size]
+            totals = self.option_logps([prompts[i] for i in chunk], [answers[i] for i in chunk], device)
+            for i, scores in zip(chunk, totals, strict=True):
+                results[i] = torch.softmax(scores, dim=0).numpy()
+        return results
+
+    def option_logps(self, prompts: list[list[int]], answers: list[list[list[int]]], device) -> list[torch.Tensor]:
+        """Per prompt, the log-likelihood of each of its answers (summed or averaged over the answer's tokens).
+
+        The prompts (``B`` rows, left-padded to width ``P``) run once and keep their key/value cache; each answer
+        (``R`` rows in all, right-padded to width ``L``) then continues its own prompt's cache. The prompt, most
+        of every sequence, is computed once for all its options, and the output projection only at answer
+        positions: the same numbers as scoring each prompt + answer alone, several times faster."""
+        ids, mask = left_pad(prompts, self.pad)  # [B, P]
+        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
+                         logits_to_keep=1)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, V]: each answer's first token
+        owner = torch.tensor([b for b, texts in enumerate(answers) for _ in texts], device=device)  # [R]
+        flat = [answer for texts in answers for answer in texts]
+        width = max(len(a) for a in flat)
+        cache = out.cache
+        cache.batch_select_indices(owner)  # each answer row gets a copy of its prompt's cache
+        continuation = pad_rows(flat, width, self.pad, left=False).to(device)  # [R, L]
+        attention = torch.cat([mask.to(device)[owner], mask_rows(flat, width, left=False).to(device)], dim=1)
+        logits = self.model(input_ids=continuation, attention_mask=attention, cache=cache).logits
+        rest = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [R, L-1, V]: position t predicts token t+1
+        scores: list[list[float]] = [[] for _ in prompts]
+        for row, (b, answer) in enumerate(zip(owner.tolist(), flat, strict=True)):
+            targets = torch.tensor(answer[1:], dtype=torch.long, device=rest.device)
+            total = first[b, answer[0]] + rest[row, torch.arange(len(answer) - 1, device=rest.device), targets].sum()
+            scores[b].append(total.item() / len(answer) if self.normalize == "mean" else total.item())
+        return [torch.tensor(s) for s in scores]
 
 
 class EndpointLetterScorer(Scorer):

@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# Miniature OPO on SmolLM2-135M-Instruct (2 CPU cores) with the bundled Quillhaven bylaws. Writes under
-# experiments/opo/runs/; resumable (a run with results.json is kept).
-#  1. generated questions: template cloze questions from every rule, checked;
-#  2. option-likelihood scoring, BM25: no rules, top-1, top-3, gold, 3 random rules, for human and generated
-#     questions, and the edit demonstration;
-#  3. the top-3 row again with dense retrieval (the other conditions do not depend on the retriever);
-#  4. letter-logit scoring (4 option orders averaged), human questions: no rules and gold.
-# (k and the conditions are cut to what 2 CPU cores do in about half an hour; drop the overrides for the full set.)
+# Miniature OPO on SmolLM2-135M-Instruct (2 CPU cores) with the bundled Quillhaven bylaws: the runs listed in
+# experiments/opo/runs.txt (what each does is said there), then report.py, which rebuilds results.md and
+# results.png from the runs' per-question records. Resumable: a finished run is kept; an unfinished one starts
+# again. BIN: where the alignlab commands are (default .venv/bin).
 set -euo pipefail
+set -f  # overrides hold brackets ("ks=[1,2]"): no filename expansion
 cd "$(dirname "$0")/../.."
 ROOT=experiments/opo/runs
-BIN=.venv/bin
-[ -f "$ROOT/questions/questions.jsonl" ] || $BIN/alignlab-opo-questions opo_questions.generator.per_rule=2 \
-  paths.output_dir=$ROOT/questions
-GEN=questions.generated=$ROOT/questions/questions.jsonl
-[ -f "$ROOT/likelihood_bm25/results.json" ] || $BIN/alignlab-opo opo/scorer=likelihood opo/retriever=bm25 $GEN \
-  "ks=[1,3]" paths.output_dir=$ROOT/likelihood_bm25
-[ -f "$ROOT/likelihood_dense/results.json" ] || $BIN/alignlab-opo opo/scorer=likelihood opo/retriever=dense $GEN \
-  "conditions=[top]" "ks=[3]" edits=null paths.output_dir=$ROOT/likelihood_dense
-[ -f "$ROOT/letter_bm25/results.json" ] || $BIN/alignlab-opo opo/scorer=letter opo/retriever=bm25 questions.generated=null \
-  "conditions=[none,gold]" edits=null paths.output_dir=$ROOT/letter_bm25
-$BIN/python experiments/opo/report.py $ROOT
+BIN=${BIN:-.venv/bin}
+while read -r name config overrides; do
+  [[ -z $name || $name == \#* ]] && continue
+  if [ -f "$ROOT/$name/results.json" ] || [ -f "$ROOT/$name/report.json" ]; then
+    echo "== $name: finished earlier, kept"
+    continue
+  fi
+  echo "== $name: alignlab-$config ${overrides//\$ROOT/$ROOT}"
+  start=$SECONDS
+  # shellcheck disable=SC2086  # the overrides are words
+  "$BIN/alignlab-$config" ${overrides//\$ROOT/$ROOT} paths.output_dir="$ROOT/$name" </dev/null
+  echo "== $name: $((SECONDS - start)) s" | tee -a "$ROOT/wall_times.txt"
+done < experiments/opo/runs.txt
+"$BIN/python" experiments/opo/report.py "$ROOT"
