@@ -96,7 +96,7 @@ def test_optuna_search_resumes_after_a_kill(tmp_path):
     args = ["-m", "sweep=optuna", "optuna.study=t", "optuna.trials=3", *TINY, f"paths.root={tmp_path}"]
     first = subprocess.Popen(cli(*args), cwd=tmp_path, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # a loaded machine can take minutes for the first trial
     # Killed once the study has recorded its first finished trial (the sweeper tells Optuna after the job's own
     # record is written, so waiting for that file alone races on a loaded machine).
     while not _complete_trials(tmp_path / "sweeps/t/study.db") and time.time() < deadline:
