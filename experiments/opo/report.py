@@ -91,6 +91,24 @@ def split_table(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def split_by_set_table(df: pd.DataFrame) -> list[str]:
+    """The model and string match on each set's copyable and inference questions, for the main conditions."""
+    chosen = ["no rules", "top-1 (bm25)", "top-1 (dense)", "gold rule (oracle)"]
+    chosen = [label for label in chosen if label in set(df["label"])]
+    lines = ["| set | subset | " + " | ".join(f"model, {c} | string match, {c}" for c in chosen)
+             + " | word overlap, gold rule (oracle) |", "|---|---|" + "---|---|" * len(chosen) + "---|"]
+    for set_name in SETS:
+        part = df[df["set"] == set_name]
+        for name in ("copyable", "inference"):
+            if part.empty or subset(part, name).empty:
+                continue
+            cells = [cell(accuracy(part, label, answerer, name)) for label in chosen
+                     for answerer in (MODEL, "string_match")]
+            cells.append(cell(accuracy(part, "gold rule (oracle)", "word_overlap", name)))
+            lines.append(f"| {set_name} | {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def difference(a: pd.DataFrame, b: pd.DataFrame) -> str:
     d = paired_difference(a, b, "correct", n_resamples=RESAMPLES, seed=SEED)
     if not d.n:
@@ -106,6 +124,12 @@ def paired_tables(df: pd.DataFrame) -> list[str]:
     for label in chosen:
         lines.append(f"| {label} | " + " | ".join(difference(pick(df, "no rules", MODEL, s), pick(df, label, MODEL, s))
                                                   for s in ("all", "copyable", "inference")) + " |")
+    inference = df[df["set"] == "inference"]
+    lines += ["", "The same on the inference set alone (75 questions written to need inference):", "",
+              "| condition | model with rules minus without | model minus string match |", "|---|---|---|"]
+    for label in chosen:
+        lines.append(f"| {label} | {difference(pick(inference, 'no rules'), pick(inference, label))} | "
+                     f"{difference(pick(inference, label, 'string_match'), pick(inference, label))} |")
     lines += ["", "Model minus string match, both shown the same rules (same questions):", "",
               "| condition | all | copyable | inference |", "|---|---|---|---|"]
     for label in chosen:
@@ -195,6 +219,7 @@ def main(root: Path) -> None:
              "## Copyable vs inference questions (all sets pooled)", "",
              "A question is copyable when its correct option appears word for word in its gold rule and no wrong option",
              "does (alignlab/opo/baselines.py); the rest need inference.", "", *split_table(likelihood), "",
+             "By set:", "", *split_by_set_table(likelihood), "",
              "## Paired differences", "", *paired_tables(likelihood), "",
              "## Random-rule draws", "", *draws_table(likelihood), "",
              "## Retrieval", "", *recall_table(likelihood), "",

@@ -20,4 +20,5 @@ while read -r name config overrides; do
   "$BIN/alignlab-$config" ${overrides//\$ROOT/$ROOT} paths.output_dir="$ROOT/$name" </dev/null
   echo "== $name: $((SECONDS - start)) s" | tee -a "$ROOT/wall_times.txt"
 done < experiments/opo/runs.txt
+echo "== run.sh, all runs it started: $SECONDS s" | tee -a "$ROOT/wall_times.txt"
 "$BIN/python" experiments/opo/report.py "$ROOT"
