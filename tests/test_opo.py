@@ -333,7 +333,8 @@ def test_edits_are_applied_one_rule_at_a_time_and_undone(memory, questions, tiny
     summary = edit_summary(demo["rows"], resamples=200)
     assert summary["edits"] == 2
     assert summary["model"]["before_matches_old"]["mean"] == 1.0 and summary["model"]["after_matches_new"]["mean"] == 1.0
-    assert summary["model"]["after_matches_old"]["mean"] == 0.0 and summary["string_match"]["after_matches_new"]["n"] == 2
+    assert summary["model"]["after_matches_old"]["mean"] == 0.0 and summary["model"]["followed"]["mean"] == 1.0
+    assert summary["string_match"]["after_matches_new"]["n"] == 2
 
 
 @pytest.mark.parametrize("rows, message", [

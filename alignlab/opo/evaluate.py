@@ -117,8 +117,8 @@ class OPOEvaluator:
 
     def ask(self, questions: list[MCQuestion], rules: list[list[Rule]]) -> list[dict[str, Any]]:
         """Per question: the model's option probabilities averaged over orders, its choice, the probability it
-        gave the correct option, the rules offered (``rules``, best first) and those that fit the budget and were
-        shown, and each baseline's probabilities from the rules shown."""
+        gave the correct option, the rules offered (``offered``, best first) and those of them that fit the token
+        budget and were shown (``rules``), and each baseline's probabilities from the rules shown."""
         conversations, shown_options, index, shown_rules = [], [], [], []
         for qi, (question, candidates) in enumerate(zip(questions, rules, strict=True)):
             packed = pack_rules(self.tokenizer, candidates, self.budget_tokens, self.template)
@@ -143,12 +143,14 @@ class OPOEvaluator:
 
     def answer(self, question: MCQuestion, probs: np.ndarray | None, orders: int, packed: list[Rule],
                offered: list[Rule]) -> dict:
+        """One question's answer (see :meth:`ask`); the baselines read the text of the rules shown."""
         choice = int(np.argmax(probs)) if probs is not None else None
         text = "\n".join(r.text for r in packed)
         baselines = {}
         for name in self.baselines:
             p = BASELINES[name](question.options, text)
-            baselines[name] = {"probs": [round(float(x), 4) for x in p], "p_correct": round(float(p[question.answer]), 4)}
+            baselines[name] = {"probs": [round(float(x), 4) for x in p],
+                               "p_correct": round(float(p[question.answer]), 4)}
         return {"id": question.id, "choice": None if choice is None else LETTERS[choice],
                 "correct": choice == question.answer,
                 "probs": None if probs is None else [round(float(p), 4) for p in probs],

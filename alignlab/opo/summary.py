@@ -65,16 +65,20 @@ def set_summary(rows: list[dict[str, Any]] | pd.DataFrame, resamples: int = 2000
 
 
 def edit_summary(rows: list[dict[str, Any]] | pd.DataFrame, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Per answerer: the share of edited questions answered with the original key before the edit, and with the
-    edited key / still the original key after it, each with an interval over the edits."""
+    """Per answerer: the share of edited questions answered with the original key before the edit, with the
+    edited key / still the original key after it, and ``followed``: the original key before and the edited key
+    after (for a baseline, the product of the two probabilities), each with an interval over the edits."""
     df = frame(rows)
     before, after = df[df["phase"] == "before"], df[df["phase"] == "after"]
     out: dict[str, Any] = {"edits": int(df["prompt_id"].nunique())}
     for answerer in df["answerer"].unique():
         b, a = before[before["answerer"] == answerer], after[after["answerer"] == answerer]
+        both = b[["prompt_id", "matches_old"]].merge(a[["prompt_id", "matches_new"]], on="prompt_id")
+        both["followed"] = both["matches_old"] * both["matches_new"]
         out[answerer] = {"before_matches_old": interval(b, "matches_old", resamples, seed),
                          "after_matches_new": interval(a, "matches_new", resamples, seed),
-                         "after_matches_old": interval(a, "matches_old", resamples, seed)}
+                         "after_matches_old": interval(a, "matches_old", resamples, seed),
+                         "followed": interval(both, "followed", resamples, seed)}
     return out
 
 
@@ -106,13 +110,14 @@ def results_markdown(results: dict[str, Any]) -> str:
     if demo:
         lines += [f"Edit demonstration: {demo['edits']} edits, one per rule ({len(demo['rules_not_edited'])} rules "
                   "without an edit), each applied alone and undone.", "",
-                  "| condition | answerer | before: original key | after: edited key | after: original key |",
-                  "|---|---|---|---|---|"]
+                  "| condition | answerer | before: original key | after: edited key | after: original key | followed |",
+                  "|---|---|---|---|---|---|"]
         for c in demo["conditions"]:
             for answerer, f in c.items():
                 if isinstance(f, dict):
                     lines.append(f"| {c['condition']} | {answerer} | {cell(f['before_matches_old'])} | "
-                                 f"{cell(f['after_matches_new'])} | {cell(f['after_matches_old'])} |")
+                                 f"{cell(f['after_matches_new'])} | {cell(f['after_matches_old'])} | "
+                                 f"{cell(f['followed'])} |")
         lines += ["", "Weights unchanged: " + ", ".join(f"{c['condition']} {c['weights_unchanged']}"
                                                         for c in demo["conditions"]), ""]
     return "\n".join(lines)

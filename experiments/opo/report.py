@@ -91,6 +91,24 @@ def split_table(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def split_by_set_table(df: pd.DataFrame) -> list[str]:
+    """The model and string match on each set's copyable and inference questions, for the main conditions."""
+    chosen = ["no rules", "top-1 (bm25)", "top-1 (dense)", "gold rule (oracle)"]
+    chosen = [label for label in chosen if label in set(df["label"])]
+    lines = ["| set | subset | " + " | ".join(f"model, {c} | string match, {c}" for c in chosen)
+             + " | word overlap, gold rule (oracle) |", "|---|---|" + "---|---|" * len(chosen) + "---|"]
+    for set_name in SETS:
+        part = df[df["set"] == set_name]
+        for name in ("copyable", "inference"):
+            if part.empty or subset(part, name).empty:
+                continue
+            cells = [cell(accuracy(part, label, answerer, name)) for label in chosen
+                     for answerer in (MODEL, "string_match")]
+            cells.append(cell(accuracy(part, "gold rule (oracle)", "word_overlap", name)))
+            lines.append(f"| {set_name} | {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def difference(a: pd.DataFrame, b: pd.DataFrame) -> str:
     d = paired_difference(a, b, "correct", n_resamples=RESAMPLES, seed=SEED)
     if not d.n:
@@ -106,6 +124,12 @@ def paired_tables(df: pd.DataFrame) -> list[str]:
     for label in chosen:
         lines.append(f"| {label} | " + " | ".join(difference(pick(df, "no rules", MODEL, s), pick(df, label, MODEL, s))
                                                   for s in ("all", "copyable", "inference")) + " |")
+    inference = df[df["set"] == "inference"]
+    lines += ["", "The same on the inference set alone (75 questions written to need inference):", "",
+              "| condition | model with rules minus without | model minus string match |", "|---|---|---|"]
+    for label in chosen:
+        lines.append(f"| {label} | {difference(pick(inference, 'no rules'), pick(inference, label))} | "
+                     f"{difference(pick(inference, label, 'string_match'), pick(inference, label))} |")
     lines += ["", "Model minus string match, both shown the same rules (same questions):", "",
               "| condition | all | copyable | inference |", "|---|---|---|---|"]
     for label in chosen:
@@ -144,15 +168,16 @@ def recall_table(df: pd.DataFrame) -> list[str]:
 def edit_tables(edits: pd.DataFrame) -> list[str]:
     if edits.empty:
         return []
-    lines = ["| condition | answerer | before: original key | after: edited key | after: original key |",
-             "|---|---|---|---|---|"]
+    lines = ["| condition | answerer | before: original key | after: edited key | after: original key | followed |",
+             "|---|---|---|---|---|---|"]
     for arm, part in edits.groupby("arm", sort=False):
         summary = edit_summary(part, RESAMPLES, SEED)
         for answerer in (MODEL, "string_match", "word_overlap"):
             if answerer in summary:
                 f = summary[answerer]
                 lines.append(f"| {arm} | {ANSWERERS[answerer]} | {cell(f['before_matches_old'])} | "
-                             f"{cell(f['after_matches_new'])} | {cell(f['after_matches_old'])} |")
+                             f"{cell(f['after_matches_new'])} | {cell(f['after_matches_old'])} | "
+                             f"{cell(f['followed'])} |")
     model = edits[edits["answerer"] == MODEL]
     arms = list(model["arm"].unique())
     lines += ["", "Per rule, the model's answer before / after the edit (original key / edited key):", "",
@@ -184,13 +209,17 @@ def wall_times(root: Path) -> list[str]:
 def main(root: Path) -> None:
     df, edits = load(root)
     likelihood, letter = df[df["run"] != "letter"], df[df["run"] == "letter"]
+    random_rows = likelihood[likelihood["condition"] == "random"]
     lines = ["Rebuilt by `experiments/opo/report.py` from the per-question records under `experiments/opo/runs/*/records/`.",
              "Accuracy (95% bootstrap interval over questions), n = questions; a baseline's accuracy is its expected",
-             "accuracy (a uniform pick among the options it ties on). Random rules: 3 rules, 5 draws pooled per question.",
+             "accuracy (a uniform pick among the options it ties on). Random rules: "
+             f"{int(random_rows['k'].max()) if len(random_rows) else 0} rules, {random_rows['sample'].nunique()} draws "
+             "pooled per question. \"followed\": the original key before the edit and the edited key after it.",
              "", "## Accuracy by question set", "", *accuracy_tables(likelihood),
              "## Copyable vs inference questions (all sets pooled)", "",
              "A question is copyable when its correct option appears word for word in its gold rule and no wrong option",
              "does (alignlab/opo/baselines.py); the rest need inference.", "", *split_table(likelihood), "",
+             "By set:", "", *split_by_set_table(likelihood), "",
              "## Paired differences", "", *paired_tables(likelihood), "",
              "## Random-rule draws", "", *draws_table(likelihood), "",
              "## Retrieval", "", *recall_table(likelihood), "",
@@ -227,7 +256,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
             bar(ax, [i + offset for i in x], entries, 0.27, colour, ANSWERERS[answerer])
         ax.axhline(0.25, color="black", linestyle=":", linewidth=1, label="chance")
         ax.set_xticks(list(x), names, rotation=25, ha="right", fontsize=8)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, 1.2)
         ax.set_ylabel("accuracy")
         ax.set_title(f"{title} (n={part['prompt_id'].nunique()})", fontsize=10)
         ax.legend(fontsize=7, ncol=4, loc="upper left")
