@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -82,24 +83,28 @@ def _study(storage: Path):
 
 
 def _complete_trials(storage: Path) -> int:
-    import optuna
-
+    """Finished trials, read straight from SQLite in read-only mode: opening the study through Optuna here would
+    run its schema set-up concurrently with the sweep's own and can make the sweep fail on a locked database."""
     if not storage.exists():
         return 0
     try:
-        return sum(t.state == optuna.trial.TrialState.COMPLETE for t in _study(storage).get_trials())
-    except Exception:  # noqa: BLE001 - the study is still being created, or the database is locked
+        with sqlite3.connect(f"file:{storage}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.OperationalError:  # the tables are still being created, or the database is locked
         return 0
 
 
 def test_optuna_search_resumes_after_a_kill(tmp_path):
     args = ["-m", "sweep=optuna", "optuna.study=t", "optuna.trials=3", *TINY, f"paths.root={tmp_path}"]
-    first = subprocess.Popen(cli(*args), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "first_launch.log"
+    with log.open("w") as out:
+        first = subprocess.Popen(cli(*args), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
     deadline = time.time() + 900  # a loaded machine can take minutes for the first trial
     # Killed once the study has recorded its first finished trial (the sweeper tells Optuna after the job's own
     # record is written, so waiting for that file alone races on a loaded machine).
     while not _complete_trials(tmp_path / "sweeps/t/study.db") and time.time() < deadline:
+        assert first.poll() is None, f"the first launch ended before its first trial:\n{log.read_text()[-3000:]}"
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)  # interrupted after its first trial
     first.wait()
