@@ -25,17 +25,21 @@ from alignlab.redaction import without_secrets
 
 
 def write_rows(rows: list[dict[str, Any]], output: Path) -> None:
+    """Write ``rows`` whole or not at all: a partial file under the final name would pass for a finished export
+    (a resumed experiment skips an export whose file exists)."""
+    if output.suffix not in (".jsonl", ".parquet"):
+        raise ConfigError(f"output={str(output)!r}: write .jsonl or .parquet")
     output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
     if output.suffix == ".jsonl":
-        with output.open("w") as f:
+        with partial.open("w") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
-    elif output.suffix == ".parquet":
+    else:
         import pandas as pd
 
-        pd.DataFrame(rows).to_parquet(output)
-    else:
-        raise ConfigError(f"output={str(output)!r}: write .jsonl or .parquet")
+        pd.DataFrame(rows).to_parquet(partial)
+    partial.replace(output)
 
 
 def run_generate(cfg: DictConfig) -> tuple[dict[str, float], Path]:

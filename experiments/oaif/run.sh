@@ -1,44 +1,29 @@
 #!/usr/bin/env bash
-# Miniature OAIF reproduction on SmolLM2-135M-Instruct (2 CPU cores). Writes under experiments/oaif/runs/;
-# resumable: a run whose folder has summary.json is kept.
-#  1. online vs offline, same prompts, annotator and number of updates (34), seeds in SEEDS (default 0 1 2);
-#  2. length control: the rule annotator with three instructions (helpful, helpful_short, helpful_very_short), on
-#     the first 128 training prompts (16 updates) to fit the CPU budget, at the main runs' learning rate (1e-5)
-#     and at 5e-5.
-# Runs go one after the other here; the README's times are for two or three of these commands run side by side
-# with OMP_NUM_THREADS=1 each.
+# OAIF on SmolLM2-135M-Instruct (2 CPU cores): the runs listed in experiments/oaif/runs.txt (what each does is said
+# there), one after another, then report.py, which rebuilds results.md and the plots from the runs' committed
+# per-prompt records. Resumable: a finished run is kept; an unfinished one starts again in a fresh folder. Each
+# run's wall time, as this script runs it, goes to runs/wall_times.txt. BIN: where the alignlab commands are.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=experiments/oaif/runs
-BIN=.venv/bin
-COMMON=(trainer.enable_progress_bar=false)
-# The committed runs (2026-12-01) labelled a pair with one cut answer by that fact (data.unfinished=penalize, then
-# the default); experiment=oaif now keeps the annotator's label (keep). ONLINE reruns them as they were made.
-ONLINE=(data.unfinished=penalize)
-done_() { [ -f "$ROOT/$1/summary.json" ]; }
-for seed in ${SEEDS:-0 1 2}; do
-  done_ online_seed$seed || $BIN/alignlab-train experiment=oaif seed=$seed paths.output_dir=$ROOT/online_seed$seed \
-    "${COMMON[@]}" "${ONLINE[@]}"
-  for split in train val; do
-    pairs=$ROOT/offline_pairs_seed${seed}_$split.jsonl
-    [ -f "$pairs" ] || $BIN/alignlab-generate judge=llm_pointwise data.sampling.max_new_tokens=64 data.sampling.temperature=0.9 \
-      seed=$seed split=$split output=$pairs "${ONLINE[@]}"
-  done
-  done_ offline_seed$seed || $BIN/alignlab-train experiment=oaif_offline seed=$seed \
-    data.prompts.path=$ROOT/offline_pairs_seed${seed}_train.jsonl data.prompts.val_path=$ROOT/offline_pairs_seed${seed}_val.jsonl \
-    paths.output_dir=$ROOT/offline_seed$seed "${COMMON[@]}"
-done
-for instruction in ${INSTRUCTIONS:-helpful helpful_short helpful_very_short}; do
-  for lr in 1e-5 5e-5; do
-    name=length_$instruction; [ $lr = 1e-5 ] || name=length_lr${lr}_$instruction
-    done_ $name || $BIN/alignlab-train experiment=oaif judge=rule judge.instruction=$instruction optimizer.lr=$lr \
-      data.prompts.max_train=128 callbacks.win_rate.every_n_steps=4 paths.output_dir=$ROOT/$name "${COMMON[@]}" \
-      "${ONLINE[@]}"
-  done
-done
-$BIN/alignlab-compare $ROOT/online_seed* $ROOT/offline_seed* --by objective.name \
-  --metrics val/samples/win_rate,val/samples/reward,val/samples/mean_length,val/samples/kl_to_reference,train/online/ties \
-  --out experiments/oaif/compare_online_offline
-$BIN/alignlab-compare $ROOT/length_* --by optimizer.lr,judge.instruction \
-  --metrics val/samples/mean_length,val/samples/win_rate,val/samples/reward,val/samples/kl_to_reference,train/online/ties \
-  --out experiments/oaif/compare_length
+BIN=${BIN:-.venv/bin}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+started=0
+while read -r name command overrides; do
+  [[ -z $name || $name == \#* ]] && continue
+  if [ -f "$ROOT/$name/summary.json" ] || [ -f "$ROOT/$name/pairs.jsonl" ]; then
+    echo "== $name: finished earlier, kept"
+    continue
+  fi
+  # An interrupted run leaves a folder a new run must not mix with (alignlab-train refuses one with results).
+  [ -d "$ROOT/$name" ] && mv "$ROOT/$name" "$ROOT/$name.interrupted.$(date +%s)"
+  echo "== $name: alignlab-$command ${overrides//\$ROOT/$ROOT}"
+  # Training runs keep their records, metrics and summary, not the weights (no checkpoint, no saved policy).
+  extra=(); [ "$command" = train ] && extra=(trainer.enable_progress_bar=false save_policy=false "~callbacks.checkpoint")
+  start=$SECONDS started=1
+  # shellcheck disable=SC2086  # the overrides are words
+  "$BIN/alignlab-$command" ${overrides//\$ROOT/$ROOT} paths.output_dir="$ROOT/$name" "${extra[@]}" </dev/null
+  echo "== $name: $((SECONDS - start)) s" | tee -a "$ROOT/wall_times.txt"
+done < experiments/oaif/runs.txt
+[ "$started" = 1 ] && echo "== run.sh, all runs it started: $SECONDS s" | tee -a "$ROOT/wall_times.txt"
+"$BIN/python" experiments/oaif/report.py "$ROOT"

@@ -1,0 +1,270 @@
+"""Tables and plot of the OAIF reproduction, rebuilt from the committed per-prompt records alone.
+
+    python experiments/oaif/report.py experiments/oaif/runs
+
+Reads, for each seed found, ``online_seed<s>/records/monitor.jsonl`` and ``offline_seed<s>/records/monitor.jsonl``
+(the win-rate monitor's answers: 64 held-out prompts x 3 samples per measurement, each with the evaluator's verdict
+against the initial model's answer), ``pairs_seed<s>/pairs.jsonl`` (the initial model's labelled pairs) and
+run.sh's ``wall_times.txt``; writes results.md and results.png next to this file.
+
+Every interval is a 95% percentile bootstrap over prompts (a prompt's samples and seeds pooled into its mean) and
+every difference between the arms pairs the same prompts, with a two-sided sign-flip permutation p-value
+(:mod:`alignlab.stats`). The evaluator is the rule judge with the plain ``helpful`` instruction (correct, concise,
+no filler, against each question's expected answer), the annotator SmolLM2 as a pointwise Yes/No judge.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+
+from alignlab.compare.per_prompt import head_to_head, interval_text, markdown, p_text, pair_answers
+from alignlab.data.offline import bundled_path
+from alignlab.judges.base import Verdicts
+from alignlab.judges.rater import is_correct
+from alignlab.judges.rule import RuleJudge
+from alignlab.records import read_records
+from alignlab.stats import (
+    bootstrap_mean,
+    length_controlled_win_rate,
+    paired_difference,
+    prompt_means,
+    sign_flip_p_value,
+    win_outcomes,
+)
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = Path(__file__).parent
+ARMS = {"online": "online (OAIF)", "offline": "offline (pairs from the initial model)"}
+RESAMPLES, SEED = 2000, 0
+
+
+def expected_answers() -> dict[str, str]:
+    """Question text -> expected answer, from the bundled short_facts rows the prompts come from."""
+    rows = [json.loads(line) for line in Path(bundled_path("short_facts")).read_text().splitlines() if line.strip()]
+    return {row["prompt"]: str(row["answer"]) for row in rows}
+
+
+class Evaluator:
+    """The evaluator of the monitor (``RuleJudge('helpful')``), given each question's expected answer, which the
+    records do not carry: looked up by question text (a question without one is an error, never a silent
+    conciseness-only verdict)."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.rule, self.answers = RuleJudge("helpful"), answers
+
+    def meta(self, prompt: str) -> dict[str, str]:
+        if prompt not in self.answers:
+            raise KeyError(f"no expected answer for {prompt!r} in short_facts")
+        return {"answer": self.answers[prompt]}
+
+    def __call__(self, prompts, pairs, metas=None) -> Verdicts:
+        return self.rule(prompts, pairs, [self.meta(p) for p in prompts])
+
+
+def seeds(root: Path) -> list[int]:
+    found = {int(m.group(1)) for p in root.glob("*_seed*") if (m := re.search(r"_seed(\d+)$", p.name))}
+    return sorted(s for s in found if (root / f"online_seed{s}/summary.json").is_file()
+                  and (root / f"offline_seed{s}/summary.json").is_file())
+
+
+def monitor(root: Path, arm: str, seed: int) -> pd.DataFrame:
+    df = read_records(root / f"{arm}_seed{seed}/records/monitor.jsonl")
+    df = df[df["arm"] == "policy"].copy()
+    df["win"] = win_outcomes(df["verdict"])
+    return df.assign(run_arm=arm, run_seed=seed)
+
+
+# --- annotator vs evaluator on the initial model's pairs --------------------------------------------------------
+
+def agreement(root: Path, found: list[int], evaluator: Evaluator) -> tuple[list[str], dict]:
+    rows = []
+    for seed in found:
+        for line in (root / f"pairs_seed{seed}/pairs.jsonl").read_text().splitlines():
+            pair = json.loads(line)
+            meta = evaluator.meta(pair["prompt"])
+            chosen, rejected = pair["chosen"], pair["rejected"]
+            lc, lr = len(pair["chosen_token_ids"]), len(pair["rejected_token_ids"])
+            sc = evaluator.rule.score(pair["prompt"], chosen, meta)
+            sr = evaluator.rule.score(pair["prompt"], rejected, meta)
+            cc, cr = is_correct(chosen, meta["answer"], pair["prompt"]), is_correct(rejected, meta["answer"],
+                                                                                    pair["prompt"])
+            rows.append({
+                "prompt_id": pair["prompt"], "seed": seed,
+                # the evaluator's verdict on the annotator's order: 1 agrees, 0.5 tie, 0 disagrees
+                "agree": 1.0 if sc > sr else 0.5 if sc == sr else 0.0,
+                "evaluator_decided": float(sc != sr),
+                "annotator_shorter": (float(lc < lr) if lc != lr else math.nan),
+                "evaluator_shorter": (float((sc > sr) == (lc < lr)) if lc != lr and sc != sr else math.nan),
+                "annotator_correct": (float(cc) if cc != cr else math.nan),  # pairs with one correct answer
+                "one_correct": float(cc != cr),
+            })
+    df = pd.DataFrame(rows)
+    measures = {
+        "agree": "evaluator agrees with the annotator's label (ties half)",
+        "evaluator_decided": "evaluator tells the two answers apart",
+        "annotator_shorter": "annotator prefers the shorter answer (pairs of different length)",
+        "evaluator_shorter": "evaluator prefers the shorter answer (pairs it decides, of different length)",
+        "one_correct": "exactly one of the two answers is correct",
+        "annotator_correct": "annotator prefers the correct one (pairs with exactly one correct)",
+    }
+    table, figures = [], {}
+    for key, text in measures.items():
+        part = df.dropna(subset=[key])
+        iv = bootstrap_mean(part, key, RESAMPLES, SEED)
+        figures[key] = iv
+        table.append([text, interval_text(iv.mean, iv.low, iv.high), len(part), iv.n])
+    lines = [f"{len(df)} pairs ({len(found)} seeds x the training prompts the annotator did not tie on), "
+             f"{df['prompt_id'].nunique()} prompts.", "",
+             markdown(["on the initial model's pairs", "share [95% CI]", "pairs", "prompts"], table), ""]
+    return lines, figures
+
+
+# --- win rate vs the initial model ------------------------------------------------------------------------------
+
+def curves(frames: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
+    rows = []
+    for arm in ARMS:
+        pooled = pd.concat([f for (a, _), f in frames.items() if a == arm], ignore_index=True)
+        for step, part in pooled.groupby("step"):
+            for metric in ("win", "reward", "length"):
+                iv = bootstrap_mean(part, metric, RESAMPLES, SEED)
+                per_seed = [prompt_means(s, metric)[metric].mean() for _, s in part.groupby("run_seed")]
+                rows.append({"arm": arm, "step": int(step), "metric": metric, "mean": iv.mean, "low": iv.low,
+                             "high": iv.high, "prompts": iv.n, "answers": len(part), "per_seed": per_seed})
+    return pd.DataFrame(rows)
+
+
+def curve_lines(table: pd.DataFrame) -> list[str]:
+    names = {"win": "win rate vs initial", "reward": "reward (rater)", "length": "answer length (tokens)"}
+    out = []
+    for metric, title in names.items():
+        part = table[table["metric"] == metric]
+        rows = [[ARMS[r.arm], r.step, interval_text(r.mean, r.low, r.high),
+                 ", ".join(f"{v:.3f}" for v in r.per_seed), r.answers]
+                for r in part.itertuples()]
+        out += [f"**{title}** (pooled over seeds; per-seed means in seed order)", "",
+                markdown(["arm", "step", "mean [95% CI]", "per seed", "answers"], rows), ""]
+    return out
+
+
+def length_controlled_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int) -> list[str]:
+    rows = []
+    for arm in ARMS:
+        part = pd.concat([f for (a, _), f in frames.items() if a == arm], ignore_index=True)
+        part = part[part["step"] == final]
+        lc = length_controlled_win_rate(part["verdict"], part["length"], part["reference_length"],
+                                        part["prompt_id"], 1000, SEED)
+        rows.append([ARMS[arm], interval_text(lc.raw, lc.raw_low, lc.raw_high),
+                     interval_text(lc.win_rate, lc.low, lc.high), f"{lc.length_slope:+.2f}", lc.n_verdicts])
+    return [f"**Length-controlled win rate vs initial at step {final}** (AlpacaEval 2's logistic adjustment, "
+            "alignlab.stats.length_controlled_win_rate; the slope is the weight of the standardized length "
+            "difference, negative when the evaluator favours shorter answers)", "",
+            markdown(["arm", "raw [95% CI]", "length-controlled [95% CI]", "length slope", "verdicts"], rows), ""]
+
+
+def paired_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int) -> list[str]:
+    def arm(name: str) -> pd.DataFrame:
+        part = pd.concat([f for (a, _), f in frames.items() if a == name], ignore_index=True)
+        return part[part["step"] == final]
+
+    online, offline = arm("online"), arm("offline")
+    rows = []
+    for metric, title in (("win", "win rate vs initial"), ("reward", "reward"), ("length", "length (tokens)")):
+        d = paired_difference(offline, online, metric, RESAMPLES, SEED)
+        rows.append([title, interval_text(d.mean, d.low, d.high, signed=True), p_text(d.p_value), d.n])
+    return [f"**Online minus offline at step {final}**, paired by prompt (seeds and samples pooled per prompt)", "",
+            markdown(["measure", "difference [95% CI]", "p (sign-flip)", "prompts"], rows), ""]
+
+
+def head_to_head_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int, evaluator: Evaluator,
+                       found: list[int]) -> tuple[list[str], dict]:
+    def arm(name: str) -> pd.DataFrame:
+        part = pd.concat([f for (a, _), f in frames.items() if a == name], ignore_index=True)
+        return part[part["step"] == final]
+
+    h = head_to_head(arm("online"), arm("offline"), evaluator)
+    # Per prompt, the online answer's win outcome against the offline answer of the same seed and sample; a
+    # sign-flip test of (outcome - 0.5) asks whether the head-to-head differs from a tie.
+    pairs = pair_answers(arm("online"), arm("offline"))
+    probs = evaluator(list(pairs["prompt"]), list(zip(pairs["answer_a"], pairs["answer_b"], strict=True))).prob_first
+    per_prompt = pd.DataFrame({"prompt_id": pairs["prompt_id"], "w": win_outcomes(probs)}).groupby("prompt_id")["w"]
+    p = sign_flip_p_value(per_prompt.mean().to_numpy() - 0.5, seed=SEED)
+    lc = h.length_controlled
+    rows = [["online vs offline", interval_text(h.win_rate.mean, h.win_rate.low, h.win_rate.high), p_text(p),
+             interval_text(lc.win_rate, lc.low, lc.high) if lc else "", h.pairs, h.win_rate.n]]
+    lines = [f"**Head to head at step {final}**: the evaluator compares the online run's answer with the offline "
+             f"run's (same seed, same prompt, same sample index), {len(found)} seeds pooled; ties count half; p "
+             "against 0.5", "",
+             markdown(["", "online win rate [95% CI]", "p", "length-controlled", "pairs", "prompts"], rows), ""]
+    return lines, {"head_to_head": h, "p": p}
+
+
+def plot(table: pd.DataFrame, out: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (metric, title) in zip(axes, (("win", "win rate vs initial (evaluator)"), ("reward", "reward (rater)"),
+                                          ("length", "answer length (tokens)")), strict=True):
+        for arm, colour in (("online", "tab:blue"), ("offline", "tab:orange")):
+            part = table[(table["metric"] == metric) & (table["arm"] == arm)].sort_values("step")
+            ax.errorbar(part["step"], part["mean"], yerr=[part["mean"] - part["low"], part["high"] - part["mean"]],
+                        marker="o", capsize=3, color=colour, label=ARMS[arm])
+            for k in range(len(part["per_seed"].iloc[0]) if len(part) else 0):
+                ax.plot(part["step"], [s[k] for s in part["per_seed"]], color=colour, alpha=0.25, lw=1)
+        if metric == "win":
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("update")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("OAIF on SmolLM2-135M: pooled over seeds, 95% bootstrap intervals over 64 held-out prompts; "
+                 "thin lines: seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def wall_time_lines(root: Path) -> list[str]:
+    file = root / "wall_times.txt"
+    if not file.is_file():
+        return []
+    times = {}
+    for line in file.read_text().splitlines():
+        m = re.match(r"== (\S+): (\d+) s$", line)
+        if m:
+            times[m.group(1)] = int(m.group(2))  # a rerun's time replaces an interrupted one's
+    rows = [[name, f"{seconds / 60:.1f}"] for name, seconds in times.items()]
+    rows.append(["total of the runs above", f"{sum(times.values()) / 60:.1f}"])
+    return ["## Wall times (run.sh, `wall_times.txt`)", "", markdown(["run", "minutes"], rows), ""]
+
+
+def main(root: Path) -> None:
+    found = seeds(root)
+    if not found:
+        sys.exit(f"no finished online_seed<s> and offline_seed<s> pair under {root}: run experiments/oaif/run.sh")
+    evaluator = Evaluator(expected_answers())
+    frames = {(arm, s): monitor(root, arm, s) for arm in ARMS for s in found}
+    final = int(min(f["step"].max() for f in frames.values()))
+    agreement_text, _ = agreement(root, found, evaluator)
+    table = curves(frames)
+    h2h_text, _ = head_to_head_lines(frames, final, evaluator, found)
+    lines = ["# OAIF reproduction: results", "",
+             f"Generated by `python experiments/oaif/report.py {root}` from the committed records; seeds "
+             f"{', '.join(map(str, found))}. Intervals: 95% bootstrap over prompts.", "",
+             "## Annotator and evaluator on the initial model's pairs", "", *agreement_text,
+             "## Online vs offline", "", *curve_lines(table), *paired_lines(frames, final),
+             *h2h_text,
+             *length_controlled_lines(frames, final), *wall_time_lines(root)]
+    (HERE / "results.md").write_text("\n".join(lines))
+    table.drop(columns="per_seed").to_csv(HERE / "results_curves.csv", index=False)
+    plot(table, HERE / "results.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else HERE / "runs"))
