@@ -416,3 +416,12 @@ def test_what_decided_each_verdict_is_counted(tiny, write_jsonl):
     pairs = dm.make_pairs(Holder(tiny.model), dm.collate(dm.train_prompts[:4]))
     judged = 4 - pairs.stats["empty"] - pairs.stats["identical"]
     assert pairs.stats.get("verdicts_from_logprobs", 0) + pairs.stats.get("verdicts_from_text", 0) == judged > 0
+
+
+def test_runs_of_several_seeds_share_the_split_and_differ_in_order_and_samples(tiny, write_jsonl):
+    """``data.prompts.seed`` decides the split alone; ``data.seed`` (the run's) the batch order and the samples."""
+    a, b = (make_online(tiny, write_jsonl, FewerEsJudge(), seed=s) for s in (1, 2))
+    assert [e.question for e in a.val_prompts] == [e.question for e in b.val_prompts]
+    assert [e.question for e in a.train_prompts] == [e.question for e in b.train_prompts]
+    assert list(a.train_dataloader().sampler) != list(b.train_dataloader().sampler)
+    assert a.seed == 1 and make_online(tiny, write_jsonl, FewerEsJudge()).seed == 0  # unset: the prompt set's

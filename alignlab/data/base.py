@@ -97,14 +97,17 @@ class PairSource(pl.LightningDataModule):
         prompts: the :class:`PromptSet` the items come from.
         batch_size, eval_batch_size: items per training / validation batch.
         num_workers: DataLoader workers.
+        seed: the order of training batches and the seeds of what a source samples (``data.seed``, the run's
+            seed); null: the prompt set's seed. The prompt set's own seed decides its train/validation split only,
+            so runs of several seeds can share one split and still differ in everything else.
     """
 
     def __init__(self, tokenizer, prompts: PromptSet, batch_size: int = 4, eval_batch_size: int | None = None,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, seed: int | None = None) -> None:
         super().__init__()
         self.tokenizer = tokenizer
         self.prompts = prompts
-        self.seed = prompts.seed
+        self.seed = prompts.seed if seed is None else seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
