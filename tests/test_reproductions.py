@@ -71,6 +71,7 @@ def test_every_oaif_command_composes(name, command, overrides):
     monitor = cfg.callbacks.win_rate
     assert (monitor.num_prompts, monitor.n_samples, monitor.every_n_steps) == (64, 3, 14)
     assert (monitor.prompts.val_fraction, monitor.prompts.seed, cfg.data.prompts.seed) == (0.25, 0, 0)
+    assert cfg.data.seed == cfg.seed  # one split for every seed; order and samples still the run's
     if cfg.objective.name == "oaif":
         assert cfg.data.unfinished == "keep" and cfg.data.prompts.val_fraction == 0.25
     else:

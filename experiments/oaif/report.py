@@ -80,7 +80,7 @@ def monitor(root: Path, arm: str, seed: int) -> pd.DataFrame:
     df = read_records(root / f"{arm}_seed{seed}/records/monitor.jsonl")
     df = df[df["arm"] == "policy"].copy()
     df["win"] = win_outcomes(df["verdict"])
-    return df.assign(run_arm=arm, run_seed=seed)
+    return df.assign(run_arm=arm, run_seed=seed, seed=seed)  # head-to-head pairs answers by (seed, sample)
 
 
 # --- annotator vs evaluator on the initial model's pairs --------------------------------------------------------
@@ -92,7 +92,9 @@ def agreement(root: Path, found: list[int], evaluator: Evaluator) -> tuple[list[
             pair = json.loads(line)
             meta = evaluator.meta(pair["prompt"])
             chosen, rejected = pair["chosen"], pair["rejected"]
-            lc, lr = len(pair["chosen_token_ids"]), len(pair["rejected_token_ids"])
+            # new tokens, the end-of-turn token of a finished answer left out (as the records count them)
+            lc = len(pair["chosen_token_ids"]) - int(pair["chosen_finished"])
+            lr = len(pair["rejected_token_ids"]) - int(pair["rejected_finished"])
             sc = evaluator.rule.score(pair["prompt"], chosen, meta)
             sr = evaluator.rule.score(pair["prompt"], rejected, meta)
             cc, cr = is_correct(chosen, meta["answer"], pair["prompt"]), is_correct(rejected, meta["answer"],
