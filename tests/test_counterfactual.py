@@ -8,7 +8,7 @@ import logging
 import pytest
 
 import alignlab.data.counterfactual as cf
-from alignlab.data.behaviors import BehaviorSpec, in_french, is_brief, names_people
+from alignlab.data.behaviors import BehaviorSpec, in_language, is_brief, names_people
 from alignlab.data.counterfactual import CounterfactualDataModule
 from alignlab.data.prompt_set import PromptSet
 from alignlab.errors import ConfigError, DataError
@@ -35,8 +35,11 @@ def test_measures():
     assert names_people("Isaac Newton and Marie Curie met. Then they left.") == 2
     assert names_people("The history of flight is long. It began early.") == 0
     assert names_people("The Wright Brothers flew. In Paris the crowds cheered.") == 1
-    assert in_french("Le soleil est une étoile qui brille dans le ciel.") == 1.0
-    assert in_french("The sun is a star; it shines in the sky and le mot is French.") == 0.0
+    assert in_language("Le soleil est une étoile qui brille dans le ciel.") == 1.0
+    assert in_language("The sun is a star; it shines in the sky and le mot is French.") == 0.0
+    assert in_language("Die Sonne ist ein Stern, der am Himmel scheint.") == 0.0  # another language is not French
+    assert in_language("Die Sonne ist ein Stern, der am Himmel scheint.", language="de") == 1.0
+    assert in_language("Oui, Paris.") == 0.0  # too short to tell
 
 
 def test_contrastive_pairs_train_on_the_plain_prompt(tiny, write_jsonl, tmp_path):

@@ -12,6 +12,7 @@ from omegaconf import open_dict
 
 from alignlab.data.online import OnlinePairsDataModule, PromptBatch
 from alignlab.data.prompt_set import PromptSet
+from alignlab.errors import ConfigError
 from alignlab.judges.base import Verdicts
 from alignlab.judges.llm import PairwiseLLMJudge, PointwiseLLMJudge
 from alignlab.judges.rule import RuleJudge
@@ -425,3 +426,61 @@ def test_runs_of_several_seeds_share_the_split_and_differ_in_order_and_samples(t
     assert [e.question for e in a.train_prompts] == [e.question for e in b.train_prompts]
     assert list(a.train_dataloader().sampler) != list(b.train_dataloader().sampler)
     assert a.seed == 1 and make_online(tiny, write_jsonl, FewerEsJudge()).seed == 0  # unset: the prompt set's
+
+
+def test_an_endpoint_judge_labels_one_part_while_the_next_is_sampled(tiny, write_jsonl, monkeypatch):
+    """With a judge that runs elsewhere, the first part's pairs are being judged while the second part is sampled
+    (the judge waits until sampling of part two has begun: without overlap it would wait in vain), and every pair is
+    labelled and counted as without overlap."""
+    import threading
+
+    import alignlab.data.online as online
+
+    second_part_sampling = threading.Event()
+    calls = []
+    real_generate = online.generate
+
+    def recording(model, tokenizer, prompts, sampling, progress=None):
+        calls.append(len(prompts))
+        if len(calls) == 2:
+            second_part_sampling.set()
+        return real_generate(model, tokenizer, prompts, sampling, progress)
+
+    class Remote(FewerEsJudge):
+        runs_elsewhere = True
+
+        def __init__(self):
+            super().__init__()
+            self.saw_overlap = []
+
+        def __call__(self, prompts, pairs, metas=None):
+            if not self.saw_overlap:  # the first part: the second must start sampling meanwhile
+                self.saw_overlap.append(second_part_sampling.wait(timeout=60))
+            return super().__call__(prompts, pairs, metas)
+
+    monkeypatch.setattr(online, "generate", recording)
+    judge = Remote()
+    dm = make_online(tiny, write_jsonl, judge, unfinished="keep", drop_ties=False, judge_chunks=2)
+    assert dm.overlap_judge and dm.judge_chunks == 2
+    pairs = dm.make_pairs(Holder(tiny.model), dm.collate(dm.train_prompts[:4]))
+    assert calls == [4, 4] and judge.saw_overlap == [True]  # two parts of 2 prompts x 2 samples
+    s = pairs.stats
+    assert s["pairs"] == 4 and s["kept"] == len(pairs) == 4 - s["empty"] - s["identical"]
+    assert judge.calls == 4 - s["empty"] - s["identical"]
+
+    calls.clear()
+    local = make_online(tiny, write_jsonl, FewerEsJudge(), unfinished="keep")  # a judge here: one call, no thread
+    assert not local.overlap_judge and local.judge_chunks == 1
+    local.make_pairs(Holder(tiny.model), local.collate(local.train_prompts[:4]))
+    assert calls == [8]
+    with pytest.raises(ConfigError, match="data.overlap_judge"):
+        make_online(tiny, write_jsonl, FewerEsJudge(), overlap_judge="sometimes")
+
+
+def test_verdicts_of_parts_concatenate():
+    a = Verdicts([0.9, None], [True, None], ["logprobs", None], [(0.9, 0.9), (None, None)], last_failure="x")
+    b = Verdicts([0.2])
+    joined = Verdicts.concat([a, b])
+    assert joined.prob_first == [0.9, None, 0.2] and joined.consistent == [True, None, None]
+    assert joined.sources == ["logprobs", None, None] and joined.orders[2] == (None, None)
+    assert joined.last_failure == "x" and Verdicts.concat([b, b]).consistent == []

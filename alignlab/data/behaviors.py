@@ -35,14 +35,15 @@ def is_long(text: str, min_words: int = 40) -> float:
     return float(word_count(text) >= min_words)
 
 
-_FRENCH_WORDS = re.compile(r"\b(?:le|la|les|est|et|des|une|du|pour|dans|qui|que|sont|avec|nous|vous|ce|cette|"
-                           r"mais|pas|au|aux|sur|par|plus|il|elle)\b", re.IGNORECASE)
+def in_language(text: str, language: str = "fr", min_words: int = 3) -> float:
+    """1 when a language identifier (py3langid, the maintained langid.py: character n-gram naive Bayes over 97
+    languages) finds the answer written in ``language`` (an ISO 639-1 code); answers of fewer than ``min_words``
+    words are too short to tell and count 0."""
+    if word_count(text) < min_words:
+        return 0.0
+    import py3langid
 
-
-def in_french(text: str, min_words: int = 3) -> float:
-    """1 when the answer has at least ``min_words`` French function words ("le", "est", "dans", ...); English
-    answers have almost none of them, so a few already mark French text."""
-    return float(len(_FRENCH_WORDS.findall(text)) >= min_words)
+    return float(py3langid.classify(text)[0] == language)
 
 
 def names_people(text: str) -> int:

@@ -28,7 +28,8 @@ import contextlib
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,13 +154,20 @@ class OnlinePairsDataModule(PairSource):
         drop_inconsistent: drop pairs whose two orders a pairwise judge decided differently (position bias).
         max_judge_failure_fraction, judge_failure_window: stop the run when more than this share of the last
             ``judge_failure_window`` judged pairs failed (see :class:`JudgeHealth`).
+        overlap_judge: sample a batch's prompts in ``judge_chunks`` parts and let the annotator label each part in
+            a worker thread while the next part is sampled: worth it when the annotator waits on something other
+            than this device (an endpoint: ``auto`` turns it on for a judge whose ``runs_elsewhere`` is true). Every
+            answer still comes from the policy of this step. Off, a batch is sampled in one call and then judged.
+        judge_chunks: how many parts a batch is sampled in when overlapping (smaller sampling batches cost some
+            throughput on a device that is bound by its matrix products at small batch sizes).
         batch_size, eval_batch_size: prompts per training / validation batch.
     """
 
     def __init__(self, tokenizer, judge: Judge, prompts: PromptSet, sampling: Sampling,
                  sample_from: str = "policy", unfinished: str = "penalize", drop_ties: bool = True,
                  tie_tolerance: float = 0.0, drop_inconsistent: bool = True, max_judge_failure_fraction: float = 0.5,
-                 judge_failure_window: int = 64, **serving: Any) -> None:
+                 judge_failure_window: int = 64, overlap_judge: bool | str = "auto", judge_chunks: int = 2,
+                 **serving: Any) -> None:
         super().__init__(tokenizer, prompts, **serving)
         if sample_from not in ("policy", "reference"):
             raise ConfigError(f"data.sample_from={sample_from!r} is not 'policy' or 'reference'")
@@ -171,6 +179,13 @@ class OnlinePairsDataModule(PairSource):
         self.drop_ties, self.tie_tolerance, self.drop_inconsistent = drop_ties, tie_tolerance, drop_inconsistent
         self.collator = PreferenceCollator(tokenizer.pad_token_id)
         self.judge_health = JudgeHealth(max_judge_failure_fraction, judge_failure_window)
+        if overlap_judge not in (True, False, "auto"):
+            raise ConfigError(f"data.overlap_judge={overlap_judge!r} is not true, false or auto")
+        if judge_chunks < 1:
+            raise ConfigError(f"data.judge_chunks={judge_chunks} must be at least 1")
+        self.overlap_judge = bool(getattr(judge, "runs_elsewhere", False)) if overlap_judge == "auto" \
+            else overlap_judge
+        self.judge_chunks = judge_chunks if self.overlap_judge else 1
 
     # ----- prompts ---------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -255,28 +270,40 @@ class OnlinePairsDataModule(PairSource):
         return pairs.to(device)
 
     def label(self, model, batch: PromptBatch, seed: int | None = None) -> tuple[list[LabelledPair], dict]:
-        """Two samples per prompt from ``model``, judged; returns the kept pairs and the counts of dropped ones."""
+        """Two samples per prompt from ``model``, judged; returns the kept pairs and the counts of dropped ones.
+
+        The batch is sampled in ``judge_chunks`` parts when the judge overlaps (the k-th part with seed + k), each
+        part's pairs handed to the judge as soon as they exist; otherwise in one call, then judged."""
         prompts = batch.prompt_lists()
-        doubled = [p for p in prompts for _ in range(2)]  # [p0, p0, p1, p1, ...]
         sampling = self.sampling if seed is None else self.sampling.replace(seed=seed)
-        samples = generate(model, self.tokenizer, doubled, sampling)
-        firsts, seconds = samples[0::2], samples[1::2]
+        firsts, seconds, usable, parts = [], [], [], []
         stats = {"pairs": float(len(prompts)), "judge_failures": 0.0, "ties": 0.0, "empty": 0.0, "identical": 0.0,
                  "inconsistent": 0.0, "unfinished_dropped": 0.0, "unfinished_answers": 0.0,
-                 "decided_by_unfinished": 0.0,
-                 "mean_length": sum(len(s.token_ids) for s in samples) / max(1, len(samples))}
-        # Nothing to learn from an empty answer (no text left once special tokens and spaces are gone) or from two
-        # identical ones: dropped before the judge is asked, and counted apart.
-        usable = []
-        for i, (a, b) in enumerate(zip(firsts, seconds, strict=True)):
-            if not (a.text and b.text):
-                stats["empty"] += 1
-            elif a.text == b.text:
-                stats["identical"] += 1
-            else:
-                usable.append(i)
-        verdicts = self._judge([batch.questions[i] for i in usable],
-                               [(firsts[i].text, seconds[i].text) for i in usable], [batch.metas[i] for i in usable])
+                 "decided_by_unfinished": 0.0}
+        with self._judging() as submit:
+            for k, (lo, hi) in enumerate(_chunks(len(prompts), self.judge_chunks)):
+                part_sampling = sampling if k == 0 or sampling.seed is None else sampling.replace(seed=sampling.seed + k)
+                doubled = [p for p in prompts[lo:hi] for _ in range(2)]  # [p0, p0, p1, p1, ...]
+                samples = generate(model, self.tokenizer, doubled, part_sampling)
+                firsts += samples[0::2]
+                seconds += samples[1::2]
+                # Nothing to learn from an empty answer (no text left once special tokens and spaces are gone) or
+                # from two identical ones: dropped before the judge is asked, and counted apart.
+                mine = []
+                for i in range(lo, hi):
+                    a, b = firsts[i], seconds[i]
+                    if not (a.text and b.text):
+                        stats["empty"] += 1
+                    elif a.text == b.text:
+                        stats["identical"] += 1
+                    else:
+                        mine.append(i)
+                usable += mine
+                parts.append(submit(self._judge, [batch.questions[i] for i in mine],
+                                    [(firsts[i].text, seconds[i].text) for i in mine], [batch.metas[i] for i in mine]))
+            verdicts = Verdicts.concat([part.result() for part in parts])
+        lengths = [len(s.token_ids) for s in firsts + seconds]
+        stats["mean_length"] = sum(lengths) / max(1, len(lengths))
         self.judge_health.record(verdicts)
         consistent_flags = verdicts.consistent or [None] * len(usable)
         kept = []
@@ -308,6 +335,21 @@ class OnlinePairsDataModule(PairSource):
             stats["position_consistency"] = sum(consistent) / len(consistent)
         stats["kept"] = float(len(kept))
         return kept, stats
+
+    @contextlib.contextmanager
+    def _judging(self) -> Iterator[Callable[..., Future]]:
+        """``submit(fn, *args)``: a future of ``fn(*args)``, run in a worker thread when the judge overlaps with
+        sampling, else at once (so a batch judged in one part behaves exactly as a plain call)."""
+        if not self.overlap_judge:
+            def now(fn, *args) -> Future:
+                future: Future = Future()
+                future.set_result(fn(*args))
+                return future
+
+            yield now
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="alignlab-judge") as pool:
+            yield pool.submit
 
     def _judge(self, questions: list[str], pairs: list[tuple[str, str]], metas: list[dict]) -> Verdicts:
         """The annotator's verdicts. A judge that raises one of :data:`JUDGE_FAULTS` (I/O, HTTP, an unreadable
@@ -357,6 +399,13 @@ class OnlinePairsDataModule(PairSource):
             if key in totals:
                 totals[key] /= batches
         return rows, totals
+
+
+def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges splitting ``n`` items into at most ``parts`` nearly equal consecutive parts."""
+    parts = max(1, min(parts, n))
+    bounds = [round(k * n / parts) for k in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo] or [(0, 0)]
 
 
 def _with_eos(generation: Generation, dm: OnlinePairsDataModule) -> list[int]:

@@ -45,6 +45,19 @@ class Verdicts:
         if self.orders is not None and len(self.orders) != len(self.prob_first):
             raise ValueError("one pair of per-order probabilities per pair")
 
+    @classmethod
+    def concat(cls, parts: list[Verdicts]) -> Verdicts:
+        """The verdicts of consecutive chunks of pairs as one (a flag or source a chunk did not report stays
+        missing for its pairs)."""
+        def joined(name: str, missing: Any) -> list:
+            return [x for part in parts for x in (getattr(part, name) or [missing] * len(part.prob_first))]
+
+        consistent = joined("consistent", None) if any(part.consistent for part in parts) else []
+        sources = joined("sources", None) if any(part.sources is not None for part in parts) else None
+        orders = joined("orders", (None, None)) if any(part.orders is not None for part in parts) else None
+        failures = [part.last_failure for part in parts if part.last_failure is not None]
+        return cls(joined("prob_first", None), consistent, sources, orders, failures[-1] if failures else None)
+
     def source_counts(self) -> Counter[str]:
         """How many verdicts each source decided (failed pairs, whose source is None, are not counted)."""
         return Counter(s for s in self.sources or () if s is not None)

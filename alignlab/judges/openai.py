@@ -264,6 +264,8 @@ class OpenAIJudge(ChatEndpoint):
     """``top_logprobs``: how many first-token alternatives to ask for (20 is OpenAI's maximum); null reads the
     reply text only, for servers that refuse ``logprobs``."""
 
+    runs_elsewhere = True  # it waits on a server: online pairs overlap its requests with sampling (overlap_judge)
+
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  mode: str = "pairwise", template: str | None = None, system_prompt: str | None = None,
                  timeout: float = 30.0, max_retries: int = 3, backoff: float = 1.0, concurrency: int = 4,
