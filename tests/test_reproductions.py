@@ -12,7 +12,8 @@ from .conftest import compose_config
 
 OAIF = Path(__file__).resolve().parent.parent / "experiments" / "oaif"
 # What experiments/oaif/run.sh adds to every training command.
-OAIF_TRAIN_EXTRA = ["trainer.enable_progress_bar=false", "save_policy=false", "~callbacks.checkpoint"]
+OAIF_TRAIN_EXTRA = ["trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false", "save_policy=false",
+                    "~callbacks.checkpoint"]
 
 
 def oaif_runs() -> list[tuple[str, str, list[str]]]:
@@ -67,7 +68,7 @@ def test_every_oaif_command_composes(name, command, overrides):
         assert (cfg.data.prompts.val_fraction, cfg.data.prompts.seed) == (0.25, 0)
         return
     cfg = compose_config("train", [*overrides, *OAIF_TRAIN_EXTRA])
-    assert "checkpoint" not in cfg.callbacks and cfg.save_policy is False
+    assert "checkpoint" not in cfg.callbacks and cfg.save_policy is False and not cfg.trainer.enable_checkpointing
     monitor = cfg.callbacks.win_rate
     assert (monitor.num_prompts, monitor.n_samples, monitor.every_n_steps) == (64, 3, 14)
     assert (monitor.prompts.val_fraction, monitor.prompts.seed, cfg.data.prompts.seed) == (0.25, 0, 0)

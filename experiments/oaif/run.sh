@@ -19,7 +19,7 @@ while read -r name command overrides; do
   [ -d "$ROOT/$name" ] && mv "$ROOT/$name" "$ROOT/$name.interrupted.$(date +%s)"
   echo "== $name: alignlab-$command ${overrides//\$ROOT/$ROOT}"
   # Training runs keep their records, metrics and summary, not the weights (no checkpoint, no saved policy).
-  extra=(); [ "$command" = train ] && extra=(trainer.enable_progress_bar=false save_policy=false "~callbacks.checkpoint")
+  extra=(); [ "$command" = train ] && extra=(trainer.enable_progress_bar=false +trainer.enable_checkpointing=false save_policy=false "~callbacks.checkpoint")
   start=$SECONDS started=1
   # shellcheck disable=SC2086  # the overrides are words
   "$BIN/alignlab-$command" ${overrides//\$ROOT/$ROOT} paths.output_dir="$ROOT/$name" "${extra[@]}" </dev/null
