@@ -54,8 +54,8 @@ class _LocalJudge:
                     for t in texts[start: start + self.batch_size]]
             ids, mask = left_pad(rows, tok.pad_token_id)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            # Only the last position's logits are read: the output head over the whole prompt would cost about a
-            # fifth of the forward for nothing.
+            # Only the last position's logits are read: the output head over the whole prompt would cost, by
+            # parameter count, about a fifth of the forward for nothing.
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                            position_ids=positions.to(device), logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
             pos = logits[:, self.positive].logsumexp(-1)
