@@ -158,11 +158,16 @@ def curve_lines(table: pd.DataFrame) -> list[str]:
     return out
 
 
+def final_answers(frames: dict[tuple[str, int], pd.DataFrame], arm: str, step: int) -> pd.DataFrame:
+    """One arm's policy answers at ``step``, its seeds pooled."""
+    part = pd.concat([f for (a, _), f in frames.items() if a == arm], ignore_index=True)
+    return part[part["step"] == step]
+
+
 def length_controlled_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int) -> list[str]:
     rows = []
     for arm in ARMS:
-        part = pd.concat([f for (a, _), f in frames.items() if a == arm], ignore_index=True)
-        part = part[part["step"] == final]
+        part = final_answers(frames, arm, final)
         lc = length_controlled_win_rate(part["verdict"], part["length"], part["reference_length"],
                                         part["prompt_id"], 1000, SEED)
         rows.append([ARMS[arm], interval_text(lc.raw, lc.raw_low, lc.raw_high),
@@ -174,11 +179,7 @@ def length_controlled_lines(frames: dict[tuple[str, int], pd.DataFrame], final: 
 
 
 def paired_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int) -> list[str]:
-    def arm(name: str) -> pd.DataFrame:
-        part = pd.concat([f for (a, _), f in frames.items() if a == name], ignore_index=True)
-        return part[part["step"] == final]
-
-    online, offline = arm("online"), arm("offline")
+    online, offline = final_answers(frames, "online", final), final_answers(frames, "offline", final)
     rows = []
     for metric, title in (("win", "win rate vs initial"), ("reward", "reward"), ("length", "length (tokens)")):
         d = paired_difference(offline, online, metric, RESAMPLES, SEED)
@@ -189,14 +190,11 @@ def paired_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int) -> lis
 
 def head_to_head_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int, evaluator: Evaluator,
                        found: list[int]) -> tuple[list[str], dict]:
-    def arm(name: str) -> pd.DataFrame:
-        part = pd.concat([f for (a, _), f in frames.items() if a == name], ignore_index=True)
-        return part[part["step"] == final]
-
-    h = head_to_head(arm("online"), arm("offline"), evaluator)
+    online, offline = final_answers(frames, "online", final), final_answers(frames, "offline", final)
+    h = head_to_head(online, offline, evaluator)
     # Per prompt, the online answer's win outcome against the offline answer of the same seed and sample; a
     # sign-flip test of (outcome - 0.5) asks whether the head-to-head differs from a tie.
-    pairs = pair_answers(arm("online"), arm("offline"))
+    pairs = pair_answers(online, offline)
     probs = evaluator(list(pairs["prompt"]), list(zip(pairs["answer_a"], pairs["answer_b"], strict=True))).prob_first
     per_prompt = pd.DataFrame({"prompt_id": pairs["prompt_id"], "w": win_outcomes(probs)}).groupby("prompt_id")["w"]
     p = sign_flip_p_value(per_prompt.mean().to_numpy() - 0.5, seed=SEED)
