@@ -7,12 +7,10 @@ import time
 
 import pytorch_lightning as pl
 
-from alignlab.answer_cache import AnswerCache
 from alignlab.data.collate import PreferenceBatch
 from alignlab.data.prompt_set import PromptExample, PromptSet
 from alignlab.errors import ConfigError
 from alignlab.loggers import log_records_table
-from alignlab.models import cache_root
 from alignlab.records import Recorder
 from alignlab.sampling import Sampling
 
@@ -62,8 +60,9 @@ class WinRateMonitor(pl.Callback):
         self.evaluator, self.reward, self.every_n_steps = evaluator, reward, every_n_steps
         self.sampling, self.num_prompts, self.n_samples = sampling, num_prompts, n_samples
         self.prompts = prompts
-        self.cache = None if reference_cache is False else \
-            AnswerCache(reference_cache or cache_root() / "reference_answers", "reference answers")
+        from alignlab.policy_vs_reference import reference_answer_cache
+
+        self.cache = None if reference_cache is False else reference_answer_cache(reference_cache)
         self._examples: list[PromptExample] | None = None
         self._last_step, self._warned = -1, False
 

@@ -22,11 +22,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from alignlab.answer_cache import AnswerCache
 from alignlab.errors import ConfigError
-from alignlab.models import cache_root
 from alignlab.module import PreferenceModule
-from alignlab.policy_vs_reference import sample_and_rate
+from alignlab.policy_vs_reference import reference_answer_cache, sample_and_rate
 from alignlab.records import Recorder
 from alignlab.reference import Reference
 from alignlab.train import prepare_output_dir
@@ -116,7 +114,7 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics["samples"] = sample_and_rate(policy, reference, loaded.tokenizer,
                                              examples[: cfg.generate.num_prompts], sampling, reward, evaluator,
                                              cfg.generate.get("n_samples", 1), recorder, "eval",
-                                             cache=AnswerCache(cache_root() / "reference_answers", "reference answers"))
+                                             cache=reference_answer_cache())
         metrics.update(datamodule.evaluate(policy, reference, sampling, recorder, cfg.generate.num_prompts))
 
     (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2))

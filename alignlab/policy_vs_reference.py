@@ -45,6 +45,14 @@ def answer_logps(model, prompts: list[list[int]], gens: list[Generation], pad_id
     return out
 
 
+def reference_answer_cache(root=None) -> AnswerCache:
+    """Where reference answers are kept between monitoring steps and runs (``<alignlab cache>/reference_answers``
+    unless ``root`` is given)."""
+    from alignlab.models import cache_root
+
+    return AnswerCache(root or cache_root() / "reference_answers", "reference answers")
+
+
 def reference_answers(reference: Reference, tokenizer, prompts: list[list[int]], sampling: Sampling,
                       cache: AnswerCache | None = None) -> list[Generation]:
     """The reference's answers, sampled once per (reference weights, prompts, settings) and then reused: at every

@@ -156,7 +156,39 @@ def test_evaluation_reports_behaviour_rates_and_capability(make_cfg, tmp_path):
     assert behavior["behavior"] == "brief" and behavior["num_prompts"] == 6
     for name in ("policy", "reference", "reference_encourage"):
         assert 0 <= behavior[f"{name}/behavior_rate"] <= 1
-    assert {"policy/correct", "reference/correct"} <= set(metrics["capability"])
+    capability = metrics["capability"]
+    assert capability["num_questions"] == 302 and 0 <= capability["policy/correct"] <= 1
+    records = [json.loads(line) for line in (tmp_path / "eval" / "records" / "capability.jsonl").open()]
+    assert len(records) == 2 * 302 and {r["arm"] for r in records} == {"policy", "reference"}
+    # The base model's score is its own, paired with the policy's on the same questions: one step moved it little.
+    by_arm = {arm: {r["prompt_id"]: r["margin"] for r in records if r["arm"] == arm} for arm in ("policy", "reference")}
+    assert by_arm["policy"].keys() == by_arm["reference"].keys()
+    assert all(r["correct"] == float(r["margin"] > 0) for r in records)
+
+
+def test_capability_pairs_differ_in_the_answer_alone():
+    """A true and a false statement of the same form: the same words but the answer's slot, a number off by 1, 2
+    or 10, a word from the same category; so a change of answer format cannot move the score."""
+    from alignlab.data.counterfactual_eval import fact_minimal_pairs
+    from alignlab.data.offline import bundled_path
+    from alignlab.data.sources import strict_jsonl
+
+    rows = [row for _, row in strict_jsonl(bundled_path("short_facts"))]
+    pairs = fact_minimal_pairs(rows)
+    assert len(pairs) == len(rows) == 302 and len({p["prompt_id"] for p in pairs}) == 302
+    answers = {row["category"]: set() for row in rows}
+    for row in rows:
+        answers[row["category"]].add(row["answer"])
+    for row, pair in zip(rows, pairs, strict=True):
+        assert pair["true"] == row["chosen"] != pair["false"]
+        head, _, tail = row["chosen"].rpartition(row["answer"])
+        assert pair["false"].startswith(head) and pair["false"].endswith(tail)
+        wrong = pair["false"][len(head): len(pair["false"]) - len(tail)]
+        if row["answer"].isdigit():
+            assert abs(int(wrong) - int(row["answer"])) in (1, 2, 10) or wrong == "0"
+        else:
+            assert wrong in answers[row["category"]] and wrong.lower() != row["answer"].lower()
+    assert fact_minimal_pairs(rows) == pairs  # seeded
 
 
 def test_variants_share_the_answers_of_a_common_condition(tiny, write_jsonl, tmp_path):

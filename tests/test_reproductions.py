@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from .conftest import compose_config
@@ -25,15 +26,25 @@ def oaif_runs() -> list[tuple[str, str, list[str]]]:
             runs.append((name, command, [o.replace("$ROOT", "experiments/oaif/runs") for o in overrides]))
     return runs
 
+
+COUNTERFACTUAL = OAIF.parent / "counterfactual_dpo"
+# What experiments/counterfactual_dpo/run.sh adds to every training and evaluation command.
+COUNTERFACTUAL_TRAIN_EXTRA = ["trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false",
+                              "~callbacks.checkpoint"]
+COUNTERFACTUAL_EVAL = ["generate.num_prompts=100", "sampling.max_new_tokens=80"]
+
+
+def counterfactual_runs() -> list[tuple[str, list[str]]]:
+    """(name, overrides) of every line of experiments/counterfactual_dpo/runs.txt, which run.sh reads."""
+    return [(line.split()[0], line.split()[1:]) for line in (COUNTERFACTUAL / "runs.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
 TRAIN = [
     # experiments/dpo_family/run.sh (one job of its multirun)
     ["experiment=dpo_family", "loss=ipo", "loss.beta=0.5", "trainer.enable_progress_bar=false"],
-    # experiments/counterfactual_dpo/run.sh
-    ["experiment=counterfactual_dpo", "behavior=french", "data.variant=enc", "data.filter_by_measure=true"],
-    ["experiment=counterfactual_dpo", "behavior=ignore_brevity", "data.variant=instruction_negation"],
 ]
-EVAL = [["generate.num_prompts=30", "sampling.max_new_tokens=64"],
-        ["generate.num_prompts=17", "sampling.max_new_tokens=80"]]
+EVAL = [["generate.num_prompts=30", "sampling.max_new_tokens=64"], COUNTERFACTUAL_EVAL]
 
 
 @pytest.mark.parametrize("overrides", TRAIN, ids=lambda o: " ".join(o))
@@ -77,3 +88,78 @@ def test_every_oaif_command_composes(name, command, overrides):
         assert cfg.data.unfinished == "keep" and cfg.data.prompts.val_fraction == 0.25
     else:
         assert cfg.trainer.max_steps == 28 and cfg.data.prompts.path.endswith("/pairs.jsonl")
+
+
+def test_counterfactual_run_sh_reads_the_runs_file():
+    script = (COUNTERFACTUAL / "run.sh").read_text()
+    assert "runs.txt" in script and "experiment=counterfactual_dpo" in script
+    assert all(extra in script for extra in COUNTERFACTUAL_TRAIN_EXTRA + COUNTERFACTUAL_EVAL)
+
+
+@pytest.mark.parametrize("name, overrides", counterfactual_runs(), ids=[r[0] for r in counterfactual_runs()])
+def test_every_counterfactual_command_composes(name, overrides):
+    """Every run sees the same split and the same cached answers (the sampling seed is fixed, not the run's), and
+    its variant can be built from its behaviour's instructions; the control carries a system prompt unless the
+    run is one of the confound checks."""
+    cfg = compose_config("train", ["experiment=counterfactual_dpo", *overrides, *COUNTERFACTUAL_TRAIN_EXTRA])
+    data = cfg.data
+    assert (data.prompts.path.endswith("open_questions.jsonl"), data.prompts.val_fraction, data.prompts.seed,
+            data.sampling.seed) == (True, 0.25, 0, 0)
+    assert data.seed == cfg.seed and f"seed{cfg.seed}" in name
+    assert (data.prompts.system_prompt is None) == ("_default_" in name)
+    behavior = instantiate(cfg.behavior)
+    behavior.require(data.variant)
+    assert behavior.measure is not None
+
+
+def _load_report(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_report", OAIF.parent / name / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_counterfactual_run(root: Path, name: str, seed: int, trained: list[float], system_prompt) -> None:
+    """A run folder as run.sh leaves it: config, eval.json, behaviour and capability records on 4 prompts."""
+    import json
+
+    run = root / name
+    (run / "eval" / "records").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": seed, "data": {"prompts": {"system_prompt": system_prompt}}}),
+                   run / "config.yaml")
+    (run / "eval" / "eval.json").write_text(json.dumps(
+        {"rewards/accuracies": 0.9, "behavior": {"behavior": "spanish", "variant": "enc"}}))
+    arms = {"policy": trained, "reference": [0.0] * 4, "reference_encourage": [1.0, 1.0, 0.0, 1.0]}
+    with (run / "eval" / "records" / "behavior.jsonl").open("w") as f:
+        for arm, measures in arms.items():
+            for i, m in enumerate(measures):
+                f.write(json.dumps({"prompt_id": f"q{i}", "arm": arm, "measure": m, "length": 10 + i}) + "\n")
+    with (run / "eval" / "records" / "capability.jsonl").open("w") as f:
+        for arm, correct in (("policy", [1, 1, 0, 1]), ("reference", [1, 0, 0, 1])):
+            for i, c in enumerate(correct):
+                f.write(json.dumps({"prompt_id": f"f{i}", "arm": arm, "correct": float(c),
+                                    "margin": 1.0 if c else -1.0}) + "\n")
+
+
+def test_counterfactual_report_pools_seeds_and_pairs_prompts(tmp_path):
+    """Seeds are pooled per prompt before the bootstrap; the default-system-prompt run appears only in the
+    confound table, paired with the neutral run of the same seed."""
+    report = _load_report("counterfactual_dpo")
+    root = tmp_path / "runs"
+    _fake_counterfactual_run(root, "spanish_enc_seed0", 0, [1.0, 0.0, 0.0, 1.0], "Always answer.")
+    _fake_counterfactual_run(root, "spanish_enc_seed1", 1, [1.0, 1.0, 0.0, 1.0], "Always answer.")
+    _fake_counterfactual_run(root, "spanish_enc_default_seed0", 0, [0.0, 0.0, 0.0, 0.0], None)
+    (root / "wall_times.txt").write_text("== spanish_enc_seed0: 600 s\n")
+    text = report.main(root, tmp_path)
+    behaviour = next(line for line in text.splitlines() if line.startswith("| spanish | enc | 0, 1 |"))
+    cells = [c.strip() for c in behaviour.strip("|").split("|")]
+    # per-prompt means over the two seeds: 1, 0.5, 0, 1 -> 0.625; the base: 0; told: 0.75
+    assert cells[4].startswith("0 ") and cells[5].startswith("0.75 ") and cells[6].startswith("0.625 ")
+    assert cells[7].startswith("+0.625 ")
+    confound = next(line for line in text.splitlines() if line.startswith("| spanish | enc | 0 |"))
+    assert "-0.5 " in confound  # default (0) minus neutral seed 0 (0.5) on the same prompts
+    capability = next(line for line in text.splitlines() if line.startswith("| spanish | enc | neutral |"))
+    assert "0.75 [" in capability and "+0.25 [" in capability
+    assert "| spanish_enc_seed0 | 10.0 |" in text and (tmp_path / "results.png").is_file()

