@@ -188,7 +188,8 @@ def length_controlled_lines(frames: dict[tuple[str, int], pd.DataFrame], final: 
 def paired_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int) -> list[str]:
     online, offline = final_answers(frames, "online", final), final_answers(frames, "offline", final)
     rows = []
-    for metric, title in (("win", "win rate vs initial"), ("reward", "reward"), ("length", "length (tokens)")):
+    for metric, title in (("win", "win rate vs initial"), ("reward", "reward"),
+                          ("correct", "correct (the reward's +1 part)"), ("length", "length (tokens)")):
         d = paired_difference(offline, online, metric, RESAMPLES, SEED)
         rows.append([title, interval_text(d.mean, d.low, d.high, signed=True), p_text(d.p_value), d.n])
     return [f"**Online minus offline at step {final}**, paired by prompt (seeds and samples pooled per prompt)", "",
