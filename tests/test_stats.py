@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from alignlab.compare import Run, head_to_head, main, plot, plot_records
-from alignlab.compare.per_prompt import Resampling, curve_table, group_intervals, with_metric
+from alignlab.compare.per_prompt import Resampling, curve_table, group_intervals, wall_time_lines, with_metric
 from alignlab.judges.base import Verdicts
 from alignlab.records import append_records, record, records_path
 from alignlab.stats import (
@@ -340,3 +340,11 @@ def test_head_to_head_pairs_shared_prompts_and_counts_ties_half():
     prompts, pairs, metas = judge.calls[0]
     assert prompts[0] == "question p0" and pairs[0] == ("x" * 10, "x" * 5) and metas[0] == {"prompt_id": "p0"}
     assert result.length_controlled is not None and result.length_controlled.length_slope > 0
+
+
+def test_wall_times_keep_a_reruns_time_and_the_logs_other_lines(tmp_path):
+    assert wall_time_lines(tmp_path) == []
+    (tmp_path / "wall_times.txt").write_text("== a: 120 s\n== b: 60 s\n== a: 180 s\n== run.sh, all runs it started: 240 s\n")
+    text = "\n".join(wall_time_lines(tmp_path))
+    assert "| a | 3.0 |" in text and "| b | 1.0 |" in text and "| total of the runs above | 4.0 |" in text
+    assert "| a | 2.0 |" not in text and "- run.sh, all runs it started: 240 s" in text

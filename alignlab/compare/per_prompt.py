@@ -291,14 +291,18 @@ def length_controlled_markdown(table: pd.DataFrame, by: list[str]) -> str:
 
 def wall_time_lines(root: Path) -> list[str]:
     """A Markdown section of the minutes each run took, from a reproduction's ``run.sh`` log ``<root>/wall_times.txt``
-    (lines ``== <run>: <seconds> s``; a rerun's time replaces an interrupted one's); empty when there is none."""
+    (lines ``== <run>: <seconds> s``; a rerun's time replaces an interrupted one's), followed by the log's other
+    lines (a whole script's time, the load it ran under) as they are; empty when there is no log."""
     file = Path(root) / "wall_times.txt"
     if not file.is_file():
         return []
-    times = {}
+    times, notes = {}, []
     for line in file.read_text().splitlines():
         if m := re.match(r"== (\S+): (\d+) s$", line):
             times[m.group(1)] = int(m.group(2))
+        elif line.strip():
+            notes.append(f"- {line.removeprefix('== ')}")
     rows = [[name, f"{seconds / 60:.1f}"] for name, seconds in times.items()]
     rows.append(["total of the runs above", f"{sum(times.values()) / 60:.1f}"])
-    return ["## Wall times (run.sh, `wall_times.txt`)", "", markdown(["run", "minutes"], rows), ""]
+    return ["## Wall times (run.sh, `wall_times.txt`)", "", markdown(["run", "minutes"], rows), "",
+            *([*notes, ""] if notes else [])]

@@ -17,6 +17,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
+from alignlab.compare.per_prompt import wall_time_lines
 from alignlab.opo.summary import MODEL, cell, edit_summary, interval, recall, subset
 from alignlab.records import read_records
 from alignlab.stats import paired_difference
@@ -201,11 +202,6 @@ def letter_table(letter: pd.DataFrame) -> list[str]:
     return lines
 
 
-def wall_times(root: Path) -> list[str]:
-    path = root / "wall_times.txt"
-    return [f"- {line.removeprefix('== ')}" for line in path.read_text().splitlines()] if path.is_file() else []
-
-
 def main(root: Path) -> None:
     df, edits = load(root)
     likelihood, letter = df[df["run"] != "letter"], df[df["run"] == "letter"]
@@ -226,8 +222,7 @@ def main(root: Path) -> None:
              "## Edit demonstration (one edit per rule, each applied alone)", "", *edit_tables(edits), ""]
     if not letter.empty:
         lines += ["## Letter-logit scoring (4 option orders averaged)", "", *letter_table(letter), ""]
-    if times := wall_times(root):
-        lines += ["## Wall times (run.sh)", "", *times, ""]
+    lines += wall_time_lines(root)
     table = "\n".join(lines)
     (HERE / "results.md").write_text(table)
     print(table)
