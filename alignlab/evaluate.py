@@ -2,7 +2,8 @@
 
 Two measurements of a saved policy against its reference, on held-out data:
 
-* **pairs**: the DPO metrics (``rewards/accuracies``, ``rewards/margins``, ``logps/*``) on the held-out pairs;
+* **pairs**: the DPO metrics (``rewards/accuracies``, ``rewards/margins``, ``logps/*``) on the held-out pairs,
+  and each pair's margin as a row of ``records/pairs.jsonl`` (an interval over pairs, a pairing across runs);
 * **samples** (``generate.enabled``): ``generate.n_samples`` answers per held-out prompt from the policy and from
   the reference, same seed and ``sampling``, scored by ``reward`` (for the bundled data, :class:`AnswerRater`):
   mean reward, its parts, mean length in tokens, the share that ended with EOS, and the policy's win rate over the
@@ -106,6 +107,7 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         device = trainer.strategy.root_device
         policy.to(device)
         reference.to(device)
+        recorder.write("pairs", pair_rows(module, loader, device))
 
     if cfg.generate.enabled:
         sampling = instantiate(cfg.sampling)
@@ -121,6 +123,27 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     _print_summary(metrics)
     print(f"results: {output_dir / 'eval.json'}; per-prompt records: {output_dir / 'records'}")
     return metrics, {"datamodule": datamodule, "output_dir": output_dir, "recorder": recorder}
+
+
+@torch.no_grad()
+def pair_rows(module: PreferenceModule, loader, device) -> list[dict[str, Any]]:
+    """One record per pair of ``loader``: ``h``, the policy's log-ratio margin over the reference
+    ``(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))`` on summed log-probs (the quantity IPO
+    drives to 1/(2 beta) and DPO keeps pushing up), ``margin = beta * h`` (the implicit reward margin) and
+    ``correct`` (margin > 0), keyed by the pair's prompt id so that runs can be paired on the same pairs."""
+    owners = {pair.example_id: pair for pair in loader.dataset}
+    rows = []
+    with module.evaluating():
+        for batch in loader:
+            batch = batch.to(device)
+            policy, reference = module.policy_logps(batch), module.reference_pair_logps(batch)
+            chosen, rejected = module.loss.rewards(policy.chosen, policy.rejected,
+                                                   *((reference.chosen, reference.rejected) if reference else (None, None)))
+            for example_id, c, r in zip(batch.example_id.tolist(), chosen.tolist(), rejected.tolist(), strict=True):
+                pair = owners[example_id]
+                rows.append({"prompt_id": pair.meta.get("prompt_id") or pair.where, "arm": "policy",
+                             "margin": c - r, "h": (c - r) / module.loss.beta, "correct": c > r})
+    return rows
 
 
 def _print_summary(metrics: dict[str, Any]) -> None:

@@ -70,16 +70,16 @@ def reference_answers(reference: Reference, tokenizer, prompts: list[list[int]],
     return gens
 
 
-def kl_to_reference(policy, reference: Reference, prompts: list[list[int]], gens: list[Generation], pad_id: int,
-                    eos_id: int, batch_size: int = 16) -> float:
-    """Monte-Carlo estimate of KL(policy || reference) per answer: mean of ``log pi(y|x) - log pi_ref(y|x)`` over
-    the policy's own samples. With temperature != 1 the samples come from the tempered policy, so this is an
-    estimate of the divergence the sampled answers actually show."""
+def log_ratios(policy, reference: Reference, prompts: list[list[int]], gens: list[Generation], pad_id: int,
+               eos_id: int, batch_size: int = 16) -> list[float | None]:
+    """``log pi(y|x) - log pi_ref(y|x)`` of each of the policy's own sampled answers (None for an empty one): their
+    mean is a Monte-Carlo estimate of KL(policy || reference) per answer, and kept per answer it gives that
+    estimate an interval over prompts. With temperature != 1 the samples come from the tempered policy, so this
+    estimates the divergence the sampled answers actually show."""
     mine = answer_logps(policy, prompts, gens, pad_id, eos_id, batch_size)
     with reference.as_model() as model:
         theirs = answer_logps(model, prompts, gens, pad_id, eos_id, batch_size)
-    diffs = [a - b for a, b in zip(mine, theirs, strict=True) if a is not None]
-    return statistics.fmean(diffs) if diffs else 0.0
+    return [None if a is None else a - b for a, b in zip(mine, theirs, strict=True)]
 
 
 def sample_and_rate(policy, reference: Reference, tokenizer, examples: list[PromptExample], sampling: Sampling,
@@ -98,9 +98,10 @@ def sample_and_rate(policy, reference: Reference, tokenizer, examples: list[Prom
     outputs = {"policy": generate(policy, tokenizer, prompts, sampling, progress="sampling (policy)"),
                "reference": reference_answers(reference, tokenizer, prompts, sampling, cache)}
     result: dict[str, Any] = {"num_prompts": len(examples), "n_samples": n_samples}
-    result["policy/kl_to_reference"] = kl_to_reference(policy, reference, prompts, outputs["policy"],
-                                                       tokenizer.pad_token_id, tokenizer.eos_token_id,
-                                                       sampling.batch_size or 16)
+    ratios = log_ratios(policy, reference, prompts, outputs["policy"], tokenizer.pad_token_id,
+                        tokenizer.eos_token_id, sampling.batch_size or 16)
+    known = [r for r in ratios if r is not None]
+    result["policy/kl_to_reference"] = statistics.fmean(known) if known else 0.0
     ratings: dict[str, list] = {}
     for who, gens in outputs.items():
         result[f"{who}/mean_length"] = statistics.fmean(len(g.token_ids) for g in gens)
@@ -131,12 +132,13 @@ def sample_and_rate(policy, reference: Reference, tokenizer, examples: list[Prom
     result["examples"] = [{"prompt": e.question, "policy": a.text, "reference": b.text}
                           for e, a, b in list(zip(owners, outputs["policy"], outputs["reference"], strict=True))[:8]]
     if recorder is not None:
-        recorder.write(evaluation, _rows(owners, n_samples, outputs, ratings, verdicts), step)
+        recorder.write(evaluation, _rows(owners, n_samples, outputs, ratings, verdicts, ratios), step)
     return result
 
 
-def _rows(owners, n_samples, outputs, ratings, verdicts) -> list[dict[str, Any]]:
-    """One record per prompt, sample and arm; the policy's rows carry the evaluator's verdict."""
+def _rows(owners, n_samples, outputs, ratings, verdicts, ratios) -> list[dict[str, Any]]:
+    """One record per prompt, sample and arm; the policy's rows carry the evaluator's verdict and the answer's
+    ``log_ratio`` (log pi - log pi_ref, the per-answer KL estimate)."""
     rows = []
     policy, reference = outputs["policy"], outputs["reference"]
     for i, example in enumerate(owners):
@@ -150,6 +152,8 @@ def _rows(owners, n_samples, outputs, ratings, verdicts) -> list[dict[str, Any]]
                 row.update(reward=rating.reward, correct=rating.correct,
                            reward_parts={"correct": rating.correct, "concise": rating.concise,
                                          "filler": rating.filler})
+            if arm == "policy":
+                row["log_ratio"] = ratios[i]
             if verdicts is not None and arm == "policy":
                 row["verdict"] = verdicts.prob_first[i]
                 row["verdict_orders"] = list(verdicts.orders[i]) if verdicts.orders else None

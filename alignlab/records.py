@@ -19,7 +19,9 @@ A row's fields (missing values are ``None``; extra fields are allowed and kept):
   ``correct`` for a question with a known answer;
 * ``verdict``: an evaluator's probability that this answer beats ``reference_answer`` (orders averaged);
   ``verdict_orders``: the probability in each order shown to the evaluator (``[answer first, answer second]``);
-* ``reference_answer``, ``reference_length``: the answer it was compared with.
+* ``reference_answer``, ``reference_length``: the answer it was compared with;
+* ``log_ratio``: ``log pi(answer) - log pi_ref(answer)`` of a policy's own sample, whose mean estimates
+  KL(policy || reference) per answer.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from alignlab.data.sources import strict_jsonl
 
 FIELDS = ("evaluation", "prompt_id", "prompt", "arm", "sample", "step", "seed", "answer", "length", "finished",
           "reward", "reward_parts", "measure", "correct", "verdict", "verdict_orders", "reference_answer",
-          "reference_length")
+          "reference_length", "log_ratio")
 
 
 def record(**fields: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import pytest
 from omegaconf import open_dict
 
 from alignlab.evaluate import run_evaluate
+from alignlab.records import read_records
 from alignlab.train import run_train
 
 from .conftest import compose_config
@@ -30,6 +31,9 @@ def test_untrained_policy_equals_its_reference(make_cfg, tmp_path):
     assert metrics["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
     samples = metrics["samples"]
     assert samples["policy/kl_to_reference"] == pytest.approx(0.0, abs=1e-3)
+    rows = read_records(tmp_path / "eval" / "records" / "eval.jsonl")
+    ratios = rows.loc[rows["arm"] == "policy", "log_ratio"]
+    assert len(ratios) == 6 and ratios.abs().max() < 1e-3 and rows.loc[rows["arm"] == "reference", "log_ratio"].isna().all()
     assert samples["policy/reward"] == pytest.approx(samples["reference/reward"])  # same seed, same weights
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert saved["samples"]["num_prompts"] == 6 and len(saved["samples"]["examples"]) == 6
@@ -41,4 +45,9 @@ def test_trained_policy_ranks_held_out_pairs(make_cfg, tmp_path):
     _, run = run_train(cfg)
     metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval", "generate.enabled=false"))
     assert metrics["num_pairs"] == 30 and metrics["rewards/accuracies"] > 0.6 and metrics["rewards/margins"] > 0
+    pairs = read_records(tmp_path / "eval" / "records" / "pairs.jsonl")  # the same pairs, one row each
+    assert len(pairs) == 30 and pairs["prompt_id"].nunique() == 30
+    assert pairs["margin"].mean() == pytest.approx(metrics["rewards/margins"], rel=1e-4)
+    assert pairs["correct"].mean() == pytest.approx(metrics["rewards/accuracies"])
+    assert (pairs["h"] * cfg.loss.beta).tolist() == pytest.approx(pairs["margin"].tolist())
     assert "samples" not in metrics
