@@ -424,7 +424,7 @@ def experiment_runs() -> list[tuple[str, str, list[str]]]:
 
 def test_run_sh_reads_the_runs_file():
     script = (ROOT / "experiments" / "opo" / "run.sh").read_text()
-    assert "runs.txt" in script and "alignlab-$config" in script
+    assert "runs.txt" in script and "alignlab-$command" in script and "run_each" in script
     assert len(experiment_runs()) >= 4
 
 

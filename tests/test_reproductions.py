@@ -3,6 +3,7 @@ override they pass names a key that exists. (The OPO experiment's commands are c
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from omegaconf import OmegaConf
 
 from .conftest import compose_config
 
-OAIF = Path(__file__).resolve().parent.parent / "experiments" / "oaif"
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+OAIF = EXPERIMENTS / "oaif"
 # What experiments/oaif/run.sh adds to every training command.
 OAIF_TRAIN_EXTRA = ["trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false", "save_policy=false",
                     "~callbacks.checkpoint"]
@@ -163,3 +165,34 @@ def test_counterfactual_report_pools_seeds_and_pairs_prompts(tmp_path):
     capability = next(line for line in text.splitlines() if line.startswith("| spanish | enc | neutral |"))
     assert "0.75 [" in capability and "+0.25 [" in capability
     assert "| spanish_enc_seed0 | 10.0 |" in text and (tmp_path / "results.png").is_file()
+
+
+def test_run_each_resumes_moves_an_interrupted_run_aside_and_times_each_run(tmp_path):
+    """experiments/run_each.sh, which every run.sh sources: finished runs are kept, an unfinished folder is moved
+    aside before its run starts again, overrides reach the command unchanged ($ROOT replaced, brackets not
+    expanded), each run's wall time is logged, and a failing run stops the script."""
+    root = tmp_path / "runs"
+    (root / "done").mkdir(parents=True)
+    (root / "done" / "result.json").write_text("{}")
+    (root / "half").mkdir()
+    (root / "half" / "partial.txt").write_text("")
+    (tmp_path / "conditions=t").write_text("")  # what conditions=[top] would glob to
+    (tmp_path / "runs.txt").write_text("# a comment\n\ndone a=1\nhalf conditions=[top] path=$ROOT/x\nnew b=2\n")
+    script = f"""set -euo pipefail
+source {EXPERIMENTS / "run_each.sh"}
+one() {{ mkdir -p "{root}/$1"; printf '%s\\n' "$@" > "{root}/$1/args.txt"; [ "$1" != fail ] || exit 3
+         echo '{{}}' > "{root}/$1/result.json"; }}
+run_each runs.txt {root} "result.json|other.json" one
+"""
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "== done: finished earlier, kept" in done.stdout and not (root / "done" / "args.txt").exists()
+    assert (root / "half" / "args.txt").read_text().split() == ["half", "conditions=[top]", f"path={root}/x"]
+    moved = [p for p in root.iterdir() if p.name.startswith("half.interrupted.")]
+    assert len(moved) == 1 and (moved[0] / "partial.txt").exists()
+    times = (root / "wall_times.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in times] == ["== half", "== new", "== run.sh, all runs it started"]
+
+    (tmp_path / "runs.txt").write_text("fail c=3\nafter d=4\n")
+    failed = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert failed.returncode == 3 and not (root / "after").exists()

@@ -1,0 +1,32 @@
+# The loop every reproduction's run.sh shares (sourced, not run): `run_each RUNS ROOT DONE FUNCTION`.
+#
+# For each line `<name> <words...>` of the file RUNS (blank lines and `#` comments skipped), in order:
+# - skip the run when ROOT/<name>/ holds one of the files DONE names (`|`-separated: "summary.json|pairs.jsonl"),
+#   so that a rerun resumes where an interrupted one stopped;
+# - move an unfinished ROOT/<name>/ aside to ROOT/<name>.interrupted.<time> (a new run must not mix with it);
+# - call `FUNCTION <name> <words...>` with stdin closed, with `$ROOT` in the words replaced by ROOT;
+# - append `== <name>: <seconds> s` to ROOT/wall_times.txt: the wall time as this script ran it.
+# Ends with `== run.sh, all runs it started: <seconds> s` when it started any. Word splitting only, no filename
+# expansion, so that overrides such as `conditions=[top]` pass through unchanged.
+run_each() {
+  local runs=$1 root=$2 done=$3 fn=$4 started=0 name rest marker finished start
+  mkdir -p "$root"
+  while read -r name rest; do
+    [[ -z $name || $name == \#* ]] && continue
+    finished=0
+    for marker in ${done//|/ }; do if [ -f "$root/$name/$marker" ]; then finished=1; fi; done
+    if [ "$finished" = 1 ]; then
+      echo "== $name: finished earlier, kept"
+      continue
+    fi
+    if [ -d "$root/$name" ]; then mv "$root/$name" "$root/$name.interrupted.$(date +%s)"; fi
+    echo "== $name: ${rest//\$ROOT/$root}"
+    start=$SECONDS started=1
+    set -f
+    # shellcheck disable=SC2086  # the words are overrides
+    "$fn" "$name" ${rest//\$ROOT/$root} </dev/null
+    set +f
+    echo "== $name: $((SECONDS - start)) s" | tee -a "$root/wall_times.txt"
+  done <"$runs"
+  if [ "$started" = 1 ]; then echo "== run.sh, all runs it started: $SECONDS s" | tee -a "$root/wall_times.txt"; fi
+}
