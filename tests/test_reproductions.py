@@ -36,30 +36,51 @@ COUNTERFACTUAL_TRAIN_EXTRA = ["trainer.enable_progress_bar=false", "+trainer.ena
 COUNTERFACTUAL_EVAL = ["generate.num_prompts=100", "sampling.max_new_tokens=80"]
 
 
-def counterfactual_runs() -> list[tuple[str, list[str]]]:
-    """(name, overrides) of every line of experiments/counterfactual_dpo/runs.txt, which run.sh reads."""
-    return [(line.split()[0], line.split()[1:]) for line in (COUNTERFACTUAL / "runs.txt").read_text().splitlines()
+def runs_file(experiment: str) -> list[tuple[str, list[str]]]:
+    """(name, overrides) of every line of experiments/<experiment>/runs.txt, which its run.sh reads."""
+    return [(line.split()[0], line.split()[1:]) for line in (EXPERIMENTS / experiment / "runs.txt").read_text().splitlines()
             if line.strip() and not line.startswith("#")]
 
 
-TRAIN = [
-    # experiments/dpo_family/run.sh (one job of its multirun)
-    ["experiment=dpo_family", "loss=ipo", "loss.beta=0.5", "trainer.enable_progress_bar=false"],
-]
-EVAL = [["generate.num_prompts=30", "sampling.max_new_tokens=64"], COUNTERFACTUAL_EVAL]
+def counterfactual_runs() -> list[tuple[str, list[str]]]:
+    return runs_file("counterfactual_dpo")
 
 
-@pytest.mark.parametrize("overrides", TRAIN, ids=lambda o: " ".join(o))
-def test_training_commands_compose(overrides):
-    cfg = compose_config("train", overrides)
-    OmegaConf.to_container(cfg.data, resolve=False)
-    assert cfg.objective.name in ("dpo", "oaif", "counterfactual_dpo")
+def dpo_family_runs() -> list[tuple[str, list[str]]]:
+    return runs_file("dpo_family")
+
+
+# What experiments/dpo_family/run.sh adds to every training and evaluation command.
+DPO_FAMILY_TRAIN_EXTRA = ["trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false",
+                          "~callbacks.checkpoint"]
+DPO_FAMILY_EVAL = ["generate.num_prompts=100", "generate.n_samples=4", "sampling.batch_size=32",
+                   "sampling.max_new_tokens=64"]
+EVAL = [DPO_FAMILY_EVAL, COUNTERFACTUAL_EVAL]
 
 
 @pytest.mark.parametrize("overrides", EVAL, ids=lambda o: " ".join(o))
 def test_evaluation_commands_compose(overrides):
     cfg = compose_config("eval", ["policy_path=somewhere", *overrides])
     assert cfg.generate.enabled and cfg.sampling.max_new_tokens in (64, 80)
+
+
+def test_dpo_family_run_sh_reads_the_runs_file():
+    script = (EXPERIMENTS / "dpo_family" / "run.sh").read_text()
+    assert "runs.txt" in script and "experiment=dpo_family" in script and "run_each" in script
+    assert all(extra in script for extra in DPO_FAMILY_TRAIN_EXTRA + DPO_FAMILY_EVAL)
+    grid = {(o[0], o[1]) for _, o in dpo_family_runs()}
+    assert {("loss=sigmoid", "loss.beta=0.1"), ("loss=ipo", "loss.beta=0.5"), ("loss=hinge", "loss.beta=0.1")} <= grid
+
+
+@pytest.mark.parametrize("name, overrides", dpo_family_runs(), ids=[r[0] for r in dpo_family_runs()])
+def test_every_dpo_family_command_composes(name, overrides):
+    """Every run trains on the same split (the split's seed is fixed, not the run's) and is named after its loss,
+    beta and seed."""
+    cfg = compose_config("train", ["experiment=dpo_family", *overrides, *DPO_FAMILY_TRAIN_EXTRA])
+    assert cfg.objective.name == "dpo" and cfg.data.prompts.seed == 0 and cfg.data.prompts.val_fraction == 0.33
+    assert name == f"{cfg.loss.name}_b{cfg.loss.beta}_seed{cfg.seed}"
+    assert cfg.data.seed == cfg.seed and cfg.trainer.max_epochs == 3
+    instantiate(cfg.loss)
 
 
 def test_oaif_run_sh_reads_the_runs_file():
@@ -196,3 +217,50 @@ run_each runs.txt {root} "result.json|other.json" one
     (tmp_path / "runs.txt").write_text("fail c=3\nafter d=4\n")
     failed = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert failed.returncode == 3 and not (root / "after").exists()
+
+
+def _fake_dpo_run(root: Path, name: str, loss: str, beta: float, seed: int, policy_rewards: list[float]) -> None:
+    """A run folder as experiments/dpo_family/run.sh leaves it: config, metrics, eval.json, records on 3
+    questions x 2 samples (reference rewards 0, 0.5, 1 per question), 2 held-out pairs."""
+    import json
+
+    run = root / name
+    (run / "eval" / "records").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": seed, "loss": {"name": loss, "beta": beta}}), run / "config.yaml")
+    (run / "metrics.csv").write_text("step,train/rewards/margins\n" +
+                                     "".join(f"{s},{beta * (s + 1)}\n" for s in range(6)))
+    (run / "eval" / "eval.json").write_text("{}")
+    with (run / "eval" / "records" / "eval.jsonl").open("w") as f:
+        for i in range(3):
+            for sample in range(2):
+                for arm, reward in (("policy", policy_rewards[i]), ("reference", i / 2)):
+                    row = {"prompt_id": f"q{i}", "arm": arm, "sample": sample, "reward": reward,
+                           "correct": float(reward >= 1), "reward_parts": {"concise": 0.25}, "length": 10}
+                    if arm == "policy":
+                        row["log_ratio"] = 2.0 * (sample + 1)
+                    f.write(json.dumps(row) + "\n")
+    with (run / "eval" / "records" / "pairs.jsonl").open("w") as f:
+        for i, margin in enumerate((beta * 4, -beta * 2)):
+            f.write(json.dumps({"prompt_id": f"p{i}", "arm": "policy", "margin": margin, "h": margin / beta,
+                                "correct": margin > 0}) + "\n")
+
+
+def test_dpo_family_report_pairs_questions_pools_seeds_and_compares_betas(tmp_path):
+    report = _load_report("dpo_family")
+    root = tmp_path / "runs"
+    _fake_dpo_run(root, "ipo_b0.5_seed0", "ipo", 0.5, 0, [1.0, 1.0, 1.0])
+    _fake_dpo_run(root, "ipo_b0.5_seed1", "ipo", 0.5, 1, [0.0, 0.5, 1.0])
+    _fake_dpo_run(root, "ipo_b0.1_seed0", "ipo", 0.1, 0, [0.5, 0.5, 0.5])
+    text = report.main(root, tmp_path)
+    lines = text.splitlines()
+    row = next(line for line in lines if line.startswith("| ipo | 0.5 | 0, 1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # per question, seeds pooled: policy 0.5, 0.75, 1 against the reference's 0, 0.5, 1
+    assert cells[3].startswith("0.75 [") and cells[4].startswith("+0.25 [")
+    assert cells[7].startswith("0.667 [") and cells[8].startswith("3 [")  # wins 1, 0.75, 0.5; KL (2 + 4) / 2
+    h_row = next(line for line in lines if line.startswith("| ipo | 0.5 | 0, 1 | 0.5 ["))
+    assert "| 1 [" in h_row and "| 1 |" in h_row and "5.50, 5.50" in h_row  # h 4 and -2; target 1; steps 4, 5 -> h 5, 6
+    beta = next(line for line in lines if line.startswith("| ipo | 0.1 -> 0.5 | 0 |"))
+    assert "| +0.5 [" in beta  # seed 0 only: 1 - 0.5 on every question
+    assert "| ipo | 0.5 | 1 | +0 [" in text  # seed 1 alone equals the reference
+    assert (tmp_path / "results.png").is_file()

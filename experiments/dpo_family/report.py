@@ -1,89 +1,219 @@
-"""Table and plot for the DPO-family miniature, from the run folders that run.sh wrote.
+"""Tables and plot of the DPO-family reproduction, rebuilt from the committed per-prompt records alone.
 
     python experiments/dpo_family/report.py experiments/dpo_family/runs
 
-Reads each run's config.yaml (loss, beta), metrics.csv (training curves) and eval/eval.json (held-out pairs and
-sampled answers), writes results.md and results.png next to this file, and prints the table.
+Reads every evaluated run folder: ``config.yaml`` (loss, beta, seed), ``metrics.csv`` (h during training),
+``eval/records/eval.jsonl`` (4 sampled answers per held-out question from the policy and from the reference, their
+rater reward and parts, length, and the policy answer's log-ratio to the reference) and ``eval/records/pairs.jsonl``
+(each held-out pair's margin and h). Runs are grouped by loss and beta, seeds pooled; writes results.md and
+results.png next to this file (or to ``out``).
+
+Intervals: 95% percentile bootstrap over questions (a question's samples and seeds pooled into its mean);
+differences pair the same questions and carry a two-sided sign-flip permutation p-value (:mod:`alignlab.stats`).
+The reference's answers are the same for every run (sampled once with a fixed seed and cached), so every policy is
+paired with the same reference answers.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from alignlab.compare.per_prompt import interval_text, markdown, p_text, wall_time_lines
+from alignlab.records import read_records
+from alignlab.stats import (
+    bootstrap_mean,
+    interval_of_means,
+    paired_difference,
+    prompt_means,
+    sign_flip_p_value,
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
 
 HERE = Path(__file__).parent
+LOSS_ORDER = ["sigmoid", "ipo", "hinge"]
 
 
-def load_run(run: Path) -> dict | None:
-    eval_file = run / "eval" / "eval.json"
-    if not eval_file.is_file():
-        print(f"skipping {run}: no eval/eval.json", file=sys.stderr)
-        return None
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    beta = float(config["loss"]["beta"])
-    steps = [(int(r["step"]), float(r["train/rewards/margins"]) / beta) for r in rows if r.get("train/rewards/margins")]
-    return {"run": run, "loss": config["loss"]["name"], "beta": beta, "eval": json.loads(eval_file.read_text()),
-            "h_by_step": steps}
+def with_wins(samples: pd.DataFrame) -> pd.DataFrame:
+    """The policy's rows with ``win``: 1 when its answer's reward beats the reference answer of the same question
+    and sample index, 0.5 on a tie, 0 when it loses."""
+    policy = samples[samples["arm"] == "policy"]
+    reference = samples[samples["arm"] == "reference"][["prompt_id", "sample", "reward"]]
+    joined = policy.merge(reference, on=["prompt_id", "sample"], suffixes=("", "_reference"), validate="1:1")
+    joined["win"] = np.sign(joined["reward"] - joined["reward_reference"]) / 2 + 0.5
+    return joined
 
 
-def smooth(values: list[float], window: int = 5) -> list[float]:
-    return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
-            for i in range(len(values))]
+def training_h(metrics: Path, beta: float) -> pd.DataFrame:
+    """h = margin / beta of every training batch (``train/rewards/margins`` is beta * h), by step."""
+    frame = pd.read_csv(metrics)
+    frame = frame.dropna(subset=["train/rewards/margins"])
+    return pd.DataFrame({"step": frame["step"].astype(int), "h": frame["train/rewards/margins"] / beta})
 
 
-def main(root: Path) -> None:
-    runs = [r for r in (load_run(p.parent) for p in sorted(root.glob("multirun/*/*/*/config.yaml"))) if r]
-    runs.sort(key=lambda r: (r["loss"], r["beta"]))
+def load(root: Path) -> pd.DataFrame:
+    """One row per evaluated run: name, loss, beta, seed, its record frames and its training h."""
+    runs = []
+    for eval_file in sorted(root.glob("*/eval/eval.json")):
+        run = eval_file.parent.parent
+        config = OmegaConf.load(run / "config.yaml")
+        beta = float(config.loss.beta)
+        samples = read_records(run / "eval" / "records" / "eval.jsonl")
+        runs.append({"run": run.name, "loss": config.loss.name, "beta": beta, "seed": int(config.seed),
+                     "samples": samples, "policy": with_wins(samples),
+                     "reference": samples[samples["arm"] == "reference"],
+                     "pairs": read_records(run / "eval" / "records" / "pairs.jsonl"),
+                     "training_h": training_h(run / "metrics.csv", beta)})
     if not runs:
-        sys.exit(f"no evaluated runs under {root}")
-    reference = runs[0]["eval"]["samples"]
-    header = ("| loss | beta | held-out pair accuracy | margin | reward of samples | correct | concise | filler "
-              "| mean length (tokens) | KL to reference (nats) | win rate vs reference | final mean h |")
-    lines = [header, "|---" * (header.count("|") - 1) + "|",
-             f"| reference (SmolLM2-135M-Instruct) | - | - | - | {reference['reference/reward']:.3f} | "
-             f"{reference['reference/correct']:.2f} | {reference['reference/concise']:.2f} | "
-             f"{reference['reference/filler']:.2f} | {reference['reference/mean_length']:.1f} | 0 | - | - |"]
-    for r in runs:
-        e, s = r["eval"], r["eval"]["samples"]
-        final_h = sum(h for _, h in r["h_by_step"][-5:]) / max(1, len(r["h_by_step"][-5:]))
-        lines.append(f"| {r['loss']} | {r['beta']} | {e['rewards/accuracies']:.3f} | {e['rewards/margins']:.2f} | "
-                     f"{s['policy/reward']:.3f} | {s['policy/correct']:.2f} | {s['policy/concise']:.2f} | "
-                     f"{s['policy/filler']:.2f} | {s['policy/mean_length']:.1f} | {s['policy/kl_to_reference']:.2f} | "
-                     f"{s['win_rate_vs_reference']:.3f} | {final_h:.2f} |")
-    table = "\n".join(lines)
-    (HERE / "results.md").write_text(table + "\n")
-    print(table)
+        sys.exit(f"no evaluated runs under {root}: run experiments/dpo_family/run.sh")
+    frame = pd.DataFrame(runs)
+    frame["loss_rank"] = frame["loss"].map(lambda name: LOSS_ORDER.index(name) if name in LOSS_ORDER else 99)
+    return frame.sort_values(["loss_rank", "beta", "seed"])
 
-    fig, (ax_h, ax_kl) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in runs:
-        steps, hs = zip(*r["h_by_step"], strict=True)
-        line, = ax_h.plot(steps, smooth(list(hs)), label=f"{r['loss']} beta={r['beta']}")
-        if r["loss"] == "ipo":
-            ax_h.axhline(1 / (2 * r["beta"]), color=line.get_color(), linestyle=":", linewidth=1)
-        s = r["eval"]["samples"]
-        ax_kl.scatter(s["policy/kl_to_reference"], s["policy/reward"], color=line.get_color(), s=40)
-        ax_kl.annotate(f"{r['loss']} {r['beta']}", (s["policy/kl_to_reference"], s["policy/reward"]), fontsize=8)
-    ax_kl.scatter(0, reference["reference/reward"], color="black", marker="x", s=60)
-    ax_kl.annotate("reference", (0, reference["reference/reward"]), fontsize=8)
-    ax_h.set(xlabel="training step", ylabel="mean h = margin / beta (train batches, 5-step mean)",
-             title="log-ratio difference h; dotted: IPO target 1/(2 beta)")
-    ax_h.legend(fontsize=8)
-    ax_kl.set(xlabel="KL(policy || reference) per answer, nats", ylabel="programmatic reward of sampled answers",
-              title="reward vs KL on held-out prompts")
+
+def stacked(group: pd.DataFrame, column: str) -> pd.DataFrame:
+    return pd.concat(list(group[column]), ignore_index=True)
+
+
+def cell(estimate, signed: bool = False) -> str:
+    return interval_text(estimate.mean, estimate.low, estimate.high, signed)
+
+
+def diff_cell(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> str:
+    d = paired_difference(a, b, metric)
+    return f"{cell(d, signed=True)} ({p_text(d.p_value)})"
+
+
+def win_cell(policy: pd.DataFrame) -> str:
+    """Win rate over questions with its interval and the sign-flip p-value of its difference from 0.5."""
+    means = prompt_means(policy, "win")["win"].to_numpy()
+    return f"{cell(interval_of_means(means))} ({p_text(sign_flip_p_value(means - 0.5))})"
+
+
+def seeds(group: pd.DataFrame) -> str:
+    return ", ".join(map(str, group["seed"]))
+
+
+def grouped(runs: pd.DataFrame):
+    for (loss, beta), group in runs.groupby(["loss", "beta"], sort=False):
+        yield loss, beta, group
+
+
+def sample_lines(runs: pd.DataFrame) -> list[str]:
+    reference = runs["reference"].iloc[0]
+    header = ["loss", "beta", "seeds", "reward", "policy - reference", "correct - reference",
+              "concise bonus - reference", "win rate vs reference (p vs 0.5)", "KL to reference (nats/answer)",
+              "mean tokens"]
+    rows = [["reference (SmolLM2-135M-Instruct)", "-", "-", cell(bootstrap_mean(reference, "reward")), "-", "-",
+             "-", "-", "0", f"{reference['length'].mean():.1f}"]]
+    for loss, beta, group in grouped(runs):
+        policy, ref = stacked(group, "policy"), stacked(group, "reference")
+        rows.append([loss, f"{beta:g}", seeds(group), cell(bootstrap_mean(policy, "reward")),
+                     diff_cell(ref, policy, "reward"), diff_cell(ref, policy, "correct"),
+                     diff_cell(with_part(ref, "concise"), with_part(policy, "concise"), "concise"), win_cell(policy),
+                     cell(bootstrap_mean(policy, "log_ratio")), f"{policy['length'].mean():.1f}"])
+    return ["", markdown(header, rows), ""]
+
+
+def with_part(frame: pd.DataFrame, part: str) -> pd.DataFrame:
+    """The rows with one of the rater's parts (``reward_parts[part]``) as a column of its own."""
+    out = frame.copy()
+    out[part] = [parts.get(part) if isinstance(parts, dict) else None for parts in out["reward_parts"]]
+    return out
+
+
+def per_seed_lines(runs: pd.DataFrame) -> list[str]:
+    header = ["loss", "beta", "seed", "policy - reference reward", "KL to reference", "held-out pair accuracy"]
+    rows = []
+    for _, run in runs.iterrows():
+        rows.append([run["loss"], f"{run['beta']:g}", run["seed"], diff_cell(run["reference"], run["policy"], "reward"),
+                     cell(bootstrap_mean(run["policy"], "log_ratio")), f"{run['pairs']['correct'].mean():.3f}"])
+    return ["", markdown(header, rows), ""]
+
+
+def h_lines(runs: pd.DataFrame) -> list[str]:
+    header = ["loss", "beta", "seeds", "held-out pair accuracy", "held-out h", "IPO's target 1/(2 beta)",
+              "training h, mean over the last epoch's batches (per seed)"]
+    rows = []
+    for loss, beta, group in grouped(runs):
+        pairs = stacked(group, "pairs")
+        pairs["correct"] = pairs["correct"].astype(float)
+        last_epoch = [h[h["step"] > h["step"].max() * 2 / 3]["h"].mean() for h in group["training_h"]]
+        rows.append([loss, f"{beta:g}", seeds(group), cell(bootstrap_mean(pairs, "correct")),
+                     cell(bootstrap_mean(pairs, "h")), f"{1 / (2 * beta):g}" if loss == "ipo" else "-",
+                     ", ".join(f"{v:.2f}" for v in last_epoch)])
+    return ["", markdown(header, rows), ""]
+
+
+def beta_lines(runs: pd.DataFrame) -> list[str]:
+    """Each loss's adjacent betas compared on the same questions: does the smaller beta's extra KL buy reward?"""
+    header = ["loss", "beta a -> beta b", "seeds", "KL b - a", "reward b - a", "correct b - a", "mean tokens a / b"]
+    rows = []
+    for loss, by_loss in runs.groupby("loss", sort=False):
+        betas = sorted(by_loss["beta"].unique())
+        for a, b in zip(betas, betas[1:], strict=False):
+            group_a, group_b = by_loss[by_loss["beta"] == a], by_loss[by_loss["beta"] == b]
+            shared = sorted(set(group_a["seed"]) & set(group_b["seed"]))
+            pa = stacked(group_a[group_a["seed"].isin(shared)], "policy")
+            pb = stacked(group_b[group_b["seed"].isin(shared)], "policy")
+            rows.append([loss, f"{a:g} -> {b:g}", ", ".join(map(str, shared)), diff_cell(pa, pb, "log_ratio"),
+                         diff_cell(pa, pb, "reward"), diff_cell(pa, pb, "correct"),
+                         f"{pa['length'].mean():.1f} / {pb['length'].mean():.1f}"])
+    return ["", markdown(header, rows), ""] if rows else ["", "(no loss has finished runs at two betas yet)", ""]
+
+
+def plot(runs: pd.DataFrame, out: Path) -> None:
+    fig, (ax_h, ax_kl) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for loss, beta, group in grouped(runs):
+        curves = pd.concat(list(group["training_h"])).groupby("step")["h"].mean()
+        smooth = curves.rolling(5, min_periods=1).mean()
+        line, = ax_h.plot(smooth.index, smooth.to_numpy(), label=f"{loss}, beta {beta:g}")
+        if loss == "ipo":
+            ax_h.axhline(1 / (2 * beta), color=line.get_color(), linestyle="--", linewidth=0.8)
+        policy, ref = stacked(group, "policy"), stacked(group, "reference")
+        kl, gain = bootstrap_mean(policy, "log_ratio"), paired_difference(ref, policy, "reward")
+        ax_kl.errorbar(kl.mean, gain.mean, xerr=[[kl.mean - kl.low], [kl.high - kl.mean]],
+                       yerr=[[gain.mean - gain.low], [gain.high - gain.mean]], fmt="o", color=line.get_color(),
+                       capsize=3)
+        ax_kl.annotate(f"{loss} {beta:g}", (kl.mean, gain.mean), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax_h.set_yscale("symlog", linthresh=1)
+    ax_h.set_xlabel("training step")
+    ax_h.set_ylabel("h = margin / beta (5-step mean, seeds averaged)")
+    ax_h.set_title("h during training (dashed: IPO's target 1/(2 beta))")
+    ax_h.legend(fontsize=7)
+    ax_kl.axhline(0, color="grey", linewidth=0.8)
+    ax_kl.set_xlabel("KL(policy || reference), nats per answer")
+    ax_kl.set_ylabel("reward gain over the reference")
+    ax_kl.set_title("Reward gain against KL, 95% intervals over questions")
     fig.tight_layout()
-    fig.savefig(HERE / "results.png", dpi=120)
-    print(f"wrote {HERE / 'results.md'} and {HERE / 'results.png'}")
+    fig.savefig(out, dpi=110)
+
+
+def main(root: Path, out: Path = HERE) -> str:
+    """Writes ``out/results.md`` (returned) and ``out/results.png``."""
+    runs = load(root)
+    n_questions = runs["reference"].iloc[0]["prompt_id"].nunique()
+    lines = ["# DPO family reproduction: results", "",
+             f"Generated by `python experiments/dpo_family/report.py {root}` from the committed records of {len(runs)} "
+             f"runs; {n_questions} held-out questions. Intervals: 95% bootstrap over questions (samples and seeds "
+             "pooled per question); differences are paired by question, with sign-flip p-values.", "",
+             "## Sampled answers against the reference's, rated by the program (alignlab/judges/rater.py)",
+             *sample_lines(runs),
+             "## Held-out pairs and h (the log-ratio margin; margin = beta * h)", *h_lines(runs),
+             "## Beta: the KL each loss spends and the reward it buys (adjacent betas, same questions and seeds)",
+             *beta_lines(runs), "## Per seed", *per_seed_lines(runs), *wall_time_lines(root)]
+    text = "\n".join(lines)
+    (out / "results.md").write_text(text)
+    plot(runs, out / "results.png")
+    return text
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else HERE / "runs"))
+    print(main(Path(sys.argv[1] if len(sys.argv) > 1 else HERE / "runs")))

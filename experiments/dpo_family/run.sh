@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Miniature DPO-family reproduction on SmolLM2-135M-Instruct (2 CPU cores): 3 losses x 2 betas, then held-out
-# evaluation of every run, then the table and plot. Writes under experiments/dpo_family/runs/ (git-ignored).
+# DPO family on SmolLM2-135M-Instruct (2 CPU cores): the runs listed in experiments/dpo_family/runs.txt (`<name>
+# <overrides...>`; what each does is said there), one after another, each trained and evaluated, then report.py,
+# which rebuilds results.md and results.png from the runs' committed per-prompt records. Resumable (see
+# experiments/run_each.sh): a run with eval/eval.json is kept; an unfinished one starts again in a fresh folder.
+# Each run's wall time (training plus evaluation), as this script runs it, goes to runs/wall_times.txt.
+# BIN: where the alignlab commands are.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source experiments/run_each.sh
 ROOT=experiments/dpo_family/runs
-BIN=.venv/bin
-if ! ls $ROOT/multirun/*/*/*/policy >/dev/null 2>&1; then
-  $BIN/alignlab-train -m experiment=dpo_family loss=sigmoid,ipo,hinge loss.beta=0.1,0.5 paths.root=$ROOT \
-    trainer.enable_progress_bar=false
-fi
-for run in $(ls -d $ROOT/multirun/*/*/*/ | sort); do
-  [ -f "$run/eval/eval.json" ] && continue  # evaluated earlier
-  # Quoted: multirun folder names hold '=' and ',', which Hydra's override grammar would parse.
-  $BIN/alignlab-eval "policy_path='$run'" "paths.output_dir='$run/eval'" generate.num_prompts=30 \
-    sampling.max_new_tokens=64
-done
-$BIN/python experiments/dpo_family/report.py $ROOT
-# The same runs through the generic comparison tool: table (Markdown, CSV) and learning curves.
-$BIN/alignlab-compare $ROOT --by loss,loss.beta --out experiments/dpo_family/compare \
-  --metrics val/rewards/accuracies,val/rewards/margins,train/loss,eval/samples/policy/reward,eval/samples/policy/kl_to_reference
+BIN=${BIN:-.venv/bin}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+one_run() {  # <name> <overrides...>
+  local name=$1
+  shift
+  "$BIN/alignlab-train" experiment=dpo_family "$@" paths.output_dir="$ROOT/$name" \
+    trainer.enable_progress_bar=false +trainer.enable_checkpointing=false "~callbacks.checkpoint"
+  "$BIN/alignlab-eval" policy_path="$ROOT/$name" paths.output_dir="$ROOT/$name/eval" generate.num_prompts=100 \
+    generate.n_samples=4 sampling.batch_size=32 sampling.max_new_tokens=64
+  rm -rf "$ROOT/$name/policy"  # the weights (540 MB) are not kept: the records say what they did
+}
+
+run_each experiments/dpo_family/runs.txt "$ROOT" "eval/eval.json" one_run
+"$BIN/python" experiments/dpo_family/report.py "$ROOT"
