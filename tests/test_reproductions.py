@@ -115,7 +115,7 @@ def test_every_oaif_command_composes(name, command, overrides):
 
 def test_counterfactual_run_sh_reads_the_runs_file():
     script = (COUNTERFACTUAL / "run.sh").read_text()
-    assert "runs.txt" in script and "experiment=counterfactual_dpo" in script
+    assert "runs.txt" in script and "experiment=counterfactual_dpo" in script and "run_each" in script
     assert all(extra in script for extra in COUNTERFACTUAL_TRAIN_EXTRA + COUNTERFACTUAL_EVAL)
 
 
