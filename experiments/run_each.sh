@@ -30,3 +30,16 @@ run_each() {
   done <"$runs"
   if [ "$started" = 1 ]; then echo "== run.sh, all runs it started: $SECONDS s" | tee -a "$root/wall_times.txt"; fi
 }
+
+# `train_then_eval NAME OVERRIDES...`, the run of the reproductions that train and then evaluate: alignlab-train
+# experiment=$EXPERIMENT OVERRIDES into $ROOT/NAME (no checkpoints, no progress bar), then alignlab-eval of that
+# run into $ROOT/NAME/eval with the overrides of the array EVAL, then the saved weights are deleted (540 MB for
+# SmolLM2; the records say what they did). Reads BIN, ROOT, EXPERIMENT and EVAL from the calling script.
+train_then_eval() {
+  local name=$1
+  shift
+  "$BIN/alignlab-train" experiment="$EXPERIMENT" "$@" paths.output_dir="$ROOT/$name" \
+    trainer.enable_progress_bar=false +trainer.enable_checkpointing=false "~callbacks.checkpoint"
+  "$BIN/alignlab-eval" policy_path="$ROOT/$name" paths.output_dir="$ROOT/$name/eval" "${EVAL[@]}"
+  rm -rf "${ROOT:?}/$name/policy"
+}

@@ -65,8 +65,8 @@ def test_evaluation_commands_compose(overrides):
 
 
 def test_dpo_family_run_sh_reads_the_runs_file():
-    script = (EXPERIMENTS / "dpo_family" / "run.sh").read_text()
-    assert "runs.txt" in script and "experiment=dpo_family" in script and "run_each" in script
+    script = (EXPERIMENTS / "dpo_family" / "run.sh").read_text() + (EXPERIMENTS / "run_each.sh").read_text()
+    assert "runs.txt" in script and "EXPERIMENT=dpo_family" in script and "run_each" in script
     assert all(extra in script for extra in DPO_FAMILY_TRAIN_EXTRA + DPO_FAMILY_EVAL)
     grid = {(o[0], o[1]) for _, o in dpo_family_runs()}
     assert {("loss=sigmoid", "loss.beta=0.1"), ("loss=ipo", "loss.beta=0.5"), ("loss=hinge", "loss.beta=0.1")} <= grid
@@ -114,8 +114,8 @@ def test_every_oaif_command_composes(name, command, overrides):
 
 
 def test_counterfactual_run_sh_reads_the_runs_file():
-    script = (COUNTERFACTUAL / "run.sh").read_text()
-    assert "runs.txt" in script and "experiment=counterfactual_dpo" in script and "run_each" in script
+    script = (COUNTERFACTUAL / "run.sh").read_text() + (EXPERIMENTS / "run_each.sh").read_text()
+    assert "runs.txt" in script and "EXPERIMENT=counterfactual_dpo" in script and "run_each" in script
     assert all(extra in script for extra in COUNTERFACTUAL_TRAIN_EXTRA + COUNTERFACTUAL_EVAL)
 
 
@@ -264,3 +264,29 @@ def test_dpo_family_report_pairs_questions_pools_seeds_and_compares_betas(tmp_pa
     assert "| +0.5 [" in beta  # seed 0 only: 1 - 0.5 on every question
     assert "| ipo | 0.5 | 1 | +0 [" in text  # seed 1 alone equals the reference
     assert (tmp_path / "results.png").is_file()
+
+
+def test_train_then_eval_trains_evaluates_and_deletes_the_weights(tmp_path):
+    """run_each.sh's train_then_eval, with stand-ins for the two commands that log their arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command in ("train", "eval"):
+        script = bin_dir / f"alignlab-{command}"
+        script.write_text(f"#!/usr/bin/env bash\necho {command} \"$@\" >> {tmp_path}/calls.txt\n"
+                          + (f"mkdir -p {tmp_path}/runs/r1/policy\n" if command == "train" else ""))
+        script.chmod(0o755)
+    (tmp_path / "runs.txt").write_text("r1 loss=ipo seed=1\n")
+    script = f"""set -euo pipefail
+source {EXPERIMENTS / "run_each.sh"}
+BIN={bin_dir} ROOT={tmp_path}/runs EXPERIMENT=dpo_family
+EVAL=(generate.n_samples=4 "sampling.max_new_tokens=64")
+run_each runs.txt "$ROOT" eval/eval.json train_then_eval
+"""
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    train, evaluate = (tmp_path / "calls.txt").read_text().splitlines()
+    assert train.split()[:4] == ["train", "experiment=dpo_family", "loss=ipo", "seed=1"]
+    assert f"paths.output_dir={tmp_path}/runs/r1" in train.split() and "~callbacks.checkpoint" in train.split()
+    assert evaluate.split() == ["eval", f"policy_path={tmp_path}/runs/r1", f"paths.output_dir={tmp_path}/runs/r1/eval",
+                                "generate.n_samples=4", "sampling.max_new_tokens=64"]
+    assert not (tmp_path / "runs" / "r1" / "policy").exists()

@@ -13,16 +13,9 @@ ROOT=$HERE/runs
 BIN=${BIN:-.venv/bin}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-one_run() {  # <name> <overrides...>
-  local name=$1
-  shift
-  "$BIN/alignlab-train" experiment=counterfactual_dpo "$@" paths.output_dir="$ROOT/$name" \
-    trainer.enable_progress_bar=false +trainer.enable_checkpointing=false "~callbacks.checkpoint"
-  "$BIN/alignlab-eval" policy_path="$ROOT/$name" paths.output_dir="$ROOT/$name/eval" generate.num_prompts=100 \
-    sampling.batch_size=32 sampling.max_new_tokens=80
-  rm -rf "$ROOT/$name/policy"  # the weights (540 MB) are not kept: the records say what they did
-}
+EXPERIMENT=counterfactual_dpo
+EVAL=(generate.num_prompts=100 sampling.batch_size=32 sampling.max_new_tokens=80)
 
 [ -f $HERE/behaviors/behaviors.md ] || "$BIN/python" $HERE/measure_behaviors.py $HERE/behaviors
-run_each $HERE/runs.txt "$ROOT" "eval/eval.json" one_run
+run_each $HERE/runs.txt "$ROOT" "eval/eval.json" train_then_eval
 "$BIN/python" $HERE/report.py "$ROOT"

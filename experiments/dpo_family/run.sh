@@ -12,15 +12,8 @@ ROOT=experiments/dpo_family/runs
 BIN=${BIN:-.venv/bin}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-one_run() {  # <name> <overrides...>
-  local name=$1
-  shift
-  "$BIN/alignlab-train" experiment=dpo_family "$@" paths.output_dir="$ROOT/$name" \
-    trainer.enable_progress_bar=false +trainer.enable_checkpointing=false "~callbacks.checkpoint"
-  "$BIN/alignlab-eval" policy_path="$ROOT/$name" paths.output_dir="$ROOT/$name/eval" generate.num_prompts=100 \
-    generate.n_samples=4 sampling.batch_size=32 sampling.max_new_tokens=64
-  rm -rf "$ROOT/$name/policy"  # the weights (540 MB) are not kept: the records say what they did
-}
+EXPERIMENT=dpo_family
+EVAL=(generate.num_prompts=100 generate.n_samples=4 sampling.batch_size=32 sampling.max_new_tokens=64)
 
-run_each experiments/dpo_family/runs.txt "$ROOT" "eval/eval.json" one_run
+run_each experiments/dpo_family/runs.txt "$ROOT" "eval/eval.json" train_then_eval
 "$BIN/python" experiments/dpo_family/report.py "$ROOT"
