@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignlab.data.collate import PreferenceBatch
+from alignlab.padding import mask_rows, pad_rows
 
 
 @dataclass
@@ -153,6 +154,28 @@ def response_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, re
     token_logps = -F.cross_entropy(_project(causal_lm, predicting), responses[selected], reduction="none")  # [N]
     return torch.zeros(responses.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(
         0, selected.nonzero()[:, 0], token_logps)
+
+
+@torch.no_grad()
+def sequence_logps(model: nn.Module, prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+                   batch_size: int = 16) -> list[float | None]:
+    """``log p(response | prompt)`` of each pair of token-id lists, computed ``batch_size`` rows at a time without
+    gradients; None for an empty response. For scoring answers that are not in a :class:`PreferenceBatch` (sampled
+    answers, a judge's candidates)."""
+    out: list[float | None] = [None] * len(prompts)
+    device = next(model.parameters()).device
+    rows = [(i, p, r) for i, (p, r) in enumerate(zip(prompts, responses, strict=True)) if r]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start: start + batch_size]
+        prompt_rows, response_rows = [p for _, p, _ in chunk], [r for _, _, r in chunk]
+        p_width, r_width = max(map(len, prompt_rows)), max(map(len, response_rows))
+        tensors = (pad_rows(prompt_rows, p_width, pad_id, left=True), mask_rows(prompt_rows, p_width, left=True),
+                   pad_rows(response_rows, r_width, pad_id, left=False),
+                   mask_rows(response_rows, r_width, left=False))
+        values = response_logps(model, *(t.to(device) for t in tensors)).tolist()
+        for (i, _, _), value in zip(chunk, values, strict=True):
+            out[i] = value
+    return out
 
 
 def pair_logps(model: nn.Module, batch: PreferenceBatch, layout: str = "packed") -> PairLogps:

@@ -13,36 +13,19 @@ import json
 import statistics
 from typing import Any
 
-import torch
-
 from alignlab.answer_cache import AnswerCache, model_fingerprint
 from alignlab.data.prompt_set import PromptExample
-from alignlab.logprobs import response_logps
-from alignlab.padding import mask_rows, pad_rows
+from alignlab.logprobs import sequence_logps
 from alignlab.records import Recorder
 from alignlab.reference import Reference
 from alignlab.sampling import Generation, Sampling, generate
 
 
-@torch.no_grad()
 def answer_logps(model, prompts: list[list[int]], gens: list[Generation], pad_id: int, eos_id: int,
                  batch_size: int = 16) -> list[float | None]:
     """``log p(answer | prompt)`` of each sampled answer (EOS included when it ended); None for an empty one."""
-    out: list[float | None] = [None] * len(prompts)
-    device = next(model.parameters()).device
-    rows = [(i, p, g.token_ids + ([eos_id] if g.finished else [])) for i, (p, g) in
-            enumerate(zip(prompts, gens, strict=True))]
-    rows = [r for r in rows if r[2]]
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start: start + batch_size]
-        prompt_rows, answer_rows = [p for _, p, _ in chunk], [r for _, _, r in chunk]
-        p_width, r_width = max(map(len, prompt_rows)), max(map(len, answer_rows))
-        tensors = (pad_rows(prompt_rows, p_width, pad_id, left=True), mask_rows(prompt_rows, p_width, left=True),
-                   pad_rows(answer_rows, r_width, pad_id, left=False), mask_rows(answer_rows, r_width, left=False))
-        values = response_logps(model, *(t.to(device) for t in tensors)).tolist()
-        for (i, _, _), value in zip(chunk, values, strict=True):
-            out[i] = value
-    return out
+    answers = [g.token_ids + ([eos_id] if g.finished else []) for g in gens]
+    return sequence_logps(model, prompts, answers, pad_id, batch_size)
 
 
 def reference_answer_cache(root=None) -> AnswerCache:

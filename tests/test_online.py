@@ -14,7 +14,7 @@ from alignlab.data.online import OnlinePairsDataModule, PromptBatch
 from alignlab.data.prompt_set import PromptSet
 from alignlab.errors import ConfigError
 from alignlab.judges.base import Verdicts
-from alignlab.judges.llm import PairwiseLLMJudge, PointwiseLLMJudge
+from alignlab.judges.llm import InstructionLikelihoodJudge, PairwiseLLMJudge, PointwiseLLMJudge
 from alignlab.judges.rule import RuleJudge
 from alignlab.models import LoadedModel
 from alignlab.reference import Reference
@@ -85,6 +85,36 @@ def test_pointwise_llm_judge_direction(tiny, monkeypatch):
     # log-odds of 'yes': first answer 1.0, second -1.0 -> the first is better with sigmoid(2).
     monkeypatch.setattr(judge, "log_odds", lambda texts: [1.0, -1.0])
     assert judge(["Q?"], [("good", "bad")]).prob_first == pytest.approx([1 / (1 + math.exp(-2))])
+
+
+def test_instruction_likelihood_judge_reads_the_log_ratio_of_each_answer(tiny):
+    """score(answer) = log p(answer | instruction) - log p(answer | baseline), checked against a plain forward
+    pass over the whole templated sequence; the verdict is the logistic of the score difference, mirrored when the
+    pair is swapped, 0.5 when the instruction is the baseline, None for an empty answer."""
+    judge = InstructionLikelihoodJudge(own_copy(tiny), instruction="Be brief.", baseline="Answer.")
+    tok, model = judge.loaded.tokenizer, judge.loaded.model
+
+    def logp(system: str, prompt: str, answer: str) -> float:
+        head = tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+                                       add_generation_prompt=True, return_dict=True)["input_ids"]
+        tail = tok(answer, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([head + tail])).logits[0].float().log_softmax(-1)
+        return sum(logits[len(head) + i - 1, t].item() for i, t in enumerate(tail))
+
+    scores = judge.scores(["Q one?", "Q two?"], ["a short answer", "another, longer answer here"])
+    expected = [logp("Be brief.", q, a) - logp("Answer.", q, a)
+                for q, a in (("Q one?", "a short answer"), ("Q two?", "another, longer answer here"))]
+    assert scores == pytest.approx(expected, abs=1e-3) and abs(scores[0]) > 1e-3
+    verdicts = judge(["Q?", "Q?"], [("x y z", "w"), ("", "w")])
+    swapped = judge(["Q?"], [("w", "x y z")])
+    sa, sb = judge.scores(["Q?", "Q?"], ["x y z", "w"])
+    assert verdicts.prob_first[0] == pytest.approx(1 / (1 + math.exp(sb - sa)))
+    assert verdicts.prob_first[0] + swapped.prob_first[0] == pytest.approx(1) and verdicts.prob_first[1] is None
+    same = InstructionLikelihoodJudge(own_copy(tiny), instruction="Answer.", baseline="Answer.")
+    assert same(["Q?"], [("x y z", "w")]).prob_first == pytest.approx([0.5])
+    with pytest.raises(ConfigError, match="temperature"):
+        InstructionLikelihoodJudge(own_copy(tiny), instruction="Be brief.", temperature=0)
 
 
 def make_online(tiny, write_jsonl, judge, **kw):

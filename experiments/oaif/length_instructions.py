@@ -1,16 +1,21 @@
 """Before any length-control training: do the annotator's instructions label the initial model's pairs differently?
 
     OMP_NUM_THREADS=2 python experiments/oaif/length_instructions.py experiments/oaif/length_control
+    OMP_NUM_THREADS=2 python experiments/oaif/length_instructions.py experiments/oaif/length_control_short_facts \
+        --prompt-set short_facts --max-new-tokens 64
 
 OAIF's length-control claim is that an instruction to the annotator ("helpful", "helpful and short", "helpful and
 very short") steers the trained policy's length. That can only happen if the instructions give different labels on
-the policy's own pairs. So, on the first ``--prompts`` training prompts of ``open_questions`` (the OAIF split: a
-quarter held out, seed 0), the initial SmolLM2 samples two answers per prompt (the online arm's settings but a
-longer cap, so that answers end on their own), and the pointwise SmolLM2 annotator labels every pair under each
-candidate instruction. Reported per instruction, with 95% bootstrap intervals over prompts: how often it prefers the
-shorter answer of a pair, and on what share of pairs its label differs from ``helpful``'s. Writes ``pairs.jsonl``
-(one row per pair: both answers, lengths, whether each ended, each instruction's P(first better)) and
-``instructions.md``. Resumable: the sampled pairs are kept and only labelled again.
+the policy's own pairs. So, on the first ``--prompts`` training prompts of a bundled prompt set (``--prompt-set``,
+default ``open_questions``; the OAIF split: a quarter held out, seed 0), the initial SmolLM2 samples two answers per prompt (the online arm's settings but a
+longer cap, so that answers end on their own), and two SmolLM2 annotators label every pair under each candidate
+instruction: the pointwise judge (asked "Is this answer ...? Reply with Yes or No.") and the instruction-likelihood
+judge (no question: the instruction as a system message, and the answer it makes more likely than a neutral system
+message does wins). Reported per annotator and instruction, with 95% bootstrap intervals over prompts: how often
+it prefers the shorter answer of a pair, and on what share of pairs its label differs from the same annotator's
+``helpful`` label. Writes ``pairs.jsonl`` (one row per pair: both answers, lengths, whether each ended, each
+instruction's P(first better)) and ``instructions.md``. Resumable: the sampled pairs and every label already in
+``pairs.jsonl`` are kept; only missing labels are computed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from alignlab.compare.per_prompt import interval_text, markdown
 from alignlab.data.offline import bundled_path
 from alignlab.data.pairs import PairTokenizer
 from alignlab.data.prompt_set import PromptSet
-from alignlab.judges.llm import PointwiseLLMJudge
+from alignlab.judges.llm import InstructionLikelihoodJudge, PointwiseLLMJudge
 from alignlab.models import load_pretrained
 from alignlab.sampling import Sampling, generate
 from alignlab.stats import interval_of_means
@@ -41,13 +46,20 @@ INSTRUCTIONS = {
     "helpful_and_very_short": "Is this answer helpful and very short, one sentence at most? Reply with Yes or No.",
     "one_sentence": "Is this answer a single short sentence? Reply with Yes or No.",
 }
+# The instruction-likelihood annotator's instructions (system messages), against NEUTRAL; `helpful` has no length term.
+NEUTRAL = "Always answer the user's question."
+LIKELIHOOD = {
+    "likelihood_helpful": "Always give a helpful, correct and complete answer.",
+    "likelihood_short": "Always give a helpful answer in two or three short sentences.",
+    "likelihood_very_short": "Always answer in one short sentence.",
+}
 
 
-def sample_pairs(loaded, out: Path, n_prompts: int, max_new_tokens: int) -> pd.DataFrame:
+def sample_pairs(loaded, out: Path, prompt_set: str, n_prompts: int, max_new_tokens: int) -> pd.DataFrame:
     if out.is_file():
         return pd.read_json(out, lines=True)
     tokenizer = PairTokenizer(loaded.tokenizer)
-    train, _ = PromptSet(path=bundled_path("open_questions"), val_fraction=0.25, seed=0).read_prompts(tokenizer, {})
+    train, _ = PromptSet(path=bundled_path(prompt_set), val_fraction=0.25, seed=0).read_prompts(tokenizer, {})
     train = train[:n_prompts]
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0.9, top_p=1.0, batch_size=16, seed=0)
     gens = generate(loaded.model, loaded.tokenizer, [e.prompt_ids for e in train for _ in range(2)], sampling,
@@ -62,12 +74,20 @@ def sample_pairs(loaded, out: Path, n_prompts: int, max_new_tokens: int) -> pd.D
     return pd.DataFrame(rows)
 
 
-def label(loaded, pairs: pd.DataFrame) -> pd.DataFrame:
+def label(loaded, pairs: pd.DataFrame, done: pd.DataFrame | None) -> pd.DataFrame:
+    """Every instruction's P(first better) per pair; labels already in ``done`` (the same pairs) are kept."""
     pairs = pairs.copy()
-    for name, question in INSTRUCTIONS.items():
-        judge = PointwiseLLMJudge(loaded, template=ASK + question, batch_size=16)
-        verdicts = judge(list(pairs["prompt"]), list(zip(pairs["first"], pairs["second"], strict=True)))
-        pairs[name] = verdicts.prob_first
+    questions, shown = list(pairs["prompt"]), list(zip(pairs["first"], pairs["second"], strict=True))
+    judges = {name: lambda q=question: PointwiseLLMJudge(loaded, template=ASK + q, batch_size=16)
+              for name, question in INSTRUCTIONS.items()}
+    judges |= {name: lambda i=instruction: InstructionLikelihoodJudge(loaded, instruction=i, baseline=NEUTRAL,
+                                                                        batch_size=16)
+               for name, instruction in LIKELIHOOD.items()}
+    for name, make in judges.items():
+        if done is not None and name in done and done["first"].equals(pairs["first"]):
+            pairs[name] = done[name]
+        else:
+            pairs[name] = make()(questions, shown).prob_first
     return pairs
 
 
@@ -76,37 +96,45 @@ def cell(values: np.ndarray) -> str:
     return interval_text(estimate.mean, estimate.low, estimate.high)
 
 
-def table(pairs: pd.DataFrame) -> str:
+def table(pairs: pd.DataFrame, prompt_set: str) -> str:
     gap = pairs["first_length"] - pairs["second_length"]
     decided = pairs[gap != 0]
     first_shorter = (decided["first_length"] < decided["second_length"]).to_numpy()
-    header = ["instruction", "question asked", "prefers the shorter answer", "label differs from helpful's"]
+    header = ["annotator", "instruction", "what it is told", "prefers the shorter answer",
+              "label differs from its helpful's"]
     rows = []
-    for name, question in INSTRUCTIONS.items():
-        prefers_first = (decided[name] > 0.5).to_numpy()
-        differs = ((pairs[name] > 0.5) != (pairs["helpful"] > 0.5)).to_numpy(dtype=float)
-        rows.append([name, f'"{question}"', cell((prefers_first == first_shorter).astype(float)),
-                     "-" if name == "helpful" else cell(differs)])
+    for annotator, instructions, helpful in (("pointwise Yes/No", INSTRUCTIONS, "helpful"),
+                                             ("instruction likelihood", LIKELIHOOD, "likelihood_helpful")):
+        for name, text in instructions.items():
+            prefers_first = (decided[name] > 0.5).to_numpy()
+            differs = ((pairs[name] > 0.5) != (pairs[helpful] > 0.5)).to_numpy(dtype=float)
+            rows.append([annotator, name, f'"{text}"', cell((prefers_first == first_shorter).astype(float)),
+                         "-" if name == helpful else cell(differs)])
     lengths = pd.concat([pairs["first_length"], pairs["second_length"]])
     ended = pd.concat([pairs["first_finished"], pairs["second_finished"]]).mean()
-    return (f"{len(pairs)} pairs (one per training prompt of open_questions), two answers sampled from the initial "
+    return (f"{len(pairs)} pairs (one per training prompt of {prompt_set}), two answers sampled from the initial "
             f"SmolLM2 (temperature 0.9). Answer length: median {lengths.median():.0f} tokens, "
             f"{ended:.2f} of answers ended before the cap; {len(decided)} pairs differ in length; median length "
-            f"gap {gap.abs().median():.0f} tokens. The annotator: SmolLM2-135M, pointwise Yes/No. Intervals: 95% "
+            f"gap {gap.abs().median():.0f} tokens. The annotators: SmolLM2-135M, pointwise Yes/No, and the "
+            f"instruction-likelihood judge against the neutral system message \"{NEUTRAL}\". Intervals: 95% "
             f"bootstrap over pairs.\n\n" + markdown(header, rows))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--prompt-set", default="open_questions", help="a bundled prompt set")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=160)
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_pretrained(SMOLLM2)
-    pairs = label(loaded, sample_pairs(loaded, args.out_dir / "samples.jsonl", args.prompts, args.max_new_tokens))
+    done_file = args.out_dir / "pairs.jsonl"
+    done = pd.read_json(done_file, lines=True) if done_file.is_file() else None
+    pairs = label(loaded, sample_pairs(loaded, args.out_dir / "samples.jsonl", args.prompt_set, args.prompts,
+                                         args.max_new_tokens), done)
     pairs.to_json(args.out_dir / "pairs.jsonl", orient="records", lines=True, force_ascii=False)
-    text = "# Do the annotator's instructions label the initial pairs differently?\n\n" + table(pairs) + "\n"
+    text = "# Do the annotator's instructions label the initial pairs differently?\n\n" + table(pairs, args.prompt_set) + "\n"
     (args.out_dir / "instructions.md").write_text(text)
     print(text)
 
