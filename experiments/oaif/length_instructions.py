@@ -33,6 +33,8 @@ from alignlab.data.offline import bundled_path
 from alignlab.data.pairs import PairTokenizer
 from alignlab.data.prompt_set import PromptSet
 from alignlab.judges.llm import InstructionLikelihoodJudge, PointwiseLLMJudge
+from alignlab.judges.rater import is_correct
+from alignlab.judges.rule import RuleJudge
 from alignlab.models import load_pretrained
 from alignlab.sampling import Sampling, generate
 from alignlab.stats import interval_of_means
@@ -96,28 +98,62 @@ def cell(values: np.ndarray) -> str:
     return interval_text(estimate.mean, estimate.low, estimate.high)
 
 
+def expected_answers(prompt_set: str) -> dict[str, str] | None:
+    """Question text -> expected answer when every row of the bundled set has one (short_facts), else None."""
+    rows = [json.loads(line) for line in Path(bundled_path(prompt_set)).read_text().splitlines() if line.strip()]
+    return {r["prompt"]: str(r["answer"]) for r in rows} if all("answer" in r for r in rows) else None
+
+
+def with_evaluator(pairs: pd.DataFrame, answers: dict[str, str]) -> pd.DataFrame:
+    """The OAIF evaluator's verdict on each pair (``RuleJudge('helpful')`` against the expected answer: 1 first
+    better, 0 second, 0.5 tie) and which answer is correct when exactly one is."""
+    pairs = pairs.copy()
+    metas = [{"answer": answers[q]} for q in pairs["prompt"]]
+    shown = list(zip(pairs["first"], pairs["second"], strict=True))
+    pairs["evaluator"] = RuleJudge("helpful")(list(pairs["prompt"]), shown, metas).prob_first
+    first = [is_correct(a, m["answer"], q) for a, m, q in zip(pairs["first"], metas, pairs["prompt"], strict=True)]
+    second = [is_correct(b, m["answer"], q) for b, m, q in zip(pairs["second"], metas, pairs["prompt"], strict=True)]
+    pairs["first_correct_only"] = [float(a) if a != b else np.nan for a, b in zip(first, second, strict=True)]
+    return pairs
+
+
 def table(pairs: pd.DataFrame, prompt_set: str) -> str:
     gap = pairs["first_length"] - pairs["second_length"]
     decided = pairs[gap != 0]
     first_shorter = (decided["first_length"] < decided["second_length"]).to_numpy()
+    answers = expected_answers(prompt_set)
+    if answers is not None:
+        pairs = with_evaluator(pairs, answers)
     header = ["annotator", "instruction", "what it is told", "prefers the shorter answer",
               "label differs from its helpful's"]
+    if answers is not None:
+        header += ["agrees with the evaluator (ties half)", "prefers the correct one (one of two correct)"]
     rows = []
     for annotator, instructions, helpful in (("pointwise Yes/No", INSTRUCTIONS, "helpful"),
                                              ("instruction likelihood", LIKELIHOOD, "likelihood_helpful")):
         for name, text in instructions.items():
             prefers_first = (decided[name] > 0.5).to_numpy()
             differs = ((pairs[name] > 0.5) != (pairs[helpful] > 0.5)).to_numpy(dtype=float)
-            rows.append([annotator, name, f'"{text}"', cell((prefers_first == first_shorter).astype(float)),
-                         "-" if name == helpful else cell(differs)])
+            row = [annotator, name, f'"{text}"', cell((prefers_first == first_shorter).astype(float)),
+                   "-" if name == helpful else cell(differs)]
+            if answers is not None:
+                label_first = (pairs[name] > 0.5).to_numpy(dtype=float)
+                agree = np.where(pairs["evaluator"] == 0.5, 0.5, (pairs["evaluator"] == label_first).astype(float))
+                one = pairs.dropna(subset=["first_correct_only"])
+                row += [cell(agree), cell(((one[name] > 0.5) == (one["first_correct_only"] == 1)).to_numpy(float))]
+            rows.append(row)
     lengths = pd.concat([pairs["first_length"], pairs["second_length"]])
     ended = pd.concat([pairs["first_finished"], pairs["second_finished"]]).mean()
+    evaluated = ("" if answers is None else
+                 f" The evaluator (OAIF's, never trained on): the rule judge `helpful` against each question's "
+                 f"expected answer; it decides {(pairs['evaluator'] != 0.5).mean():.2f} of the pairs, and exactly "
+                 f"one answer is correct in {pairs['first_correct_only'].notna().sum()}.")
     return (f"{len(pairs)} pairs (one per training prompt of {prompt_set}), two answers sampled from the initial "
             f"SmolLM2 (temperature 0.9). Answer length: median {lengths.median():.0f} tokens, "
             f"{ended:.2f} of answers ended before the cap; {len(decided)} pairs differ in length; median length "
             f"gap {gap.abs().median():.0f} tokens. The annotators: SmolLM2-135M, pointwise Yes/No, and the "
             f"instruction-likelihood judge against the neutral system message \"{NEUTRAL}\". Intervals: 95% "
-            f"bootstrap over pairs.\n\n" + markdown(header, rows))
+            f"bootstrap over pairs.{evaluated}\n\n" + markdown(header, rows))
 
 
 def main(argv: list[str] | None = None) -> None:
