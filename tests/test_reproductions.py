@@ -290,3 +290,20 @@ run_each runs.txt "$ROOT" eval/eval.json train_then_eval
     assert evaluate.split() == ["eval", f"policy_path={tmp_path}/runs/r1", f"paths.output_dir={tmp_path}/runs/r1/eval",
                                 "generate.n_samples=4", "sampling.max_new_tokens=64"]
     assert not (tmp_path / "runs" / "r1" / "policy").exists()
+
+
+def test_oaif_report_pairs_an_extra_online_arm_with_the_online_arm(tmp_path):
+    """An extra arm (runs.txt section 2) is found by its folder name and paired with online_seed<s> by prompt: a
+    copy of the online run's records differs from it by exactly 0."""
+    import shutil
+
+    report = _load_report("oaif")
+    for name in ("online_seed0", "online_ipo_seed0"):
+        (tmp_path / name / "records").mkdir(parents=True)
+        shutil.copy(OAIF / "runs" / "online_seed0" / "records" / "monitor.jsonl", tmp_path / name / "records")
+        (tmp_path / name / "summary.json").write_text("{}")
+    frames = {("online", 0): report.monitor(tmp_path, "online", 0)}
+    assert report.extra_arms(tmp_path) == {"online_ipo": [0]}
+    text = "\n".join(report.extra_arm_lines(tmp_path, frames, 28))
+    row = next(line for line in text.splitlines() if line.startswith("| online_ipo | 0 |"))
+    assert row.count("+0 [0, 0] (p=1)") == 3

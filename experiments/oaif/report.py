@@ -216,6 +216,42 @@ def head_to_head_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int, 
     return lines, {"head_to_head": h, "p": p}
 
 
+def extra_arms(root: Path) -> dict[str, list[int]]:
+    """Other finished online runs, ``<arm>_seed<s>`` beside online/offline (runs.txt section 2): arm -> seeds."""
+    out: dict[str, list[int]] = {}
+    for summary in sorted(root.glob("*_seed*/summary.json")):
+        m = re.fullmatch(r"(.+)_seed(\d+)", summary.parent.name)
+        if m and m.group(1) not in (*ARMS, "pairs") and (summary.parent / "records" / "monitor.jsonl").is_file():
+            out.setdefault(m.group(1), []).append(int(m.group(2)))
+    return out
+
+
+def extra_arm_lines(root: Path, frames: dict[tuple[str, int], pd.DataFrame], final: int) -> list[str]:
+    """Each extra arm at ``final`` against the initial model, and minus the DPO online arm of the same seeds,
+    paired by prompt."""
+    arms = extra_arms(root)
+    if not arms:
+        return ["(no extra online arm has finished yet: runs.txt section 2)", ""]
+    rows = []
+    for arm, arm_seeds in arms.items():
+        mine = pd.concat([monitor(root, arm, s) for s in arm_seeds], ignore_index=True)
+        mine = mine[mine["step"] == final]
+        online = pd.concat([f for (a, s), f in frames.items() if a == "online" and s in arm_seeds],
+                           ignore_index=True)
+        online = online[online["step"] == final]
+        cells = []
+        for metric in ("win", "reward", "length"):
+            iv = bootstrap_mean(mine, metric, RESAMPLES, SEED)
+            d = paired_difference(online, mine, metric, RESAMPLES, SEED) if len(online) else None
+            cells += [interval_text(iv.mean, iv.low, iv.high),
+                      f"{interval_text(d.mean, d.low, d.high, signed=True)} ({p_text(d.p_value)})" if d else "-"]
+        rows.append([arm, ", ".join(map(str, arm_seeds)), *cells])
+    header = ["arm", "seeds", "win rate vs initial", "minus online (DPO)", "reward", "minus online", "length",
+              "minus online"]
+    return [f"**Other online arms at step {final}** (paired by prompt with the online DPO arm of the same seeds)", "",
+            markdown(header, rows), ""]
+
+
 def initial_model(root: Path, found: list[int]) -> dict[str, float]:
     """The initial model's mean reward and length on the measured prompts (its answers are the same in every run:
     one fixed sampling seed, cached), and its win rate against itself, 0.5 by definition."""
@@ -262,7 +298,8 @@ def main(root: Path) -> None:
              "The initial model on the same prompts and samples: reward {reward:.3f}, length {length:.1f} tokens "
              "(win rate 0.5 by definition).".format(**initial_model(root, found)), "", *curve_lines(table), *paired_lines(frames, final),
              *h2h_text,
-             *length_controlled_lines(frames, final), *wall_time_lines(root)]
+             *length_controlled_lines(frames, final), "## Other online arms", "",
+             *extra_arm_lines(root, frames, final), *wall_time_lines(root)]
     (HERE / "results.md").write_text("\n".join(lines))
     table.drop(columns="per_seed").to_csv(HERE / "results_curves.csv", index=False)
     plot(table, HERE / "results.png", initial_model(root, found))
