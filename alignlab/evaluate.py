@@ -127,10 +127,11 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 @torch.no_grad()
 def pair_rows(module: PreferenceModule, loader, device) -> list[dict[str, Any]]:
-    """One record per pair of ``loader``: ``h``, the policy's log-ratio margin over the reference
-    ``(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))`` on summed log-probs (the quantity IPO
-    drives to 1/(2 beta) and DPO keeps pushing up), ``margin = beta * h`` (the implicit reward margin) and
-    ``correct`` (margin > 0), keyed by the pair's prompt id so that runs can be paired on the same pairs."""
+    """One record per pair of ``loader``: ``margin``, the implicit reward margin ``beta * h`` on summed log-probs,
+    where ``h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))`` (the quantity IPO drives to
+    1/(2 beta) and DPO keeps pushing up; for a reference-free loss, the policy's own log-prob margin), ``h``, and
+    ``ranked`` (margin > 0: the policy ranks the chosen answer first), keyed by the pair's prompt id so that runs
+    can be paired on the same pairs."""
     owners = {pair.example_id: pair for pair in loader.dataset}
     rows = []
     with module.evaluating():
@@ -142,7 +143,7 @@ def pair_rows(module: PreferenceModule, loader, device) -> list[dict[str, Any]]:
             for example_id, c, r in zip(batch.example_id.tolist(), chosen.tolist(), rejected.tolist(), strict=True):
                 pair = owners[example_id]
                 rows.append({"prompt_id": pair.meta.get("prompt_id") or pair.where, "arm": "policy",
-                             "margin": c - r, "h": (c - r) / module.loss.beta, "correct": c > r})
+                             "margin": c - r, "h": (c - r) / module.loss.beta, "ranked": c > r})
     return rows
 
 

@@ -48,6 +48,11 @@ def test_trained_policy_ranks_held_out_pairs(make_cfg, tmp_path):
     pairs = read_records(tmp_path / "eval" / "records" / "pairs.jsonl")  # the same pairs, one row each
     assert len(pairs) == 30 and pairs["prompt_id"].nunique() == 30
     assert pairs["margin"].mean() == pytest.approx(metrics["rewards/margins"], rel=1e-4)
-    assert pairs["correct"].mean() == pytest.approx(metrics["rewards/accuracies"])
-    assert (pairs["h"] * cfg.loss.beta).tolist() == pytest.approx(pairs["margin"].tolist())
+    assert pairs["ranked"].mean() == pytest.approx(metrics["rewards/accuracies"])
     assert "samples" not in metrics
+    # The trained policy's own answers: each keeps log pi - log pi_ref, whose mean is the reported KL estimate.
+    sampled, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "sampled", "split=train"))
+    rows = read_records(tmp_path / "sampled" / "records" / "eval.jsonl")
+    ratios = rows.loc[rows["arm"] == "policy", "log_ratio"].dropna()
+    assert len(ratios) >= 5 and ratios.abs().min() > 1e-3
+    assert ratios.mean() == pytest.approx(sampled["samples"]["policy/kl_to_reference"], rel=1e-6)

@@ -102,9 +102,11 @@ def test_instruction_likelihood_judge_reads_the_log_ratio_of_each_answer(tiny):
             logits = model(torch.tensor([head + tail])).logits[0].float().log_softmax(-1)
         return sum(logits[len(head) + i - 1, t].item() for i, t in enumerate(tail))
 
-    scores = judge.scores(["Q one?", "Q two?"], ["a short answer", "another, longer answer here"])
-    expected = [logp("Be brief.", q, a) - logp("Answer.", q, a)
-                for q, a in (("Q one?", "a short answer"), ("Q two?", "another, longer answer here"))]
+    # prompts and answers of different lengths, so that batching pads both sides
+    questions = ["Q?", "A much longer question, with many more words in it than the first?"]
+    answers = ["a short answer", "another, longer answer here"]
+    scores = judge.scores(questions, answers)
+    expected = [logp("Be brief.", q, a) - logp("Answer.", q, a) for q, a in zip(questions, answers, strict=True)]
     assert scores == pytest.approx(expected, abs=1e-3) and abs(scores[0]) > 1e-3
     verdicts = judge(["Q?", "Q?"], [("x y z", "w"), ("", "w")])
     swapped = judge(["Q?"], [("w", "x y z")])

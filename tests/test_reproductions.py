@@ -10,6 +10,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from alignlab.records import read_records
+
 from .conftest import compose_config
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
@@ -192,18 +194,18 @@ def test_run_each_resumes_moves_an_interrupted_run_aside_and_times_each_run(tmp_
     """experiments/run_each.sh, which every run.sh sources: finished runs are kept, an unfinished folder is moved
     aside before its run starts again, overrides reach the command unchanged ($ROOT replaced, brackets not
     expanded), each run's wall time is logged, and a failing run stops the script."""
-    root = tmp_path / "runs"
+    root = tmp_path / "runs&more"  # an & that bash 5.2's pattern substitution must not replace
     (root / "done").mkdir(parents=True)
     (root / "done" / "result.json").write_text("{}")
     (root / "half").mkdir()
     (root / "half" / "partial.txt").write_text("")
     (tmp_path / "conditions=t").write_text("")  # what conditions=[top] would glob to
-    (tmp_path / "runs.txt").write_text("# a comment\n\ndone a=1\nhalf conditions=[top] path=$ROOT/x\nnew b=2\n")
+    (tmp_path / "runs.txt").write_text("# a comment\n\ndone a=1\nhalf conditions=[top] path=$ROOT/x\nnew b=2")
     script = f"""set -euo pipefail
 source {EXPERIMENTS / "run_each.sh"}
-one() {{ mkdir -p "{root}/$1"; printf '%s\\n' "$@" > "{root}/$1/args.txt"; [ "$1" != fail ] || exit 3
-         echo '{{}}' > "{root}/$1/result.json"; }}
-run_each runs.txt {root} "result.json|other.json" one
+one() {{ mkdir -p '{root}'/"$1"; printf '%s\\n' "$@" > '{root}'/"$1/args.txt"; [ "$1" != fail ] || return 3
+         echo '{{}}' > '{root}'/"$1/result.json"; }}
+run_each runs.txt '{root}' "result.json|other.json" one
 """
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -242,7 +244,7 @@ def _fake_dpo_run(root: Path, name: str, loss: str, beta: float, seed: int, poli
     with (run / "eval" / "records" / "pairs.jsonl").open("w") as f:
         for i, margin in enumerate((beta * 4, -beta * 2)):
             f.write(json.dumps({"prompt_id": f"p{i}", "arm": "policy", "margin": margin, "h": margin / beta,
-                                "correct": margin > 0}) + "\n")
+                                "ranked": margin > 0}) + "\n")
 
 
 def test_dpo_family_report_pairs_questions_pools_seeds_and_compares_betas(tmp_path):
@@ -257,7 +259,8 @@ def test_dpo_family_report_pairs_questions_pools_seeds_and_compares_betas(tmp_pa
     cells = [c.strip() for c in row.strip("|").split("|")]
     # per question, seeds pooled: policy 0.5, 0.75, 1 against the reference's 0, 0.5, 1
     assert cells[3].startswith("0.75 [") and cells[4].startswith("+0.25 [")
-    assert cells[7].startswith("0.667 [") and cells[8].startswith("3 [")  # wins 1, 0.75, 0.5; KL (2 + 4) / 2
+    assert cells[5] == "+0.500, +0.000"  # each seed's own paired difference
+    assert cells[8].startswith("0.667 [") and cells[9].startswith("3 [")  # wins 1, 0.75, 0.5; KL (2 + 4) / 2
     h_row = next(line for line in lines if line.startswith("| ipo | 0.5 | 0, 1 | 0.5 ["))
     assert "| 1 [" in h_row and "| 1 |" in h_row and "5.50, 5.50" in h_row  # h 4 and -2; target 1; steps 4, 5 -> h 5, 6
     beta = next(line for line in lines if line.startswith("| ipo | 0.1 -> 0.5 | 0 |"))
@@ -276,6 +279,7 @@ def test_train_then_eval_trains_evaluates_and_deletes_the_weights(tmp_path):
                           + (f"mkdir -p {tmp_path}/runs/r1/policy\n" if command == "train" else ""))
         script.chmod(0o755)
     (tmp_path / "runs.txt").write_text("r1 loss=ipo seed=1\n")
+    (tmp_path / "runs" / "r1" / "policy").mkdir(parents=True)  # an attempt interrupted after training
     script = f"""set -euo pipefail
 source {EXPERIMENTS / "run_each.sh"}
 BIN={bin_dir} ROOT={tmp_path}/runs EXPERIMENT=dpo_family
@@ -290,20 +294,26 @@ run_each runs.txt "$ROOT" eval/eval.json train_then_eval
     assert evaluate.split() == ["eval", f"policy_path={tmp_path}/runs/r1", f"paths.output_dir={tmp_path}/runs/r1/eval",
                                 "generate.n_samples=4", "sampling.max_new_tokens=64"]
     assert not (tmp_path / "runs" / "r1" / "policy").exists()
+    interrupted = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("r1.interrupted.")]
+    assert len(interrupted) == 1 and not (interrupted[0] / "policy").exists()  # its weights deleted, the folder kept
 
 
 def test_oaif_report_pairs_an_extra_online_arm_with_the_online_arm(tmp_path):
     """An extra arm (runs.txt section 2) is found by its folder name and paired with online_seed<s> by prompt: a
-    copy of the online run's records differs from it by exactly 0."""
-    import shutil
-
+    copy of the online run's records with every answer one token longer differs from it by exactly +1 in length
+    and 0 in win rate and reward; an extra arm without an online run of its seed is left unpaired."""
     report = _load_report("oaif")
-    for name in ("online_seed0", "online_ipo_seed0"):
+    records = read_records(OAIF / "runs" / "online_seed0" / "records" / "monitor.jsonl")
+    for name, longer in (("online_seed0", 0), ("online_ipo_seed0", 1), ("online_other_seed7", 0)):
         (tmp_path / name / "records").mkdir(parents=True)
-        shutil.copy(OAIF / "runs" / "online_seed0" / "records" / "monitor.jsonl", tmp_path / name / "records")
+        records.assign(length=records["length"] + longer).to_json(tmp_path / name / "records" / "monitor.jsonl",
+                                                                  orient="records", lines=True)
         (tmp_path / name / "summary.json").write_text("{}")
     frames = {("online", 0): report.monitor(tmp_path, "online", 0)}
-    assert report.extra_arms(tmp_path) == {"online_ipo": [0]}
-    text = "\n".join(report.extra_arm_lines(tmp_path, frames, 28))
-    row = next(line for line in text.splitlines() if line.startswith("| online_ipo | 0 |"))
-    assert row.count("+0 [0, 0] (p=1)") == 3
+    assert report.extra_arms(tmp_path) == {"online_ipo": [0], "online_other": [7]}
+    lines = report.extra_arm_lines(tmp_path, frames, 28)
+    row = next(line for line in lines[2].splitlines() if line.startswith("| online_ipo | 0 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == cells[5] == "+0 [0, 0] (p=1)" and cells[7].startswith("+1 [1, 1] (p<0.001)")
+    other = next(line for line in lines[2].splitlines() if line.startswith("| online_other | 7 |"))
+    assert other.count("| - ") == 3

@@ -304,5 +304,7 @@ def wall_time_lines(root: Path) -> list[str]:
             notes.append(f"- {line.removeprefix('== ')}")
     rows = [[name, f"{seconds / 60:.1f}"] for name, seconds in times.items()]
     rows.append(["total of the runs above", f"{sum(times.values()) / 60:.1f}"])
+    explained = ["The log's other lines, as written (an \"all runs it started\" line is the time of one invocation "
+                 "of run.sh, which may have resumed after runs an earlier one finished):", "", *notes, ""]
     return ["## Wall times (run.sh, `wall_times.txt`)", "", markdown(["run", "minutes"], rows), "",
-            *([*notes, ""] if notes else [])]
+            *(explained if notes else [])]

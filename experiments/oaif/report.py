@@ -236,9 +236,8 @@ def extra_arm_lines(root: Path, frames: dict[tuple[str, int], pd.DataFrame], fin
     for arm, arm_seeds in arms.items():
         mine = pd.concat([monitor(root, arm, s) for s in arm_seeds], ignore_index=True)
         mine = mine[mine["step"] == final]
-        online = pd.concat([f for (a, s), f in frames.items() if a == "online" and s in arm_seeds],
-                           ignore_index=True)
-        online = online[online["step"] == final]
+        online = [f[f["step"] == final] for (a, s), f in frames.items() if a == "online" and s in arm_seeds]
+        online = pd.concat(online, ignore_index=True) if online else pd.DataFrame()
         cells = []
         for metric in ("win", "reward", "length"):
             iv = bootstrap_mean(mine, metric, RESAMPLES, SEED)
