@@ -182,7 +182,7 @@ def test_counterfactual_report_pools_seeds_and_pairs_prompts(tmp_path):
     cells = [c.strip() for c in behaviour.strip("|").split("|")]
     # per-prompt means over the two seeds: 1, 0.5, 0, 1 -> 0.625; the base: 0; told: 0.75
     assert cells[4].startswith("0 ") and cells[5].startswith("0.75 ") and cells[6].startswith("0.625 ")
-    assert cells[7].startswith("+0.625 ")
+    assert cells[7].startswith("+0.625 ") and cells[10] == "0.50, 0.75"  # each seed's own rate
     confound = next(line for line in text.splitlines() if line.startswith("| spanish | enc | 0 |"))
     assert "-0.5 " in confound  # default (0) minus neutral seed 0 (0.5) on the same prompts
     capability = next(line for line in text.splitlines() if line.startswith("| spanish | enc | neutral |"))
