@@ -160,7 +160,8 @@ def _fake_counterfactual_run(root: Path, name: str, seed: int, trained: list[flo
     with (run / "eval" / "records" / "behavior.jsonl").open("w") as f:
         for arm, measures in arms.items():
             for i, m in enumerate(measures):
-                f.write(json.dumps({"prompt_id": f"q{i}", "arm": arm, "measure": m, "length": 10 + i}) + "\n")
+                f.write(json.dumps({"prompt_id": f"q{i}", "arm": arm, "measure": m, "length": 10 + i,
+                                    "finished": arm == "policy" or i == 0}) + "\n")
     with (run / "eval" / "records" / "capability.jsonl").open("w") as f:
         for arm, correct in (("policy", [1, 1, 0, 1]), ("reference", [1, 0, 0, 1])):
             for i, c in enumerate(correct):
@@ -183,6 +184,7 @@ def test_counterfactual_report_pools_seeds_and_pairs_prompts(tmp_path):
     # per-prompt means over the two seeds: 1, 0.5, 0, 1 -> 0.625; the base: 0; told: 0.75
     assert cells[4].startswith("0 ") and cells[5].startswith("0.75 ") and cells[6].startswith("0.625 ")
     assert cells[7].startswith("+0.625 ") and cells[10] == "0.50, 0.75"  # each seed's own rate
+    assert cells[11] == "1.00 / 0.25"  # every trained answer ended, one of the base model's four
     confound = next(line for line in text.splitlines() if line.startswith("| spanish | enc | 0 |"))
     assert "-0.5 " in confound  # default (0) minus neutral seed 0 (0.5) on the same prompts
     capability = next(line for line in text.splitlines() if line.startswith("| spanish | enc | neutral |"))

@@ -83,7 +83,7 @@ def diff_cell(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> str:
 def behavior_lines(runs: pd.DataFrame, control: str) -> tuple[list[str], list[dict]]:
     header = ["behaviour", "variant", "seeds", "held-out pair accuracy", "base, training prompt",
               "base, eliciting prompt", "trained, training prompt", "trained - base", "trained - base eliciting",
-              "mean tokens trained / base", "trained, per seed"]
+              "mean tokens trained / base", "trained, per seed", "ended before the cap, trained / base"]
     rows, bars = [], []
     for group_control, behavior, variant, group in groups(runs):
         if group_control != control:
@@ -98,7 +98,8 @@ def behavior_lines(runs: pd.DataFrame, control: str) -> tuple[list[str], list[di
                      diff_cell(base, trained, "measure"), diff_cell(told, trained, "measure"),
                      f"{trained['length'].mean():.0f} / {base['length'].mean():.0f}",
                      ", ".join(f"{records[records['arm'] == 'policy']['measure'].mean():.2f}"
-                               for records in group["behavior_records"])])
+                               for records in group["behavior_records"]),
+                     f"{trained['finished'].mean():.2f} / {base['finished'].mean():.2f}"])
         bars.append({"label": f"{behavior}\n{variant}", "estimates": estimates})
     return ["", markdown(header, rows), ""] if rows else [], bars
 
