@@ -262,6 +262,7 @@ def test_dpo_family_report_pairs_questions_pools_seeds_and_compares_betas(tmp_pa
     # per question, seeds pooled: policy 0.5, 0.75, 1 against the reference's 0, 0.5, 1
     assert cells[3].startswith("0.75 [") and cells[4].startswith("+0.25 [")
     assert cells[5] == "+0.500, +0.000"  # each seed's own paired difference
+    assert cells[7] == "+0 [0, 0] (p=1)"  # the concise part, 0.25 on both sides
     assert cells[8].startswith("0.667 [") and cells[9].startswith("3 [")  # wins 1, 0.75, 0.5; KL (2 + 4) / 2
     h_row = next(line for line in lines if line.startswith("| ipo | 0.5 | 0, 1 | 0.5 ["))
     assert "| 1 [" in h_row and "| 1 |" in h_row and "5.50, 5.50" in h_row  # h 4 and -2; target 1; steps 4, 5 -> h 5, 6

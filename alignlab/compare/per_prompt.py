@@ -44,7 +44,7 @@ class Resampling:
 
 # --- reading ---------------------------------------------------------------------------------------------------
 
-def _expand_parts(frame: pd.DataFrame) -> pd.DataFrame:
+def expand_parts(frame: pd.DataFrame) -> pd.DataFrame:
     """``reward_parts`` dicts as ``reward_parts.<name>`` columns, so each part is a metric of its own."""
     if "reward_parts" not in frame.columns or not frame["reward_parts"].map(lambda v: isinstance(v, dict)).any():
         return frame
@@ -62,7 +62,7 @@ def load_records(runs: list[Run], evaluation: str, by: list[str]) -> pd.DataFram
         path = records_path(run.folder, evaluation) if run.folder is not None else None
         if path is None or not path.is_file():
             continue
-        frame = _expand_parts(read_records(path))
+        frame = expand_parts(read_records(path))
         frame["run"] = str(run.folder)
         frame["group"] = [tuple(str(v) for v in (group_key(run, by) if by else (run.name,)))] * len(frame)
         frames.append(frame)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from alignlab.compare.per_prompt import interval_text, markdown, p_text, wall_time_lines
+from alignlab.compare.per_prompt import expand_parts, interval_text, markdown, p_text, wall_time_lines
 from alignlab.records import read_records
 from alignlab.stats import (
     bootstrap_mean,
@@ -67,7 +67,7 @@ def load(root: Path) -> pd.DataFrame:
         run = eval_file.parent.parent
         config = OmegaConf.load(run / "config.yaml")
         beta = float(config.loss.beta)
-        samples = read_records(run / "eval" / "records" / "eval.jsonl")
+        samples = expand_parts(read_records(run / "eval" / "records" / "eval.jsonl"))  # reward_parts.<name> columns
         runs.append({"run": run.name, "loss": config.loss.name, "beta": beta, "seed": int(config.seed),
                      "samples": samples, "policy": with_wins(samples),
                      "reference": samples[samples["arm"] == "reference"],
@@ -122,16 +122,9 @@ def sample_lines(runs: pd.DataFrame) -> list[str]:
                      ", ".join(f"{paired_difference(r, p, 'reward').mean:+.3f}"
                                for r, p in zip(group["reference"], group["policy"], strict=True)),
                      diff_cell(ref, policy, "correct"),
-                     diff_cell(with_part(ref, "concise"), with_part(policy, "concise"), "concise"), win_cell(policy),
+                     diff_cell(ref, policy, "reward_parts.concise"), win_cell(policy),
                      cell(bootstrap_mean(policy, "log_ratio")), f"{policy['length'].mean():.1f}"])
     return ["", markdown(header, rows), ""]
-
-
-def with_part(frame: pd.DataFrame, part: str) -> pd.DataFrame:
-    """The rows with one of the rater's parts (``reward_parts[part]``) as a column of its own."""
-    out = frame.copy()
-    out[part] = [parts.get(part) if isinstance(parts, dict) else None for parts in out["reward_parts"]]
-    return out
 
 
 def per_seed_lines(runs: pd.DataFrame) -> list[str]:
