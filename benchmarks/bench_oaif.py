@@ -13,6 +13,11 @@ length limits, optimizer (fused AdamW, constant learning rate), no gradient clip
 training forward, another in transformers' ``generate``, which both frameworks sample through) and printed next to
 each other; a difference is flagged.
 
+alignlab samples with ``--alignlab-backend`` (default ``packed``, its fastest on a CPU: the decode loop with oneDNN
+kernels on pre-packed weights, see ``alignlab/sampling/packed.py``; ``hf`` samples through ``generate`` as TRL
+does); the sampling settings above are read from its ``Sampling`` value then, and the KV cache from its forward
+calls, as for ``generate``.
+
 The annotator is the same programmatic rater for both (:class:`alignlab.judges.rule.RuleJudge`; for TRL it is a
 reward function giving each completion that score); every pair is kept (alignlab ``unfinished=keep``,
 ``drop_ties=false``), as TRL keeps them. Each framework runs in its own process on the first ``steps * batch_size``
@@ -59,6 +64,8 @@ from harness import (  # noqa: E402
     trl_precision,
     write_results,
 )
+
+from alignlab.sampling.backends import BACKENDS  # noqa: E402
 
 CONFIGS = {"alignlab": "alignlab objective=oaif", "trl": "TRL OnlineDPOTrainer"}
 # Settings that must be equal for the ratios to mean anything; the other rows say how each side was told.
@@ -116,11 +123,13 @@ def run_alignlab(args, generation: GenerationProbe) -> dict:
                             f"data.prompts.max_prompt_length={args.max_prompt_length}",
                             f"data.sampling.max_new_tokens={args.max_new_tokens}", "data.sampling.temperature=0.9", "data.sampling.top_p=1.0",
                             "data.unfinished=keep", "data.drop_ties=false", f"trainer.max_steps={args.steps}",
+                            f"data.sampling.backend={args.alignlab_backend}",
                             f"optimizer.lr={args.lr}", "scheduler=constant", "trainer.gradient_clip_val=null"])
     objects = run_alignlab_train(cfg, [StepEnds()])
     trainer, module, dm = objects["trainer"], objects["module"], objects["datamodule"]
     settings = {
         **probe.seen, **model_settings(module.policy), **generation.settings,
+        "sampling backend": f"data.sampling.backend={dm.sampling.backend}",
         "precision setting": alignlab_precision(trainer),
         "checkpointing setting": f"model.gradient_checkpointing={cfg.model.gradient_checkpointing}",
         "prompts per step": dm.batch_size, "gradient accumulation": trainer.accumulate_grad_batches,
@@ -185,6 +194,7 @@ def run_trl(args, generation: GenerationProbe) -> dict:
     targs = trainer.args
     settings = {
         **probe.seen, **model_settings(trainer.model), **generation.settings,
+        "sampling backend": "transformers generate",
         "precision setting": trl_precision(trainer),
         "checkpointing setting": f"gradient_checkpointing={targs.gradient_checkpointing}",
         "prompts per step": targs.per_device_train_batch_size * targs.world_size,
@@ -212,6 +222,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides (default 2)")
     parser.add_argument("--lr", type=float, default=5e-6)
     parser.add_argument("--which", default="alignlab,trl")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run both sides this many times, alternating which goes first")
+    parser.add_argument("--alignlab-backend", default="packed", choices=sorted(BACKENDS),
+                        help="alignlab's sampling.backend (default packed: oneDNN kernels on pre-packed weights)")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default outputs/benchmarks/...)")
     parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -219,25 +233,39 @@ def main() -> None:
         set_threads(args.threads)
         generation = GenerationProbe()
         generation.install()
+        if args.child == "alignlab" and args.alignlab_backend != "hf":
+            generation.install_backend(args.alignlab_backend)
         emit({"alignlab": run_alignlab, "trl": run_trl}[args.child](args, generation))
         return
 
     options = ["--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                "--max-new-tokens", str(args.max_new_tokens), "--max-prompt-length", str(args.max_prompt_length),
-               "--threads", str(args.threads), "--lr", str(args.lr)]
+               "--threads", str(args.threads), "--lr", str(args.lr), "--alignlab-backend", args.alignlab_backend]
     payload = header("bench_oaif", args)
-    results = run_children(__file__, args.which.split(","), options, args.threads)
-    payload["configurations"] = {name: {"label": CONFIGS[name], **r} for name, r in results.items()}
+    names = args.which.split(",")
+    repeats = []
+    for r in range(args.repeats):  # alternate which side runs first, so a drift in the machine falls on both
+        results = run_children(__file__, names if r % 2 == 0 else names[::-1], options, args.threads)
+        repeats.append({name: {"label": CONFIGS[name], **res} for name, res in results.items()})
+    payload["repeats"] = repeats
     print(f"\nOne online DPO step, {args.model}, {args.batch_size} prompts x 2 samples, {args.max_new_tokens} new "
           f"tokens, {args.steps} steps, {args.threads} threads (medians over steps 2..N)")
     payload["comparisons"] = []
-    if len(results) == 2:
+    complete = [r for r in repeats if len(r) == 2]
+    for i, results in enumerate(complete):
         ours, theirs = results["alignlab"], results["trl"]
-        differ = print_settings(f"{CONFIGS['alignlab']} vs {CONFIGS['trl']}", ours["settings"], theirs["settings"],
-                                COMPARED)
+        if i == 0:
+            differ = print_settings(f"{CONFIGS['alignlab']} vs {CONFIGS['trl']}", ours["settings"],
+                                    theirs["settings"], COMPARED)
+        print(f"\nrepeat {i + 1} of {len(complete)}")
         ratios = print_figures(ours["figures"], theirs["figures"], FIGURES)
-        payload["comparisons"].append({"comparison": "online DPO step", "alignlab": "alignlab", "trl": "trl",
-                                       "settings_differ": differ, "ratios": ratios})
+        payload["comparisons"].append({"comparison": "online DPO step", "repeat": i + 1, "settings_differ": differ,
+                                       "ratios": ratios})
+    if len(complete) > 1:
+        print("\nalignlab / TRL in each repeat, and the median:")
+        for key, label in FIGURES.items():
+            each = [c["ratios"][key] for c in payload["comparisons"]]
+            print(f"  {label:30s} {' '.join(f'{x:.2f}' for x in each)}   median {statistics.median(each):.2f}")
     write_results(args.out or default_out("bench_oaif"), payload)
 
 

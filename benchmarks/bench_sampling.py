@@ -6,13 +6,14 @@
 
 Prompts are the bundled ``open_prompts`` rendered with the chat template (its default system prompt included, as
 online training renders them), ``distinct`` (B different prompts) or ``pairs`` (B/2 prompts twice each: what an
-online step samples). Every call is seeded, and every backend samples exactly what ``generate`` samples (the
-tests check it), so all do the same work; calls are interleaved (hf, loop, hf, loop, ...) so that load from other
+online step samples). Every call is seeded, and every backend samples from the distribution ``generate`` samples
+from (the tests check it; its own draws, so answer lengths differ a little between backends); calls are interleaved (hf, loop, hf, loop, ...) so that load from other
 processes falls on all alike, and the ratio to ``hf`` is the median of the per-round ratios.
 
 Reported per batch: new tokens per second end to end (prefill included), milliseconds per decode step (from a
 second, one-token call: ``(t(N) - t(1)) / (steps - 1)``), what the step's matrix products alone cost with this
-machine's kernels (``matmuls``: every linear layer once on a batch-sized input), and the two limits a decode step
+machine's kernels (``matmuls``: every linear layer once on a batch-sized input with ``F.linear``; ``packed``: the
+same with the oneDNN kernels on pre-packed weights that ``sampling.backend=packed`` uses), and the two limits a decode step
 cannot beat, both measured in this run with the same threads: reading every weight once (parameter bytes / the
 bandwidth of a large tensor sum) and the arithmetic (2 * parameters * batch FLOPs / the rate of a large fp32
 matmul). ``% of bound``: the decode step's tokens per second as a share of the larger limit's.
@@ -120,6 +121,16 @@ def matmul_floor_ms(model, batch: int, repeats: int = 3) -> float:
     return best_of(lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in weights], repeats) * 1e3
 
 
+def packed_matmul_floor_ms(model, batch: int, repeats: int = 3) -> float:
+    """:func:`matmul_floor_ms` with the kernels of ``sampling.backend=packed``: oneDNN on weights pre-packed for
+    ``batch`` rows (:class:`alignlab.sampling.packed.PackedLinear`)."""
+    from alignlab.sampling.packed import PackedLinear, packable
+
+    layers = [PackedLinear(m, batch) for m in model.modules() if packable(m)]
+    inputs = {m.in_features: torch.randn(batch, m.in_features) for m in layers}
+    return best_of(lambda: [m(inputs[m.in_features]) for m in layers], repeats) * 1e3
+
+
 def bounds(model, batch: int, limits: dict) -> dict:
     """Per decode step: weight-read time and arithmetic time (ms); the larger one is the step's floor. Also the
     measured cost of the step's matrix products with this machine's kernels (:func:`matmul_floor_ms`)."""
@@ -128,7 +139,27 @@ def bounds(model, batch: int, limits: dict) -> dict:
     read_ms = weight_bytes / (limits["read_GB_per_s"] * 1e9) * 1e3
     flop_ms = 2 * params * batch / (limits["matmul_GFLOP_per_s"] * 1e9) * 1e3
     return {"weights_MB": weight_bytes / 1e6, "read_bound_ms": read_ms, "flop_bound_ms": flop_ms,
-            "bound_tokens_per_s": batch / (max(read_ms, flop_ms) / 1e3), "matmuls_ms": matmul_floor_ms(model, batch)}
+            "bound_tokens_per_s": batch / (max(read_ms, flop_ms) / 1e3), "matmuls_ms": matmul_floor_ms(model, batch),
+            "packed_matmuls_ms": packed_matmul_floor_ms(model, batch) if torch.backends.mkldnn.is_available()
+            else float("nan")}
+
+
+def greedy_agreement(model, tokenizer, prompts, backends, max_new_tokens: int, batch: int) -> dict[str, dict]:
+    """Greedy answers of each backend against ``hf``'s on the same prompts: how many are token for token the same,
+    and over the others the mean position of the first different token (kernels that sum in another order can
+    flip a near-tie)."""
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch)
+    reference = [g.token_ids for g in generate(model, tokenizer, prompts, sampling)]
+    out = {}
+    for backend in backends:
+        if backend == "hf":
+            continue
+        ours = [g.token_ids for g in generate(model, tokenizer, prompts, sampling.replace(backend=backend))]
+        firsts = [next((i for i, (a, b) in enumerate(zip(x, y, strict=False)) if a != b), min(len(x), len(y)))
+                  for x, y in zip(ours, reference, strict=True) if x != y]
+        out[backend] = {"prompts": len(prompts), "identical": len(prompts) - len(firsts),
+                        "first_difference_at": firsts}
+    return out
 
 
 def load() -> str:
@@ -137,11 +168,12 @@ def load() -> str:
 
 def table(rows: list[dict]) -> str:
     head = (f"{'prompts':9s} {'batch':>5s} {'backend':8s} {'new tok/s':>9s} {'x hf':>5s} {'ms/step':>8s} "
-            f"{'matmuls':>8s} {'read ms':>8s} {'flop ms':>8s} {'bound tok/s':>11s} {'% of bound':>10s}")
+            f"{'matmuls':>8s} {'packed':>7s} {'read ms':>8s} {'flop ms':>8s} {'bound tok/s':>11s} {'% of bound':>10s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['prompts']:9s} {r['batch']:5d} {r['backend']:8s} {r['new_tokens_per_s']:9.1f} "
-                     f"{r['speedup_vs_hf']:5.2f} {r['decode_ms_per_step']:8.1f} {r['matmuls_ms']:8.1f} {r['read_bound_ms']:8.1f} "
+                     f"{r['speedup_vs_hf']:5.2f} {r['decode_ms_per_step']:8.1f} {r['matmuls_ms']:8.1f} {r['packed_matmuls_ms']:7.1f} "
+                     f"{r['read_bound_ms']:8.1f} "
                      f"{r['flop_bound_ms']:8.1f} {r['bound_tokens_per_s']:11.1f} "
                      f"{100 * r['batch'] / r['decode_ms_per_step'] * 1e3 / r['bound_tokens_per_s']:9.1f}%")
     return "\n".join(lines)
@@ -170,6 +202,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--check-greedy", type=int, default=0, metavar="N",
+                        help="also decode N prompts greedily with every backend and count answers equal to hf's")
     parser.add_argument("--out", type=Path, help="write the results to this .json or .csv file")
     args = parser.parse_args(argv)
 
@@ -183,7 +217,7 @@ def main(argv=None) -> dict:
                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "load_before": load()}
     limits = machine_limits()
     print(json.dumps(settings) + "\n" + json.dumps({k: round(v, 1) for k, v in limits.items()}), flush=True)
-    prompts = chat_prompts(tokenizer, max(sizes))
+    prompts = chat_prompts(tokenizer, max(*sizes, args.check_greedy))
     rows = []
     for mode in args.prompts.split(","):
         for batch in sizes:
@@ -199,10 +233,16 @@ def main(argv=None) -> dict:
     settings["load_after"] = load()
     limits_after = machine_limits()
     result = {"settings": settings, "limits": limits, "limits_after": limits_after, "rows": rows}
+    if args.check_greedy:
+        result["greedy"] = greedy_agreement(model, tokenizer, prompts[: args.check_greedy], backends,
+                                            args.max_new_tokens, max(sizes))
     print(f"\nsettings: {json.dumps(settings)}")
     print(f"limits (start / end): read {limits['read_GB_per_s']:.1f} / {limits_after['read_GB_per_s']:.1f} GB/s, "
           f"fp32 matmul {limits['matmul_GFLOP_per_s']:.1f} / {limits_after['matmul_GFLOP_per_s']:.1f} GFLOP/s")
     print(table(rows))
+    for backend, agreement in result.get("greedy", {}).items():
+        print(f"greedy, {agreement['prompts']} prompts x {args.max_new_tokens} tokens: {backend} gives hf's answer on "
+              f"{agreement['identical']}; first differing token at {agreement['first_difference_at']}")
     if args.out:
         write(args.out, result)
     return result

@@ -170,6 +170,42 @@ class GenerationProbe:
 
         GenerationMixin.generate = generate
 
+    def install_backend(self, name: str) -> None:
+        """Also record every call of alignlab's sampling backend ``name`` (one that samples without ``generate``:
+        its settings are those of the :class:`~alignlab.sampling.Sampling` value it was given)."""
+        from alignlab.sampling import backends
+
+        original = backends.BACKENDS[name]
+        probe = self
+
+        def backend(model, prompts, sampling, eos, pad, progress):
+            widths: list[int] = []
+            hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(_input_width(a, kw)),
+                                                    with_kwargs=True)
+            SAMPLER.active = True
+            start = time.perf_counter()
+            try:
+                rows = original(model, prompts, sampling, eos, pad, progress)
+            finally:
+                hook.remove()
+            seconds = time.perf_counter() - start
+            new = [_until_eos(row, {eos}) for row in rows]
+            prompt_tokens = sum(len(p) for p in prompts)
+            probe.calls.append({"seconds": seconds, "new_tokens": sum(new), "prompt_tokens": prompt_tokens,
+                                "sequence_tokens": prompt_tokens + sum(new)})
+            if not probe.settings:
+                probe.settings = {
+                    "generation use_cache": True,  # the decode loop always decodes over its static cache
+                    "generation do_sample": sampling.temperature > 0, "generation temperature": sampling.temperature,
+                    "generation top_p": sampling.top_p, "generation top_k": 0,  # no top-k filter
+                    "generation max_new_tokens": sampling.max_new_tokens, "generation repetition_penalty": 1,
+                    "generation sequences per call": len(prompts),
+                    "KV cache used in decoding": len(widths) > 1 and all(w == 1 for w in widths[1:]),
+                }
+            return rows
+
+        backends.BACKENDS[name] = backend
+
     def record(self, model, kwargs: dict, out, seconds: float, widths: list[int]) -> None:
         from transformers import GenerationConfig
 

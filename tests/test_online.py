@@ -18,7 +18,7 @@ from alignlab.judges.llm import InstructionLikelihoodJudge, PairwiseLLMJudge, Po
 from alignlab.judges.rule import RuleJudge
 from alignlab.models import LoadedModel
 from alignlab.reference import Reference
-from alignlab.sampling import Sampling
+from alignlab.sampling import BACKENDS, Sampling
 from alignlab.train import run_train
 
 from .test_train import column, read_metrics
@@ -379,9 +379,11 @@ def test_an_exported_pair_trains_with_the_online_arms_token_ids(tiny, write_json
     assert any(p.chosen_ids != by_prompt[tuple(p.prompt_ids)].chosen_ids for p in retokenized.train_items)
 
 
-def test_pairs_come_from_the_updated_policy_not_a_stale_one(make_cfg, monkeypatch):
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_pairs_come_from_the_updated_policy_not_a_stale_one(make_cfg, monkeypatch, backend):
     """After one update, the next step's samples are what the updated policy gives with that step's seed, and not
-    what the initial policy gives with it: the sampler sees every weight update."""
+    what the initial policy gives with it: every backend's sampler sees every weight update (``packed`` packs the
+    weights anew for each batch)."""
     import copy as copying
 
     import pytorch_lightning as pl
@@ -405,7 +407,8 @@ def test_pairs_come_from_the_updated_policy_not_a_stale_one(make_cfg, monkeypatc
     monkeypatch.setattr(online, "generate", recording)
     cfg = make_cfg("objective=oaif", "data.sampling.max_new_tokens=8", "trainer.max_steps=2", "optimizer.lr=5e-2",
                    "scheduler=constant", "data.prompts.max_train=8", "data.prompts.max_val=4",
-                   "validate_before_training=false", "+trainer.limit_val_batches=0")
+                   "validate_before_training=false", "+trainer.limit_val_batches=0",
+                   f"data.sampling.backend={backend}")
     with open_dict(cfg):
         cfg.data.unfinished = "keep"
     _, run = run_train(cfg, callbacks=[Snapshot()])

@@ -184,3 +184,27 @@ def test_chat_prompts_through_a_lora_adapter_and_without_it(tiny, backend):
         plain = generate(model, tok, prompts, sampling)
         assert answers(generate(model, tok, prompts, sampling.replace(backend=backend))) == answers(plain)
     assert answers(plain) != answers(adapted)
+
+
+def test_packed_backend_packs_every_linear_and_restores_the_model_even_when_sampling_fails(lively, monkeypatch):
+    """While a batch samples, every fp32 ``nn.Linear`` is a ``PackedLinear`` whose decode-sized products equal
+    ``F.linear``'s to float precision; afterwards (also after an error) the model holds its own layers again."""
+    import alignlab.sampling.packed as packed
+
+    model, tok = lively
+    linears = {name: m for name, m in model.named_modules() if type(m) is torch.nn.Linear}
+    seen = {}
+
+    def failing(model, *args):
+        seen.update({n: m for n, m in model.named_modules() if isinstance(m, packed.PackedLinear)})
+        raise RuntimeError("sampler failed")
+
+    monkeypatch.setattr(packed.decode_loop, "sample_batch", failing)
+    with pytest.raises(RuntimeError, match="sampler failed"):
+        generate(model, tok, PROMPTS[:4], Sampling(max_new_tokens=4, backend="packed"))
+    assert set(seen) == set(linears)
+    assert {n: m for n, m in model.named_modules() if type(m) is torch.nn.Linear} == linears
+    layer = seen["lm_head"]
+    x = torch.randn(4, layer.in_features)
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, linears["lm_head"].weight))
+    assert layer.rows == 4

@@ -10,7 +10,10 @@ Backends (``sampling.backend``, see :mod:`alignlab.sampling.backends`):
 * ``hf`` (the default): Hugging Face ``model.generate``, the reference;
 * ``loop`` (``sampling.backend=loop``): alignlab's decode loop over the model's forward
   (:mod:`alignlab.sampling.decode_loop`): ``generate``'s tokens under greedy decoding and its distribution under
-  sampling, with a static KV cache, one prefill per distinct prompt and one random number per row and step.
+  sampling, with a static KV cache, one prefill per distinct prompt and one random number per row and step;
+* ``packed`` (``sampling.backend=packed``, CPU): the decode loop with every linear layer's weight pre-packed for
+  oneDNN for the batch's row count (:mod:`alignlab.sampling.packed`), packed anew for every batch, so it always
+  samples from the current weights.
 
 A new engine is one entry in :data:`BACKENDS`: a callable ``(model, prompts, sampling, eos, pad, progress) ->``
 each prompt's new token ids (through EOS when it ended). A vLLM backend, for instance, would be one class holding

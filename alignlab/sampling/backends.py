@@ -4,7 +4,7 @@ A backend is a callable ``backend(model, prompts, sampling, eos, pad, progress) 
 prompt's new token ids, in input order, up to and including the first ``eos`` when the answer ended (anything after
 it is ignored). ``progress(prompts_done, new_tokens)`` is called as batches finish. :func:`alignlab.sampling.generate`
 does the rest that every backend shares (eval mode, the seeded random state, cutting at EOS, decoding), so a
-backend only samples. Both built-in backends sample left-padded batches through :class:`Batched`.
+backend only samples. The built-in backends sample left-padded batches through :class:`Batched`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from torch import Tensor, nn
 
 from alignlab.padding import left_pad
-from alignlab.sampling import decode_loop, hf
+from alignlab.sampling import decode_loop, hf, packed
 
 if TYPE_CHECKING:
     from alignlab.sampling.settings import Sampling
@@ -61,4 +61,5 @@ class Batched:
 BACKENDS: dict[str, Backend] = {
     "hf": Batched(hf.sample_batch),
     "loop": Batched(decode_loop.sample_batch),
+    "packed": Batched(packed.sample_batch),
 }

@@ -21,7 +21,8 @@ ids), 8 ms attention, and the prompt's prefill about 48 ms per step when spread 
 
 The matrix products stay, and they bound what any loop over this forward can gain: with 8 rows, MKL's fp32
 ``sgemm`` reaches about a third of the rate a large product reaches and half the bandwidth a single-row product
-reaches (``benchmarks/bench_sampling.py`` prints their cost next to the bandwidth and FLOP limits). Rows that have
+reaches (``benchmarks/bench_sampling.py`` prints their cost next to the bandwidth and FLOP limits);
+:mod:`alignlab.sampling.packed` runs this same loop with other kernels for them. Rows that have
 ended are not dropped from the batch for the same reason: a product with 2 to 8 rows costs about what one with 8
 costs.
 """

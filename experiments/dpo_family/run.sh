@@ -13,7 +13,10 @@ BIN=${BIN:-.venv/bin}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 EXPERIMENT=dpo_family
-EVAL=(generate.num_prompts=100 generate.n_samples=4 sampling.batch_size=32 sampling.max_new_tokens=64)
+# Answers sampled with the packed decode loop (alignlab/sampling/packed.py: the distribution of `generate`,
+# 1.3-1.5x its speed here at these batch sizes; benchmarks/results/bench_sampling.txt), reference answers included.
+EVAL=(generate.num_prompts=100 generate.n_samples=4 sampling.batch_size=32 sampling.max_new_tokens=64
+      sampling.backend=packed)
 
 run_each experiments/dpo_family/runs.txt "$ROOT" "eval/eval.json" train_then_eval
 "$BIN/python" experiments/dpo_family/report.py "$ROOT"
