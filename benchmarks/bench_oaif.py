@@ -10,22 +10,28 @@ generation kwargs pass ``use_cache = not gradient_checkpointing``), the KV cache
 attention implementation, torch threads, prompts per step, sampling settings (temperature 0.9, top-p 1, no top-k),
 length limits, optimizer (fused AdamW, constant learning rate), no gradient clipping, and a live reference model
 (there are no pairs to precompute for). Each side's settings are read back from what ran (a probe in the policy's
-training forward, another in transformers' ``generate``, which both frameworks sample through) and printed next to
+training forward, another in the sampler: transformers' ``generate``, or alignlab's backend, below) and printed next to
 each other; a difference is flagged.
 
 alignlab samples with ``--alignlab-backend`` (default ``packed``, its fastest on a CPU: the decode loop with oneDNN
-kernels on pre-packed weights, see ``alignlab/sampling/packed.py``; ``hf`` samples through ``generate`` as TRL
-does); the sampling settings above are read from its ``Sampling`` value then, and the KV cache from its forward
-calls, as for ``generate``.
+kernels on pre-packed weights, see ``alignlab/sampling/packed.py``; not the configs' default, which is ``hf``:
+pass ``--alignlab-backend hf`` to sample through ``generate`` as TRL does). With another backend than ``hf`` the
+sampling rows of the settings table are read from alignlab's ``Sampling`` value (the decode loop has no top-k and
+no repetition penalty, and always decodes over its cache: those rows are "same" by construction) and the KV cache
+row from its forward calls; its generation seconds are the backend's whole call (padding and weight packing
+included), where ``generate``'s are the ``generate`` call.
 
 The annotator is the same programmatic rater for both (:class:`alignlab.judges.rule.RuleJudge`; for TRL it is a
 reward function giving each completion that score); every pair is kept (alignlab ``unfinished=keep``,
 ``drop_ties=false``), as TRL keeps them. Each framework runs in its own process on the first ``steps * batch_size``
 prompts of the bundled ``short_facts`` data, in the same batches (TRL gets them in alignlab's shuffled order and
 reads them sequentially; the prompt tokens of each step are compared). Reported per step (median of steps 2..N, wall time between step ends):
-seconds, generation seconds (the ``generate`` call alone) and new tokens (up to each answer's EOS) per second of
+seconds, generation seconds (the sampler's call alone) and new tokens (up to each answer's EOS) per second of
 it, training tokens (prompt + answer of every trained sequence) per second of the rest of the step (annotating
-included on both sides), and peak memory. Results also go to a JSON file (``--out``).
+included on both sides), and peak memory. The two sides sample their own answers (each its own random stream),
+so their steps can carry different numbers of tokens: each repeat also prints both sides' generated and trained
+tokens and alignlab's time scaled to TRL's tokens (:func:`equal_work_s`). Results also go to a JSON file
+(``--out``); ``--reprint FILE`` prints its tables again.
 """
 
 from __future__ import annotations
@@ -227,8 +233,12 @@ def main() -> None:
     parser.add_argument("--alignlab-backend", default="packed", choices=sorted(BACKENDS),
                         help="alignlab's sampling.backend (default packed: oneDNN kernels on pre-packed weights)")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default outputs/benchmarks/...)")
+    parser.add_argument("--reprint", type=Path, metavar="JSON", help="print a results file's tables again; run nothing")
     parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reprint:
+        report(json.loads(args.reprint.read_text()))
+        return
     if args.child:
         set_threads(args.threads)
         generation = GenerationProbe()
@@ -248,10 +258,29 @@ def main() -> None:
         results = run_children(__file__, names if r % 2 == 0 else names[::-1], options, args.threads)
         repeats.append({name: {"label": CONFIGS[name], **res} for name, res in results.items()})
     payload["repeats"] = repeats
-    print(f"\nOne online DPO step, {args.model}, {args.batch_size} prompts x 2 samples, {args.max_new_tokens} new "
-          f"tokens, {args.steps} steps, {args.threads} threads (medians over steps 2..N)")
-    payload["comparisons"] = []
-    complete = [r for r in repeats if len(r) == 2]
+    payload["comparisons"] = report(payload)
+    write_results(args.out or default_out("bench_oaif"), payload)
+
+
+def equal_work_s(ours: dict, theirs: dict) -> float:
+    """alignlab's steps 2..N at TRL's workload: its seconds per generated token times TRL's generated tokens,
+    plus its seconds per trained token (the rest of the step) times TRL's trained tokens. The two sides sample
+    different answers (their own random streams), so one side's steps can carry fewer tokens; this scales that
+    away, approximately (a decode step costs the same whether its rows' answers have ended or not)."""
+    gen = sum(ours["generation_s"][1:]) / sum(ours["new_tokens"][1:])
+    rest = sum(s - g for s, g in zip(ours["step_s"][1:], ours["generation_s"][1:], strict=True))
+    return gen * sum(theirs["new_tokens"][1:]) + rest / sum(ours["train_tokens"][1:]) * sum(theirs["train_tokens"][1:])
+
+
+def report(payload: dict) -> list[dict]:
+    """Print the settings and the figures of every repeat (and the medians over repeats); return the
+    comparisons. ``--reprint`` calls it on a results file."""
+    options = payload["options"]
+    print(f"\nOne online DPO step, {options['model']}, {options['batch_size']} prompts x 2 samples, "
+          f"{options['max_new_tokens']} new tokens, {options['steps']} steps, {options['threads']} threads "
+          "(medians over steps 2..N)")
+    comparisons = []
+    complete = [r for r in payload["repeats"] if len(r) == 2]
     for i, results in enumerate(complete):
         ours, theirs = results["alignlab"], results["trl"]
         if i == 0:
@@ -259,14 +288,23 @@ def main() -> None:
                                     theirs["settings"], COMPARED)
         print(f"\nrepeat {i + 1} of {len(complete)}")
         ratios = print_figures(ours["figures"], theirs["figures"], FIGURES)
-        payload["comparisons"].append({"comparison": "online DPO step", "repeat": i + 1, "settings_differ": differ,
-                                       "ratios": ratios})
+        tokens = {side: (sum(r["figures"]["new_tokens"][1:]), sum(r["figures"]["train_tokens"][1:]))
+                  for side, r in (("alignlab", ours), ("TRL", theirs))}
+        scaled = equal_work_s(ours["figures"], theirs["figures"])
+        ratios["equal_work_end_to_end_s"] = scaled / theirs["figures"]["end_to_end_s"]
+        print("  steps 2..N, generated / trained tokens: " + ", ".join(f"{side} {g} / {t}"
+                                                                       for side, (g, t) in tokens.items()))
+        print(f"  alignlab's steps 2..N at TRL's tokens (per-token times x TRL's tokens): {scaled:.2f} s vs TRL "
+              f"{theirs['figures']['end_to_end_s']:.2f} s, ratio {ratios['equal_work_end_to_end_s']:.2f}")
+        comparisons.append({"comparison": "online DPO step", "repeat": i + 1, "settings_differ": differ,
+                            "ratios": ratios})
     if len(complete) > 1:
         print("\nalignlab / TRL in each repeat, and the median:")
-        for key, label in FIGURES.items():
-            each = [c["ratios"][key] for c in payload["comparisons"]]
+        labels = {**FIGURES, "equal_work_end_to_end_s": "steps 2..N at TRL's tokens"}
+        for key, label in labels.items():
+            each = [c["ratios"][key] for c in comparisons]
             print(f"  {label:30s} {' '.join(f'{x:.2f}' for x in each)}   median {statistics.median(each):.2f}")
-    write_results(args.out or default_out("bench_oaif"), payload)
+    return comparisons
 
 
 if __name__ == "__main__":

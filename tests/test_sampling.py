@@ -208,3 +208,26 @@ def test_packed_backend_packs_every_linear_and_restores_the_model_even_when_samp
     x = torch.randn(4, layer.in_features)
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, linears["lm_head"].weight))
     assert layer.rows == 4
+
+
+def test_packed_backend_runs_every_decode_product_on_onednn_and_a_single_row_without(lively):
+    """Each decode step's products (every linear layer) and the prefill's output head go through oneDNN's packed
+    kernel; a batch of one row samples with the plain loop (no packing)."""
+    model, tok = lively
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    forwards = []
+    hook = model.register_forward_pre_hook(lambda m, a: forwards.append(1))
+
+    def onednn_calls(prompts, batch_size):
+        forwards.clear()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            generate(model, tok, prompts, Sampling(max_new_tokens=5, temperature=0.0, batch_size=batch_size,
+                                                   backend="packed"))
+        return sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise"), len(forwards)
+
+    try:
+        calls, n_forwards = onednn_calls(PROMPTS[:4], 4)  # distinct prompts: one prefill, then decode steps
+        assert n_forwards >= 2 and calls == linears * (n_forwards - 1) + 1
+        assert onednn_calls(PROMPTS[:2], 1)[0] == 0
+    finally:
+        hook.remove()

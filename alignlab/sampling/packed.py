@@ -8,14 +8,19 @@ weight once in the blocked layout it chooses for the batch's row count, runs the
 runs on). Packing every weight costs one pass over them, paid once per batch of prompts, so the
 sampler always reads the policy's current weights: an online step that updated them samples from the update.
 
-What changes is only the kernel of the decode steps' products (rows == the batch); the prefill, whose row count is
-batch x prompt width, runs the model's own ``F.linear``. The two kernels sum in different orders, so logits differ
-in the last bits: greedy decoding gives ``generate``'s tokens except where two tokens tie to
-that precision, and sampling draws from the same distribution (tests/test_sampling.py checks both on the tiny
-model; ``benchmarks/bench_sampling.py --check-greedy`` counts agreement on the real one).
+What changes is only the kernel of the products with as many rows as the batch: every decode step's, and the
+prefill's output head (``logits_to_keep=1``); the rest of the prefill, batch x prompt width rows, runs
+``F.linear``. The two kernels sum in different orders, so logits differ in the last bits: greedy decoding gives
+``generate``'s tokens except where two tokens tie to that precision, and sampling draws from the same
+distribution (tests/test_sampling.py checks both on a small random model; ``benchmarks/bench_sampling.py
+--check-greedy`` counts agreement on the real one). A batch of one row samples with the plain decode loop: a single
+row gains nothing from packing (the benchmark's batch-1 products cost the same) and would pay for it.
 
 The model is changed while a batch samples and restored after, even on error: each ``nn.Linear`` with an fp32
-weight on the CPU is replaced in its parent by a :class:`PackedLinear` holding it, and put back afterwards.
+weight on the CPU is replaced in its parent by a :class:`PackedLinear` holding it, and put back afterwards. While
+it samples, therefore: the packed copies take as much memory again as those weights (538 MB for SmolLM2); the
+model's ``state_dict`` keys read ``...linear.weight``; hooks registered on the original layers do not run; and no
+other thread may run the same model (a judge thread that shares its modules would see the swap).
 """
 
 from __future__ import annotations
@@ -95,5 +100,10 @@ def sample_batch(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, sa
     if next(model.parameters()).device.type != "cpu":
         raise ConfigError("sampling.backend=packed packs weights for the CPU's oneDNN kernels; on "
                           f"{next(model.parameters()).device} use backend=loop or hf")
-    with packed_linears(model, rows=input_ids.shape[0]):
+    if input_ids.shape[0] == 1:
+        return decode_loop.sample_batch(model, input_ids, attention_mask, sampling, eos, pad)
+    with packed_linears(model, rows=input_ids.shape[0]) as packed:
+        if packed == 0:
+            raise ConfigError("sampling.backend=packed found no fp32 nn.Linear on the CPU to pack in "
+                              f"{type(model).__name__}; use backend=loop")
         return decode_loop.sample_batch(model, input_ids, attention_mask, sampling, eos, pad)
