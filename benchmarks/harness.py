@@ -156,16 +156,8 @@ class GenerationProbe:
         probe = self
 
         def generate(model, *args, **kwargs):
-            widths: list[int] = []
-            hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(_input_width(a, kw)),
-                                                    with_kwargs=True)
-            SAMPLER.active = True
-            start = time.perf_counter()
-            try:
-                out = original(model, *args, **kwargs)
-            finally:
-                hook.remove()
-            probe.record(model, kwargs, out, time.perf_counter() - start, widths)
+            out, seconds, widths = _watched(model, lambda: original(model, *args, **kwargs))
+            probe.record(model, kwargs, out, seconds, widths)
             return out
 
         GenerationMixin.generate = generate
@@ -179,16 +171,7 @@ class GenerationProbe:
         probe = self
 
         def backend(model, prompts, sampling, eos, pad, progress):
-            widths: list[int] = []
-            hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(_input_width(a, kw)),
-                                                    with_kwargs=True)
-            SAMPLER.active = True
-            start = time.perf_counter()
-            try:
-                rows = original(model, prompts, sampling, eos, pad, progress)
-            finally:
-                hook.remove()
-            seconds = time.perf_counter() - start
+            rows, seconds, widths = _watched(model, lambda: original(model, prompts, sampling, eos, pad, progress))
             new = [_until_eos(row, {eos}) for row in rows]
             prompt_tokens = sum(len(p) for p in prompts)
             probe.calls.append({"seconds": seconds, "new_tokens": sum(new), "prompt_tokens": prompt_tokens,
@@ -226,6 +209,20 @@ class GenerationProbe:
             self.settings = {f"generation {k}": v for k, v in effective.items()}
             self.settings["generation sequences per call"] = int(sequences.shape[0])
             self.settings["KV cache used in decoding"] = len(widths) > 1 and all(w == 1 for w in widths[1:])
+
+
+def _watched(model, call) -> tuple[Any, float, list[int]]:
+    """``call()``'s result, its wall seconds, and the input width of every forward of ``model`` during it (a KV
+    cache shows as widths of 1 after the first); starts the peak-memory sampler."""
+    widths: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(_input_width(a, kw)), with_kwargs=True)
+    SAMPLER.active = True
+    start = time.perf_counter()
+    try:
+        out = call()
+    finally:
+        hook.remove()
+    return out, time.perf_counter() - start, widths
 
 
 def _first_set(*values):
