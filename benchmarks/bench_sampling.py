@@ -13,7 +13,8 @@ processes falls on all alike, and the ratio to ``hf`` is the median of the per-r
 Reported per batch: new tokens per second end to end (prefill included), milliseconds per decode step (from a
 second, one-token call: ``(t(N) - t(1)) / (steps - 1)``), what the step's matrix products alone cost with this
 machine's kernels (``matmuls``: every linear layer once on a batch-sized input with ``F.linear``; ``packed``: the
-same with the oneDNN kernels on pre-packed weights that ``sampling.backend=packed`` uses), and the two limits a decode step
+same with the oneDNN kernels on pre-packed weights that ``sampling.backend=packed`` uses; ``fused``: the stacked
+products ``sampling.backend=fused`` computes, on the same kernels), and the two limits a decode step
 cannot beat, both measured in this run with the same threads: reading every weight once (parameter bytes / the
 bandwidth of a large tensor sum) and the arithmetic (2 * parameters * batch FLOPs / the rate of a large fp32
 matmul). ``% of bound``: the decode step's tokens per second as a share of the larger limit's.
@@ -131,6 +132,22 @@ def packed_matmul_floor_ms(model, batch: int, repeats: int = 3) -> float:
     return best_of(lambda: [m(inputs[m.in_features]) for m in layers], repeats) * 1e3
 
 
+def fused_matmul_floor_ms(model, batch: int, repeats: int = 3) -> float:
+    """:func:`matmul_floor_ms` for the products of ``sampling.backend=fused``: each layer's stacked query-key-value
+    and gate-up products, its output and down products and the output head, packed for ``batch`` rows; nan for a
+    model that backend does not cover."""
+    from alignlab.errors import ConfigError
+    from alignlab.sampling.fused import fused_weights
+
+    try:
+        layers, head = fused_weights(model, batch)
+    except ConfigError:
+        return float("nan")
+    products = [w for layer in layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [head]
+    inputs = {w.in_features: torch.randn(batch, w.in_features) for w in products}
+    return best_of(lambda: [w(inputs[w.in_features]) for w in products], repeats) * 1e3
+
+
 def bounds(model, batch: int, limits: dict) -> dict:
     """Per decode step: weight-read time and arithmetic time (ms); the larger one is the step's floor. Also the
     measured cost of the step's matrix products with this machine's kernels (:func:`matmul_floor_ms`)."""
@@ -141,6 +158,8 @@ def bounds(model, batch: int, limits: dict) -> dict:
     return {"weights_MB": weight_bytes / 1e6, "read_bound_ms": read_ms, "flop_bound_ms": flop_ms,
             "bound_tokens_per_s": batch / (max(read_ms, flop_ms) / 1e3), "matmuls_ms": matmul_floor_ms(model, batch),
             "packed_matmuls_ms": packed_matmul_floor_ms(model, batch) if torch.backends.mkldnn.is_available()
+            else float("nan"),
+            "fused_matmuls_ms": fused_matmul_floor_ms(model, batch) if torch.backends.mkldnn.is_available()
             else float("nan")}
 
 
@@ -168,11 +187,12 @@ def load() -> str:
 
 def table(rows: list[dict]) -> str:
     head = (f"{'prompts':9s} {'batch':>5s} {'backend':8s} {'new tok/s':>9s} {'x hf':>5s} {'ms/step':>8s} "
-            f"{'matmuls':>8s} {'packed':>7s} {'read ms':>8s} {'flop ms':>8s} {'bound tok/s':>11s} {'% of bound':>10s}")
+            f"{'matmuls':>8s} {'packed':>7s} {'fused':>6s} {'read ms':>8s} {'flop ms':>8s} {'bound tok/s':>11s} {'% of bound':>10s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['prompts']:9s} {r['batch']:5d} {r['backend']:8s} {r['new_tokens_per_s']:9.1f} "
                      f"{r['speedup_vs_hf']:5.2f} {r['decode_ms_per_step']:8.1f} {r['matmuls_ms']:8.1f} {r['packed_matmuls_ms']:7.1f} "
+                     f"{r.get('fused_matmuls_ms', float('nan')):6.1f} "
                      f"{r['read_bound_ms']:8.1f} "
                      f"{r['flop_bound_ms']:8.1f} {r['bound_tokens_per_s']:11.1f} "
                      f"{100 * r['batch'] / r['decode_ms_per_step'] * 1e3 / r['bound_tokens_per_s']:9.1f}%")

@@ -231,3 +231,93 @@ def test_packed_backend_runs_every_decode_product_on_onednn_and_a_single_row_wit
         assert onednn_calls(PROMPTS[:2], 1)[0] == 0
     finally:
         hook.remove()
+
+
+def one_decode_step(model, decoder, prompts, token=7):
+    """Logits ``[B, V]`` and the written cache of one decode step after ``prompts`` (left-padded, prefilled by the
+    model), computed by ``decoder``."""
+    from transformers import StaticCache
+
+    from alignlab.padding import left_pad
+    from alignlab.sampling import decode_loop
+
+    input_ids, attention = left_pad(prompts, EOS)
+    width = input_ids.shape[1]
+    cache = StaticCache(config=model.config, max_cache_len=width + 2)
+    mask = attention.new_ones(len(prompts), width + 2)
+    mask[:, :width] = attention
+    positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
+    with torch.no_grad():
+        decode_loop.prefill(model, input_ids, mask, positions, cache)
+        step = decoder(model, cache, mask)
+        logits = step(torch.full((len(prompts),), token), positions[:, -1:] + 1, width)
+    return logits, [(layer.keys[:, :, width].clone(), layer.values[:, :, width].clone()) for layer in cache.layers]
+
+
+@pytest.mark.parametrize("biases", [False, True])
+def test_fused_step_computes_the_models_decode_step(biases):
+    """The fused decode step's logits and cache writes equal the model's own forward to float precision, with
+    grouped-query heads, left padding, and (Qwen-style) projection biases; the model's forward is not called."""
+    from alignlab.sampling import decode_loop, fused
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, initializer_range=0.2, attention_bias=biases,
+                         mlp_bias=biases, rms_norm_eps=1e-5)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = LlamaForCausalLM(config).eval()
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                    module.bias.normal_(0, 0.5)
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.uniform_(0.5, 1.5)
+    prompts = random_prompts((3, 9, 5, 14))
+    expected, expected_cache = one_decode_step(model, decode_loop.model_step, prompts)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        logits, written = one_decode_step(model, fused.FusedStep, prompts)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # the prefill
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    for (k, v), (k0, v0) in zip(written, expected_cache, strict=True):
+        torch.testing.assert_close(k, k0, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(v, v0, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_step_merges_active_lora_adapters_and_skips_disabled_ones(lively):
+    """A LoRA policy's decode step with its adapters merged into the weights it packs, and without them while the
+    adapter is disabled (the reference), each equal to the PEFT model's own forward."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from alignlab.sampling import decode_loop, fused
+
+    model = get_peft_model(copy.deepcopy(lively[0]), LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj", "down_proj", "lm_head"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    model.eval()
+    prompts = random_prompts((3, 9, 5))
+    adapted, _ = one_decode_step(model, fused.FusedStep, prompts)
+    torch.testing.assert_close(adapted, one_decode_step(model, decode_loop.model_step, prompts)[0], rtol=1e-4,
+                               atol=1e-5)
+    with model.disable_adapter():
+        plain, _ = one_decode_step(model, fused.FusedStep, prompts)
+        torch.testing.assert_close(plain, one_decode_step(model, decode_loop.model_step, prompts)[0], rtol=1e-4,
+                                   atol=1e-5)
+    assert (adapted - plain).abs().max() > 0.1
+
+
+def test_fused_backend_refuses_a_model_it_does_not_cover(tiny):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()
+    with pytest.raises(ConfigError, match="GPT2LMHeadModel.*backend=packed"):
+        generate(model, tiny.tokenizer, PROMPTS[:2], Sampling(max_new_tokens=3, backend="fused"))

@@ -13,7 +13,11 @@ Backends (``sampling.backend``, see :mod:`alignlab.sampling.backends`):
   sampling, with a static KV cache, one prefill per distinct prompt and one random number per row and step;
 * ``packed`` (``sampling.backend=packed``, CPU): the decode loop with every linear layer's weight pre-packed for
   oneDNN for the batch's row count (:mod:`alignlab.sampling.packed`), packed anew for every batch, so it always
-  samples from the current weights.
+  samples from the current weights;
+* ``fused`` (``sampling.backend=fused``, CPU, Llama architecture): the decode loop with the model's prefill and
+  alignlab's own decode step (:mod:`alignlab.sampling.fused`): query, key and value one product, gate and up one
+  product, norms folded into the weights, residual adds in the products' kernel, a few batched products for
+  attention; weights read from the model (LoRA merged) and packed for every batch.
 
 A new engine is one entry in :data:`BACKENDS`: a callable ``(model, prompts, sampling, eos, pad, progress) ->``
 each prompt's new token ids (through EOS when it ended). A vLLM backend, for instance, would be one class holding

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from torch import Tensor, nn
 
 from alignlab.padding import left_pad
-from alignlab.sampling import decode_loop, hf, packed
+from alignlab.sampling import decode_loop, fused, hf, packed
 
 if TYPE_CHECKING:
     from alignlab.sampling.settings import Sampling
@@ -62,4 +62,5 @@ BACKENDS: dict[str, Backend] = {
     "hf": Batched(hf.sample_batch),
     "loop": Batched(decode_loop.sample_batch),
     "packed": Batched(packed.sample_batch),
+    "fused": Batched(fused.sample_batch),
 }

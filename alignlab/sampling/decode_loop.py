@@ -29,6 +29,7 @@ costs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -39,11 +40,30 @@ if TYPE_CHECKING:
     from alignlab.sampling.settings import Sampling
 
 
+# One decode step: (tokens [B], their position ids [B, 1], their cache slot) -> next-token logits [B, V].
+Step = Callable[[Tensor, Tensor, int], Tensor]
+# Builds the batch's decode step once its prompts are in the cache: (model, cache, mask [B, W + T]) -> Step.
+StepFactory = Callable[[nn.Module, StaticCache, Tensor], Step]
+
+
+def model_step(model: nn.Module, cache: StaticCache, mask: Tensor) -> Step:
+    """The decode step as the model's own forward computes it (``logits_to_keep=1``), writing ``cache``."""
+
+    def step(tokens: Tensor, positions: Tensor, slot: int) -> Tensor:
+        return model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, cache=cache,
+                     use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    return step
+
+
 @torch.no_grad()
 def sample_batch(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, sampling: Sampling, eos: int,
-                 pad: int) -> Tensor:
+                 pad: int, decoder: StepFactory = model_step) -> Tensor:
     """New tokens ``[B, T]`` after left-padded ``input_ids`` ``[B, W]``, ``T <= sampling.max_new_tokens``; rows
-    that ended hold ``pad`` after their EOS, and the loop stops when every row has ended."""
+    that ended hold ``pad`` after their EOS, and the loop stops when every row has ended.
+
+    The prompts are prefilled by the model's forward; ``decoder`` builds what computes each decode step after it
+    (:mod:`alignlab.sampling.fused` passes its own)."""
     batch, width = input_ids.shape
     steps = sampling.max_new_tokens
     cache = StaticCache(config=model.config, max_cache_len=width + steps)
@@ -54,14 +74,15 @@ def sample_batch(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, sa
     out = input_ids.new_full((batch, steps), pad)
     unfinished = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
     next_position = positions[:, -1:] + 1
+    decode = None
     for step in range(steps):
         tokens = next_tokens(logits, sampling).masked_fill(~unfinished, pad)
         out[:, step] = tokens
         unfinished &= tokens != eos
         if step + 1 == steps or not unfinished.any():
             return out[:, : step + 1]
-        logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_position + step, cache=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1]
+        decode = decode or decoder(model, cache, mask)
+        logits = decode(tokens, next_position + step, width + step)
     raise AssertionError("unreachable: the loop returns at its last step")
 
 

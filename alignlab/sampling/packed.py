@@ -40,6 +40,27 @@ if TYPE_CHECKING:
     from alignlab.sampling.settings import Sampling
 
 
+class PackedWeight:
+    """A weight ``[out, in]`` (and bias ``[out]``) held in the blocked layout oneDNN chooses for ``rows``-row
+    inputs; called on an input ``[rows, in]``, it returns ``x @ weight.T + bias`` ``[rows, out]``."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, rows: int):
+        if not torch.backends.mkldnn.is_available():
+            raise ConfigError("sampling.backend=packed and fused need a PyTorch built with oneDNN (mkldnn); "
+                              "use backend=loop")
+        self.rows = rows
+        self.in_features = weight.shape[1]
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+        self.bias = None if bias is None else bias.detach()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def add(self, x: Tensor, other: Tensor) -> Tensor:
+        """``self(x) + other`` (``other`` ``[rows, out]``: a residual) in the same kernel."""
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, self.bias, "add")
+
+
 class PackedLinear(nn.Module):
     """``linear``'s forward with its weight ``[out, in]`` also held pre-packed for inputs of ``rows`` rows.
 
@@ -51,7 +72,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.linear = linear
         self.rows = rows
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows)
+        self.packed = PackedWeight(linear.weight, linear.bias, rows)
 
     # what a wrapper of the layer reads (a LoRA layer reads its base layer's weight, e.g. for its dtype)
     weight = property(lambda self: self.linear.weight)
@@ -63,8 +84,7 @@ class PackedLinear(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         if flat.shape[0] != self.rows:
             return F.linear(x, self.weight, self.bias)
-        bias = None if self.bias is None else self.bias.detach()
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, bias, "none", [], "")
+        out = self.packed(flat)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -76,8 +96,6 @@ def packable(module: nn.Module) -> bool:
 def packed_linears(model: nn.Module, rows: int) -> Iterator[int]:
     """Within the block every packable ``nn.Linear`` of ``model`` is a :class:`PackedLinear` for ``rows`` rows;
     yields how many were replaced. Restored on exit."""
-    if not torch.backends.mkldnn.is_available():
-        raise ConfigError("sampling.backend=packed needs a PyTorch built with oneDNN (mkldnn); use backend=loop")
     swapped: list[tuple[nn.Module, str, nn.Linear]] = []
     try:
         for name, module in list(model.named_modules()):

@@ -23,10 +23,12 @@ class Sampling:
             alone; ``None`` draws from the global generator (online training: a new draw every step).
         backend: the engine that samples, a key of :data:`alignlab.sampling.BACKENDS`: ``hf`` (Hugging Face
             ``generate``, the reference and the default), ``loop`` (alignlab's decode loop: ``generate``'s tokens
-            under greedy decoding and its distribution under sampling, but other draws for a seed) or ``packed``
+            under greedy decoding and its distribution under sampling, but other draws for a seed), ``packed``
             (the decode loop with oneDNN kernels on weights pre-packed for the batch, CPU only; its logits differ
-            from ``generate``'s in the last bits, so a greedy near-tie can go the other way). The two faster ones
-            are opt-in: ``benchmarks/bench_sampling.py`` prints what each gains on the machine it runs on.
+            from ``generate``'s in the last bits, so a greedy near-tie can go the other way) or ``fused`` (the
+            decode loop with alignlab's own decode step for Llama-architecture models on fused, packed weights; CPU
+            only, same caveat). The faster ones are opt-in: ``benchmarks/bench_sampling.py`` prints what each gains
+            on the machine it runs on.
     """
 
     max_new_tokens: int = 64
