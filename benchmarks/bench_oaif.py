@@ -28,9 +28,12 @@ prompts of the bundled ``short_facts`` data, in the same batches (TRL gets them 
 reads them sequentially; the prompt tokens of each step are compared). Reported per step (median of steps 2..N, wall time between step ends):
 seconds, generation seconds (the sampler's call alone) and new tokens (up to each answer's EOS) per second of
 it, training tokens (prompt + answer of every trained sequence) per second of the rest of the step (annotating
-included on both sides), and peak memory. The two sides sample their own answers (each its own random stream),
-so their steps can carry different numbers of tokens: each repeat also prints both sides' generated and trained
-tokens and alignlab's time scaled to TRL's tokens (:func:`equal_work_s`). Results also go to a JSON file
+included on both sides), and peak memory. The two sides sample their own answers (each its own random stream), so
+their answers would end at different lengths; by default (``--equal-length``) neither may end before
+``max_new_tokens`` (``min_new_tokens`` set to it on both sides: alignlab's ``data.sampling.min_new_tokens``, TRL's
+``generation_kwargs``), so both generate and train on exactly the same number of tokens. With
+``--no-equal-length`` the answers end at their EOS, and each repeat prints both sides' generated and trained tokens
+and alignlab's time scaled to TRL's tokens (:func:`equal_work_s`). Results also go to a JSON file
 (``--out``); ``--reprint FILE`` prints its tables again.
 """
 
@@ -79,6 +82,7 @@ COMPARED = ["parameter dtype", "autocast", "activation checkpointing", "training
             "attention implementation", "prompts per step", "gradient accumulation", "reference", "optimizer",
             "gradient clipping", "generation use_cache", "KV cache used in decoding", "generation do_sample",
             "generation temperature", "generation top_p", "generation top_k", "generation max_new_tokens",
+            "generation min_new_tokens",
             "generation repetition_penalty", "generation sequences per call", "steps", "prompt tokens by step"]
 FIGURES = {"median_step_s": "s/step (median)", "median_generation_s": "generation s/step (median)",
            "generated_tokens_per_s": "generated new tokens/s", "train_tokens_per_s": "training tokens/s",
@@ -130,6 +134,7 @@ def run_alignlab(args, generation: GenerationProbe) -> dict:
                             f"data.sampling.max_new_tokens={args.max_new_tokens}", "data.sampling.temperature=0.9", "data.sampling.top_p=1.0",
                             "data.unfinished=keep", "data.drop_ties=false", f"trainer.max_steps={args.steps}",
                             f"data.sampling.backend={args.alignlab_backend}",
+                            f"data.sampling.min_new_tokens={args.max_new_tokens if args.equal_length else 0}",
                             f"optimizer.lr={args.lr}", "scheduler=constant", "trainer.gradient_clip_val=null"])
     objects = run_alignlab_train(cfg, [StepEnds()])
     trainer, module, dm = objects["trainer"], objects["module"], objects["datamodule"]
@@ -192,7 +197,8 @@ def run_trl(args, generation: GenerationProbe) -> dict:
                              learning_rate=args.lr, lr_scheduler_type="constant", max_grad_norm=0.0, logging_steps=1,
                              save_strategy="no", max_new_tokens=args.max_new_tokens, temperature=0.9, top_p=1.0,
                              max_length=args.max_prompt_length + args.max_new_tokens, beta=[0.1],
-                             train_sampling_strategy="sequential")  # the rows are already in alignlab's order
+                             train_sampling_strategy="sequential",  # the rows are already in alignlab's order
+                             generation_kwargs={"min_new_tokens": args.max_new_tokens} if args.equal_length else None)
     trainer = OnlineDPOTrainer(model=loaded.model, ref_model=copy.deepcopy(loaded.model).eval(),
                                reward_funcs=rule_reward, args=config, train_dataset=dataset,
                                processing_class=loaded.tokenizer, callbacks=[StepEnds()])
@@ -232,6 +238,9 @@ def main() -> None:
                         help="run both sides this many times, alternating which goes first")
     parser.add_argument("--alignlab-backend", default="packed", choices=sorted(BACKENDS),
                         help="alignlab's sampling.backend (default packed: oneDNN kernels on pre-packed weights)")
+    parser.add_argument("--equal-length", action=argparse.BooleanOptionalAction, default=True,
+                        help="every answer exactly max_new_tokens long on both sides (min_new_tokens = max_new_tokens), "
+                             "so both do the same work; --no-equal-length lets answers end at their EOS")
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default outputs/benchmarks/...)")
     parser.add_argument("--reprint", type=Path, metavar="JSON", help="print a results file's tables again; run nothing")
     parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
@@ -250,7 +259,8 @@ def main() -> None:
 
     options = ["--model", args.model, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                "--max-new-tokens", str(args.max_new_tokens), "--max-prompt-length", str(args.max_prompt_length),
-               "--threads", str(args.threads), "--lr", str(args.lr), "--alignlab-backend", args.alignlab_backend]
+               "--threads", str(args.threads), "--lr", str(args.lr), "--alignlab-backend", args.alignlab_backend,
+               "--equal-length" if args.equal_length else "--no-equal-length"]
     payload = header("bench_oaif", args)
     names = args.which.split(",")
     repeats = []

@@ -143,7 +143,8 @@ class GenerationProbe:
     forward pass after the first feeding one new token per row.
     """
 
-    KEYS = ("use_cache", "do_sample", "temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty")
+    KEYS = ("use_cache", "do_sample", "temperature", "top_p", "top_k", "max_new_tokens", "min_new_tokens",
+            "repetition_penalty")
 
     def __init__(self) -> None:
         self.calls: list[dict[str, float]] = []
@@ -181,9 +182,12 @@ class GenerationProbe:
                     "generation use_cache": True,  # the decode loop always decodes over its static cache
                     "generation do_sample": sampling.temperature > 0, "generation temperature": sampling.temperature,
                     "generation top_p": sampling.top_p, "generation top_k": 0,  # no top-k filter
-                    "generation max_new_tokens": sampling.max_new_tokens, "generation repetition_penalty": 1,
+                    "generation max_new_tokens": sampling.max_new_tokens,
+                    "generation min_new_tokens": sampling.min_new_tokens, "generation repetition_penalty": 1,
                     "generation sequences per call": len(prompts),
-                    "KV cache used in decoding": len(widths) > 1 and all(w == 1 for w in widths[1:]),
+                    # no model forward after the prompt's re-reads it (backend=fused's decode steps do not call the
+                    # model's forward at all: they read the static cache the prefill filled)
+                    "KV cache used in decoding": len(widths) >= 1 and all(w == 1 for w in widths[1:]),
                 }
             return rows
 
@@ -198,6 +202,7 @@ class GenerationProbe:
         effective = {k: kwargs[k] if k in kwargs else _first_set(getattr(config, k, None),
                                                                  getattr(model.generation_config, k, None),
                                                                  defaults.get(k)) for k in self.KEYS}
+        effective["min_new_tokens"] = effective["min_new_tokens"] or 0  # unset means none
         eos = kwargs.get("eos_token_id", config.eos_token_id)
         eos = {eos} if isinstance(eos, int) else set(eos or [])
         sequences = getattr(out, "sequences", out)

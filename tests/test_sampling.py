@@ -74,6 +74,23 @@ def test_greedy_tokens_and_finished_flags_match_generate(lively, backend, batch_
     assert len({tuple(g.token_ids) for g in reference}) >= 6
 
 
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_min_new_tokens_holds_eos_back_as_generate_does(lively, backend):
+    """With ``min_new_tokens`` no answer ends before it (greedy answers that ended at steps 1-4 run on), and every
+    backend gives ``generate``'s greedy tokens; a minimum above the cap is a config error."""
+    model, tok = lively
+    free = generate(model, tok, PROMPTS, Sampling(max_new_tokens=16, temperature=0.0))
+    assert any(g.finished and len(g.token_ids) < 5 for g in free)  # so the minimum changes something
+    held = Sampling(max_new_tokens=16, min_new_tokens=5, temperature=0.0, backend="hf")
+    reference = generate(model, tok, PROMPTS, held)
+    assert all(len(g.token_ids) >= 5 for g in reference) and any(g.finished for g in reference)
+    assert answers(generate(model, tok, PROMPTS, held.replace(backend=backend))) == answers(reference)
+    sampled = generate(model, tok, PROMPTS * 3, held.replace(backend=backend, temperature=1.0, seed=0))
+    assert all(len(g.token_ids) >= 5 for g in sampled)
+    with pytest.raises(ConfigError, match="min_new_tokens"):
+        Sampling(max_new_tokens=4, min_new_tokens=5)
+
+
 def expected_first_tokens(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
     """Next-token probabilities ``[V]`` after temperature and nucleus filtering, computed independently of the
     backends (float64, descending order): the smallest set of most likely tokens holding ``top_p``."""

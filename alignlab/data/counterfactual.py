@@ -103,7 +103,9 @@ class CounterfactualDataModule(FixedPairsSource):
                 "prompts": [p.meta["prompt"] for p in prompts], "condition": condition,
                 "messages": self.messages("{prompt}", condition), "samples_per_prompt": self.samples_per_prompt,
                 "sampling": {"temperature": self.sampling.temperature, "top_p": self.sampling.top_p,
-                             "max_new_tokens": self.sampling.max_new_tokens},
+                             "max_new_tokens": self.sampling.max_new_tokens,
+                             **({"min_new_tokens": self.sampling.min_new_tokens} if self.sampling.min_new_tokens
+                                else {})},
                 "batch_size": self.sampling.batch_size,  # batching changes samples
                 "backend": self.sampling.backend,  # so does the engine (its random draws)
                 "seed": self.sampling.seed + self.CONDITION_SEED[condition], "format": 2}

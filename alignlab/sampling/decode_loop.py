@@ -76,6 +76,8 @@ def sample_batch(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, sa
     next_position = positions[:, -1:] + 1
     decode = None
     for step in range(steps):
+        if step < sampling.min_new_tokens:
+            logits[:, eos] = float("-inf")
         tokens = next_tokens(logits, sampling).masked_fill(~unfinished, pad)
         out[:, step] = tokens
         unfinished &= tokens != eos

@@ -16,6 +16,6 @@ def sample_batch(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, sa
     decoding = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p) \
         if sampling.temperature > 0 else dict(do_sample=False)
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=sampling.max_new_tokens,
-                         eos_token_id=eos, pad_token_id=pad, top_k=0,
+                         min_new_tokens=sampling.min_new_tokens or None, eos_token_id=eos, pad_token_id=pad, top_k=0,
                          use_cache=True, **decoding)  # also when training turned it off for checkpointing
     return out[:, input_ids.shape[1]:]

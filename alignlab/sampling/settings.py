@@ -15,6 +15,9 @@ class Sampling:
 
     Args:
         max_new_tokens: the cap on an answer's length; an answer that reaches it did not finish.
+        min_new_tokens: no answer ends before this many new tokens (EOS is masked until then, as ``generate``'s
+            ``min_new_tokens`` does); 0 by default. Benchmarks set it to ``max_new_tokens`` so that two samplers
+            compared do exactly the same work.
         temperature: 0 decodes greedily.
         top_p: nucleus sampling (1.0: the whole distribution).
         batch_size: prompts per forward batch; ``None`` samples every prompt of a call in one batch (online pairs:
@@ -32,6 +35,7 @@ class Sampling:
     """
 
     max_new_tokens: int = 64
+    min_new_tokens: int = 0
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int | None = 16
@@ -41,6 +45,9 @@ class Sampling:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"sampling.max_new_tokens={self.max_new_tokens} must be at least 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(f"sampling.min_new_tokens={self.min_new_tokens} must be between 0 and "
+                              f"sampling.max_new_tokens={self.max_new_tokens}")
         if self.temperature < 0:
             raise ConfigError(f"sampling.temperature={self.temperature} must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -54,4 +61,9 @@ class Sampling:
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings by name, ``min_new_tokens`` only when set: what records and cache keys written before that
+        field existed hold still describes the same sampling (and still finds its cached answers)."""
+        settings = dataclasses.asdict(self)
+        if not self.min_new_tokens:
+            del settings["min_new_tokens"]
+        return settings
