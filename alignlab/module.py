@@ -60,12 +60,15 @@ class PreferenceModule(pl.LightningModule):
         disable_dropout: dropout off in the policy, as TRL does; the log-ratios are then deterministic.
         min_updates: a fit that runs steps but has fewer than this many with pairs to train on (summed over
             devices) raises :class:`TrainingFailure`, naming what dropped the pairs; 0 allows any.
+        keep_gradients: keep the gradient buffers allocated between updates (zeroed in place: no re-allocation on
+            the CPU heap every step); false drops them right after each update, for objectives that sample
+            between updates (online), whose sampler then needs memory that the dead gradients would hold.
     """
 
     def __init__(self, policy: nn.Module, loss: PreferenceLoss, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, reference: Reference | None = None,
                  precompute_reference: bool = False, layout: str = "packed", disable_dropout: bool = True,
-                 min_updates: int = 1) -> None:
+                 min_updates: int = 1, keep_gradients: bool = True) -> None:
         super().__init__()
         self.policy = policy.train()  # from_pretrained returns eval mode; Lightning keeps submodules' modes
         self.loss = loss
@@ -81,6 +84,7 @@ class PreferenceModule(pl.LightningModule):
         self.layout = layout
         self.last_validated_step = -1
         self.min_updates = min_updates
+        self.keep_gradients = keep_gradients
         self.updates, self.steps_at_start = 0, 0  # this fit's steps that had pairs; global_step when it began
         self.pair_counts: dict[str, float] = {}  # this fit's summed training stats (online: pairs, drops by cause)
         if loss.needs_reference and reference is None:
@@ -242,9 +246,17 @@ class PreferenceModule(pl.LightningModule):
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
                                            gradient_clip_val)
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if not self.keep_gradients:  # dead until the next backward: the next step's sampler gets their memory
+            optimizer.zero_grad(set_to_none=True)
+
     def optimizer_zero_grad(self, epoch, batch_idx, optimizer) -> None:
-        # Gradients stay allocated between steps: re-allocating the policy's size every step fragments the CPU heap.
-        optimizer.zero_grad(set_to_none=False)
+        # By default gradients stay allocated between steps: re-allocating the policy's size every step fragments
+        # the CPU heap. An objective that samples between updates (online) drops them after each update instead
+        # (keep_gradients=false), so that the sampler's working memory (a packed copy of the weights, the KV
+        # cache) takes their place rather than adding to them.
+        optimizer.zero_grad(set_to_none=not self.keep_gradients)
 
     @contextlib.contextmanager
     def evaluating(self):

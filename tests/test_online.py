@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -519,3 +520,47 @@ def test_verdicts_of_parts_concatenate():
     assert joined.prob_first == [0.9, None, 0.2] and joined.consistent == [True, None, None]
     assert joined.sources == ["logprobs", None, None] and joined.orders[2] == (None, None)
     assert joined.last_failure == "x" and Verdicts.concat([b, b]).consistent == []
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_online_steps_sample_without_the_last_updates_gradients(make_cfg, monkeypatch, keep):
+    """objective=oaif drops the gradients right after each update (``keep_gradients: false``), so the next step
+    samples without them in memory; ``keep_gradients=true`` keeps them allocated (zeroed in place)."""
+    import alignlab.data.online as online
+    import alignlab.judges.rule as rule
+    from alignlab.sampling import generate
+
+    monkeypatch.setattr(rule, "RuleJudge", lambda **kw: FewerEsJudge())
+    grads_at_sampling = []
+
+    def recording(model, tokenizer, prompts, sampling, progress=None):
+        grads_at_sampling.append(any(p.grad is not None for p in model.parameters()))
+        return generate(model, tokenizer, prompts, sampling, progress)
+
+    monkeypatch.setattr(online, "generate", recording)
+    cfg = make_cfg("objective=oaif", "data.sampling.max_new_tokens=4", "trainer.max_steps=3", "data.prompts.max_train=12",
+                   "data.prompts.max_val=4", "validate_before_training=false", "+trainer.limit_val_batches=0",
+                   f"objective.module.keep_gradients={str(keep).lower()}")
+    with open_dict(cfg):
+        cfg.data.unfinished = "keep"
+    _, run = run_train(cfg)
+    assert run["module"].keep_gradients is keep
+    assert grads_at_sampling == [False, keep, keep]  # the first step samples before any backward
+
+
+def test_reference_similarity_judge_prefers_the_answer_closer_to_the_reference():
+    """The reference-guided annotator (judge=reference_similarity): the answer that says what the reference says
+    wins, in either order; a prompt without a reference answer gets no verdict, and says so."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    judge = instantiate(OmegaConf.load(Path(__file__).parents[1] / "conf" / "judge" / "reference_similarity.yaml"))
+    prompts = ["What is the capital of France?"] * 2 + ["Who wrote Hamlet?"]
+    right, wrong = "The capital of France is Paris.", "The capital of France is Berlin, a big city."
+    verdicts = judge(prompts, [(right, wrong), (wrong, right), ("Shakespeare.", "Dickens.")],
+                     [{"answer": "Paris"}, {"answer": "Paris"}, {}])
+    assert verdicts.prob_first[0] > 0.9 and verdicts.prob_first[1] < 0.1
+    assert verdicts.prob_first[0] == pytest.approx(1 - verdicts.prob_first[1], abs=1e-6)
+    assert verdicts.prob_first[2] is None and "1 prompt" in verdicts.last_failure
+    with pytest.raises(ConfigError, match="temperature"):
+        type(judge)(temperature=0)
