@@ -140,7 +140,7 @@ def fused_matmul_floor_ms(model, batch: int, repeats: int = 3) -> float:
     from alignlab.sampling.fused import fused_weights
 
     try:
-        layers, head = fused_weights(model, batch)
+        layers, head, _ = fused_weights(model, batch)
     except ConfigError:
         return float("nan")
     products = [w for layer in layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [head]

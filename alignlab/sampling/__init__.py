@@ -16,7 +16,7 @@ Backends (``sampling.backend``, see :mod:`alignlab.sampling.backends`):
   samples from the current weights;
 * ``fused`` (``sampling.backend=fused``, CPU, Llama architecture): the decode loop with the model's prefill and
   alignlab's own decode step (:mod:`alignlab.sampling.fused`): query, key and value one product, gate and up one
-  product, norms folded into the weights, residual adds in the products' kernel, a few batched products for
+  product, residual adds in the products' kernel, a few batched products for
   attention; weights read from the model (LoRA merged) and packed for every batch.
 
 A new engine is one entry in :data:`BACKENDS`: a callable ``(model, prompts, sampling, eos, pad, progress) ->``

@@ -7,13 +7,14 @@ general-purpose forward. This step computes the same function with about twenty 
 
 * the query, key and value projections are one product (their weights stacked), the gate and up projections
   another, each on a weight packed by oneDNN for the batch's row count (:class:`~alignlab.sampling.packed.
-  PackedWeight`), as are the output projection, the down projection and the output head;
+  PackedWeight`), as are the output projection, the down projection and the output head; the residual adds run
+  inside the output and down products' kernel;
 * the rotary embedding is applied to the queries and keys of a step in one pass, from the model's own
   ``rotary_emb`` (so its scaling variants are the model's);
 * the new keys and values are written in place into the batch's ``StaticCache`` slot, and attention is two
   batched products over the filled part of the cache, each kv head's group of query heads at once (no copies of
-  the grouped heads; the attention scale is folded into the query weights, the padding mask is one additive bias
-  per step): for one query row that is cheaper than ``scaled_dot_product_attention``'s CPU kernel.
+  the grouped heads; the scale and the padding mask, one additive bias per step, inside the first product): for
+  one query row that is cheaper than ``scaled_dot_product_attention``'s CPU kernel.
 
 The prompts are prefilled by the model's own forward (:func:`alignlab.sampling.decode_loop.prefill`); only the
 decode steps run here. The weights are read from the model when a batch starts, LoRA adapters merged in as the
@@ -69,58 +70,46 @@ def linear_weight(module: nn.Module, name: str) -> tuple[Tensor, Tensor | None]:
     return weight, base.bias
 
 
-def stacked(modules: list[nn.Module], names: list[str], rows: int, scales: list[float] | None = None,
-            norm: Tensor | None = None) -> PackedWeight:
-    """One packed product for layers that read the same input: their weights (and biases) stacked along the output,
-    each layer's rows multiplied by its entry of ``scales`` (default 1), and the weight ``[in]`` of the RMS norm
-    that precedes them folded into the columns (``W @ (norm * x) == (W * norm) @ x``). At most one copy of the
-    weights is made before packing (plus the stacking)."""
+def stacked(modules: list[nn.Module], names: list[str], rows: int) -> PackedWeight:
+    """One packed product for layers that read the same input: their weights (and biases) stacked along the output.
+    Nothing else is folded in (norm weights, the attention scale): a pass over the weights per batch costs more
+    than the one small multiply per step it would save."""
     parts = [linear_weight(module, name) for module, name in zip(modules, names, strict=True)]
     weights = [w.detach() for w, _ in parts]
-    weight = weights[0] if len(weights) == 1 else torch.cat(weights)
-    row_scale = None
-    if scales is not None and any(s != 1.0 for s in scales):
-        row_scale = torch.cat([torch.full((w.shape[0], 1), s, dtype=w.dtype) for w, s in zip(weights, scales,
-                                                                                             strict=True)])
-    factor = norm.detach()[None, :] if norm is not None else None
-    if row_scale is not None:
-        factor = row_scale if factor is None else row_scale * factor
-    if factor is not None:
-        weight = weight * factor
     bias = None
     if any(b is not None for _, b in parts):
         bias = torch.cat([torch.zeros(w.shape[0], dtype=w.dtype) if b is None else b.detach()
                           for w, (_, b) in zip(weights, parts, strict=True)])
-        if row_scale is not None:
-            bias = bias * row_scale[:, 0]
-    return PackedWeight(weight, bias, rows)
+    return PackedWeight(weights[0] if len(weights) == 1 else torch.cat(weights), bias, rows)
 
 
 @dataclass
 class FusedLayer:
-    """One decoder layer's weights for the fused step (the norms' weights folded into the products they feed)."""
+    """One decoder layer's weights for the fused step."""
 
-    qkv: PackedWeight  # [hidden] -> [(heads + 2 kv_heads) * head_dim], after the input norm
+    input_norm: Tensor  # [hidden]
+    qkv: PackedWeight  # [hidden] -> [(heads + 2 kv_heads) * head_dim]
     o: PackedWeight  # [heads * head_dim] -> [hidden]
-    gate_up: PackedWeight  # [hidden] -> [2 * intermediate], after the post-attention norm
+    post_norm: Tensor  # [hidden]
+    gate_up: PackedWeight  # [hidden] -> [2 * intermediate]
     down: PackedWeight  # [intermediate] -> [hidden]
 
 
-def fused_weights(model: nn.Module, rows: int) -> tuple[list[FusedLayer], PackedWeight]:
-    """Every decoder layer's products and the output head (the final norm folded in), packed for ``rows`` rows
-    from the weights ``model`` has now."""
+def fused_weights(model: nn.Module, rows: int) -> tuple[list[FusedLayer], PackedWeight, Tensor]:
+    """Every decoder layer's norms and products, the output head and the final norm's weight, the products packed
+    for ``rows`` rows, from the weights ``model`` has now."""
     base = checked(model)
     layers = []
     for i, layer in enumerate(base.model.layers):
         attn, mlp, at = layer.self_attn, layer.mlp, f"model.layers.{i}"
         layers.append(FusedLayer(
-            qkv=stacked([attn.q_proj, attn.k_proj, attn.v_proj], [f"{at}.self_attn.{p}_proj" for p in "qkv"], rows,
-                        scales=[attn.scaling, 1.0, 1.0], norm=layer.input_layernorm.weight),
+            input_norm=layer.input_layernorm.weight.detach(),
+            qkv=stacked([attn.q_proj, attn.k_proj, attn.v_proj], [f"{at}.self_attn.{p}_proj" for p in "qkv"], rows),
             o=stacked([attn.o_proj], [f"{at}.self_attn.o_proj"], rows),
-            gate_up=stacked([mlp.gate_proj, mlp.up_proj], [f"{at}.mlp.gate_proj", f"{at}.mlp.up_proj"], rows,
-                            norm=layer.post_attention_layernorm.weight),
+            post_norm=layer.post_attention_layernorm.weight.detach(),
+            gate_up=stacked([mlp.gate_proj, mlp.up_proj], [f"{at}.mlp.gate_proj", f"{at}.mlp.up_proj"], rows),
             down=stacked([mlp.down_proj], [f"{at}.mlp.down_proj"], rows)))
-    return layers, stacked([base.lm_head], ["lm_head"], rows, norm=base.model.norm.weight)
+    return layers, stacked([base.lm_head], ["lm_head"], rows), base.model.norm.weight.detach()
 
 
 class FusedStep:
@@ -136,7 +125,8 @@ class FusedStep:
         self.embed = base.get_input_embeddings()
         self.rotary = base.model.rotary_emb
         self.eps = base.model.norm.variance_epsilon
-        self.layers, self.head = fused_weights(model, rows)
+        self.scale = base.model.layers[0].self_attn.scaling
+        self.layers, self.head, self.final_norm = fused_weights(model, rows)
         self.caches = [(layer.keys, layer.values) for layer in cache.layers]  # [B, kv_heads, W + T, d], in place
 
     def __call__(self, tokens: Tensor, positions: Tensor, slot: int) -> Tensor:
@@ -150,21 +140,21 @@ class FusedStep:
         # [B * kv, 1, L]: 0 where attended, -inf at padding, for each kv head's group of query rows
         bias = self.bias[:, :, :length].expand(rows, kv_heads, length).reshape(rows * kv_heads, 1, length)
         for layer, (cached_keys, cached_values) in zip(self.layers, self.caches, strict=True):
-            qkv = layer.qkv(F.rms_norm(x, x.shape[-1:], None, self.eps))
+            qkv = layer.qkv(F.rms_norm(x, x.shape[-1:], layer.input_norm, self.eps))
             qk = qkv[:, :qk_width].view(rows, heads + kv_heads, d)
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin  # rotary, q and k at once
             cached_keys.select(2, slot).copy_(qk[:, heads:])
             cached_values.select(2, slot).copy_(qkv[:, qk_width:].view(rows, kv_heads, d))
-            # head h reads kv head h // group, as the model's repeat_kv pairs them; q carries 1/sqrt(d) already
+            # head h reads kv head h // group, as the model's repeat_kv pairs them
             q = qk[:, :heads].reshape(rows * kv_heads, group, d)
             keys = cached_keys[:, :, :length].reshape(rows * kv_heads, length, d)  # views: no copy
             values = cached_values[:, :, :length].reshape(rows * kv_heads, length, d)
-            scores = torch.baddbmm(bias, q, keys.transpose(1, 2))  # [B * kv, group, L]
+            scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=self.scale)  # [B * kv, group, L]
             attended = torch.bmm(scores.softmax(-1), values)  # [B * kv, group, d]
             x = layer.o.add(attended.view(rows, heads * d), x)
-            gate, up = layer.gate_up(F.rms_norm(x, x.shape[-1:], None, self.eps)).chunk(2, dim=-1)
+            gate, up = layer.gate_up(F.rms_norm(x, x.shape[-1:], layer.post_norm, self.eps)).chunk(2, dim=-1)
             x = layer.down.add(F.silu(gate) * up, x)
-        return self.head(F.rms_norm(x, x.shape[-1:], None, self.eps))
+        return self.head(F.rms_norm(x, x.shape[-1:], self.final_norm, self.eps))
 
 
 def checked(model: nn.Module) -> nn.Module:
