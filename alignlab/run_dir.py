@@ -23,8 +23,11 @@ RESULTS = ("config.yaml", "metrics.csv", "summary.json", "checkpoints", "policy"
 # loggers, callbacks) may change when a run is resumed, on another machine or for longer.
 RUN_KEYS = ("seed", "model", "data", "objective", "loss", "judge", "behavior", "optimizer", "scheduler",
             "trainer.precision", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
-# Inside RUN_KEYS, settings of speed only.
-SPEED_KEYS = frozenset({"data.num_workers", "data.eval_batch_size"})
+# Inside RUN_KEYS, settings of speed or memory only.
+SPEED_KEYS = frozenset({"data.num_workers", "data.eval_batch_size", "objective.module.keep_gradients"})
+# Fields added after runs were saved, by their last key component, with the value an absent one meant: a run
+# saved before the field existed resumes under a config that holds it at that value.
+ADDED_FIELDS = {"min_new_tokens": 0}
 
 
 def results_in(folder: Path) -> list[str]:
@@ -75,6 +78,10 @@ def run_defining(config: dict[str, Any]) -> dict[str, Any]:
 def changed_keys(saved: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, new value)`` for each run-defining key that differs, in the new config's order."""
     before, after = run_defining(saved), run_defining(new)
+    for key in after:
+        field = key.rpartition(".")[2]
+        if key not in before and field in ADDED_FIELDS:
+            before[key] = ADDED_FIELDS[field]
     missing = object()
     keys = list(after) + [key for key in before if key not in after]
     return [(key, before.get(key, "<absent>"), after.get(key, "<absent>")) for key in keys

@@ -96,6 +96,17 @@ def test_resume_check_ignores_length_devices_and_paths():
     assert changed_keys(saved, wider) == [("model.hidden_size", 64, 128), ("data.batch_size", 4, 8)]
 
 
+def test_a_run_saved_before_a_field_existed_resumes_with_it_at_its_old_meaning():
+    """``data.sampling.min_new_tokens`` arrived after runs were saved: absent means 0, so a config holding 0
+    resumes and one holding another value is a change; ``keep_gradients`` changes memory only."""
+    saved = {"seed": 0, "data": {"sampling": {"max_new_tokens": 8}}, "objective": {"module": {"layout": "packed"}}}
+    now = {"seed": 0, "data": {"sampling": {"max_new_tokens": 8, "min_new_tokens": 0}},
+           "objective": {"module": {"layout": "packed", "keep_gradients": False}}}
+    assert changed_keys(saved, now) == []
+    held = {**now, "data": {"sampling": {"max_new_tokens": 8, "min_new_tokens": 8}}}
+    assert changed_keys(saved, held) == [("data.sampling.min_new_tokens", 0, 8)]
+
+
 # --- multirun folders ---------------------------------------------------------------------------------------------
 
 def test_a_multirun_given_paths_output_dir_makes_it_the_sweep_root(tmp_path):

@@ -76,19 +76,23 @@ def test_greedy_tokens_and_finished_flags_match_generate(lively, backend, batch_
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_min_new_tokens_holds_eos_back_as_generate_does(lively, backend):
-    """With ``min_new_tokens`` no answer ends before it (greedy answers that ended at steps 1-4 run on), and every
-    backend gives ``generate``'s greedy tokens; a minimum above the cap is a config error."""
+    """With ``min_new_tokens`` no answer ends before it (greedy answers that ended at steps 1-3 run on; one ends
+    right at the minimum), every backend gives ``generate``'s greedy tokens, a minimum equal to the cap gives
+    answers of exactly that length, and a minimum above the cap is a config error."""
     model, tok = lively
     free = generate(model, tok, PROMPTS, Sampling(max_new_tokens=16, temperature=0.0))
-    assert any(g.finished and len(g.token_ids) < 5 for g in free)  # so the minimum changes something
-    held = Sampling(max_new_tokens=16, min_new_tokens=5, temperature=0.0, backend="hf")
+    assert any(g.finished and len(g.token_ids) < 4 for g in free)  # so the minimum changes something
+    held = Sampling(max_new_tokens=16, min_new_tokens=4, temperature=0.0, backend="hf")
     reference = generate(model, tok, PROMPTS, held)
-    assert all(len(g.token_ids) >= 5 for g in reference) and any(g.finished for g in reference)
+    assert all(len(g.token_ids) >= 4 for g in reference)
+    assert any(g.finished and len(g.token_ids) == 4 for g in reference)  # EOS at the first step it is allowed
     assert answers(generate(model, tok, PROMPTS, held.replace(backend=backend))) == answers(reference)
     sampled = generate(model, tok, PROMPTS * 3, held.replace(backend=backend, temperature=1.0, seed=0))
-    assert all(len(g.token_ids) >= 5 for g in sampled)
+    assert all(len(g.token_ids) >= 4 for g in sampled)
+    exact = generate(model, tok, PROMPTS, held.replace(backend=backend, max_new_tokens=4))  # the benchmarks' case
+    assert all(len(g.token_ids) == 4 and not g.finished for g in exact)
     with pytest.raises(ConfigError, match="min_new_tokens"):
-        Sampling(max_new_tokens=4, min_new_tokens=5)
+        Sampling(max_new_tokens=3, min_new_tokens=4)
 
 
 def expected_first_tokens(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
@@ -250,9 +254,9 @@ def test_packed_backend_runs_every_decode_product_on_onednn_and_a_single_row_wit
         hook.remove()
 
 
-def one_decode_step(model, decoder, prompts, token=7):
-    """Logits ``[B, V]`` and the written cache of one decode step after ``prompts`` (left-padded, prefilled by the
-    model), computed by ``decoder``."""
+def one_decode_step(model, decoder, prompts, tokens=(7, 11)):
+    """Logits ``[B, V]`` of each of two decode steps after ``prompts`` (left-padded, prefilled by the model),
+    stacked ``[2, B, V]``, and the cache slots they wrote, computed by ``decoder``."""
     from transformers import StaticCache
 
     from alignlab.padding import left_pad
@@ -260,15 +264,16 @@ def one_decode_step(model, decoder, prompts, token=7):
 
     input_ids, attention = left_pad(prompts, EOS)
     width = input_ids.shape[1]
-    cache = StaticCache(config=model.config, max_cache_len=width + 2)
-    mask = attention.new_ones(len(prompts), width + 2)
+    cache = StaticCache(config=model.config, max_cache_len=width + len(tokens))
+    mask = attention.new_ones(len(prompts), width + len(tokens))
     mask[:, :width] = attention
     positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
     with torch.no_grad():
         decode_loop.prefill(model, input_ids, mask, positions, cache)
         step = decoder(model, cache, mask)
-        logits = step(torch.full((len(prompts),), token), positions[:, -1:] + 1, width)
-    return logits, [(layer.keys[:, :, width].clone(), layer.values[:, :, width].clone()) for layer in cache.layers]
+        logits = torch.stack([step(torch.full((len(prompts),), token), positions[:, -1:] + 1 + i, width + i)
+                              for i, token in enumerate(tokens)])
+    return logits, [(layer.keys[:, :, width:].clone(), layer.values[:, :, width:].clone()) for layer in cache.layers]
 
 
 @pytest.mark.parametrize("biases", [False, True])

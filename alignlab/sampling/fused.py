@@ -1,9 +1,9 @@
 """A decode step written for the Llama architecture, on fused, pre-packed weights (``sampling.backend=fused``, CPU).
 
-Why: with :mod:`alignlab.sampling.packed` a SmolLM2-135M decode step at batch 8 still spent about 23 ms of its
-101 ms in some 5,500 small operator calls (``benchmarks/results/profile_decode_packed.txt``): the model's forward
-runs each layer's seven products separately and, around them, the mask, cache, rotary and norm bookkeeping of a
-general-purpose forward. This step computes the same function with about twenty calls per layer:
+Why: with :mod:`alignlab.sampling.packed` a SmolLM2-135M decode step at batch 8 still spent about 24 ms of its
+105 ms of CPU time in some 5,500 small operator calls (``benchmarks/results/profile_decode_packed.txt``): the
+model's forward runs each layer's seven products separately and, around them, the mask, cache, rotary and norm
+bookkeeping of a general-purpose forward. This step computes the same function with about 35 calls per layer:
 
 * the query, key and value projections are one product (their weights stacked), the gate and up projections
   another, each on a weight packed by oneDNN for the batch's row count (:class:`~alignlab.sampling.packed.
@@ -64,8 +64,9 @@ def linear_weight(module: nn.Module, name: str) -> tuple[Tensor, Tensor | None]:
         for adapter in module.active_adapters:
             if adapter not in module.lora_A:
                 continue
-            if module.use_dora.get(adapter):
-                raise ConfigError(f"sampling.backend=fused does not merge DoRA adapters ({name}); use backend=packed")
+            if module.use_dora.get(adapter) or adapter in module.lora_variant or module.lora_bias.get(adapter):
+                raise ConfigError(f"sampling.backend=fused merges plain LoRA adapters only; {name}'s adapter "
+                                  f"{adapter!r} is a variant (DoRA or another) or has a bias; use backend=packed")
             weight = weight + module.get_delta_weight(adapter)
     return weight, base.bias
 
