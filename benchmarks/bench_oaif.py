@@ -13,12 +13,15 @@ length limits, optimizer (fused AdamW, constant learning rate), no gradient clip
 training forward, another in the sampler: transformers' ``generate``, or alignlab's backend, below) and printed next to
 each other; a difference is flagged.
 
-alignlab samples with ``--alignlab-backend`` (default ``packed``, its fastest on a CPU: the decode loop with oneDNN
-kernels on pre-packed weights, see ``alignlab/sampling/packed.py``; not the configs' default, which is ``hf``:
+alignlab samples with ``--alignlab-backend`` (default ``packed``: the decode loop with oneDNN kernels on pre-packed
+weights, see ``alignlab/sampling/packed.py``; ``fused``, faster for Llama-architecture models, is what the README's
+figures use; neither is the configs' default, which is ``hf``:
 pass ``--alignlab-backend hf`` to sample through ``generate`` as TRL does). With another backend than ``hf`` the
 sampling rows of the settings table are read from alignlab's ``Sampling`` value (the decode loop has no top-k and
 no repetition penalty, and always decodes over its cache: those rows are "same" by construction) and the KV cache
-row from its forward calls; its generation seconds are the backend's whole call (padding and weight packing
+row from the model's forward calls (no forward after the prefill re-reads the prompt; with ``fused`` the decode
+steps do not call the model's forward at all, so the row only shows that nothing recomputed the prompt: that they
+read the cache is by construction, and tests/test_sampling.py checks their cache writes); its generation seconds are the backend's whole call (padding and weight packing
 included), where ``generate``'s are the ``generate`` call.
 
 The annotator is the same programmatic rater for both (:class:`alignlab.judges.rule.RuleJudge`; for TRL it is a
