@@ -34,6 +34,7 @@ from alignlab.data.pairs import PairTokenizer
 from alignlab.data.prompt_set import PromptSet
 from alignlab.judges.llm import InstructionLikelihoodJudge, PointwiseLLMJudge
 from alignlab.judges.rater import is_correct
+from alignlab.judges.reference_similarity import ReferenceSimilarityJudge
 from alignlab.judges.rule import RuleJudge
 from alignlab.models import load_pretrained
 from alignlab.sampling import Sampling, generate
@@ -55,6 +56,8 @@ LIKELIHOOD = {
     "likelihood_short": "Always give a helpful answer in two or three short sentences.",
     "likelihood_very_short": "Always answer in one short sentence.",
 }
+# A third annotator, no instruction, for prompt sets with expected answers: the answer closer in meaning to it wins.
+REFERENCE = {"reference_similarity": "closer to the expected answer (cosine, all-MiniLM-L6-v2)"}
 
 
 def sample_pairs(loaded, out: Path, prompt_set: str, n_prompts: int, max_new_tokens: int) -> pd.DataFrame:
@@ -76,22 +79,27 @@ def sample_pairs(loaded, out: Path, prompt_set: str, n_prompts: int, max_new_tok
     return pd.DataFrame(rows)
 
 
-def label(loaded, pairs: pd.DataFrame, done: pd.DataFrame | None, done_texts: dict[str, str]) -> pd.DataFrame:
-    """Every instruction's P(first better) per pair; labels already in ``done`` (the same pairs, labelled under the
-    same instruction text, ``done_texts``) are kept."""
+def label(loaded, pairs: pd.DataFrame, done: pd.DataFrame | None, done_texts: dict[str, str],
+          answers: dict[str, str] | None = None) -> pd.DataFrame:
+    """Every instruction's P(first better) per pair, and the reference-similarity annotator's where ``answers``
+    (question -> expected answer) are known; labels already in ``done`` (the same pairs, labelled under the same
+    instruction text, ``done_texts``) are kept."""
     pairs = pairs.copy()
     questions, shown = list(pairs["prompt"]), list(zip(pairs["first"], pairs["second"], strict=True))
+    metas = [{"answer": answers[q]} for q in questions] if answers is not None else None
     judges = {name: lambda q=question: PointwiseLLMJudge(loaded, template=ASK + q, batch_size=16)
               for name, question in INSTRUCTIONS.items()}
     judges |= {name: lambda i=instruction: InstructionLikelihoodJudge(loaded, instruction=i, baseline=NEUTRAL,
                                                                         batch_size=16)
                for name, instruction in LIKELIHOOD.items()}
+    if answers is not None:
+        judges["reference_similarity"] = ReferenceSimilarityJudge
     for name, make in judges.items():
-        same_text = done_texts.get(name) == {**INSTRUCTIONS, **LIKELIHOOD}[name]
+        same_text = done_texts.get(name) == {**INSTRUCTIONS, **LIKELIHOOD, **REFERENCE}[name]
         if done is not None and name in done and same_text and done["first"].equals(pairs["first"]):
             pairs[name] = done[name]
         else:
-            pairs[name] = make()(questions, shown).prob_first
+            pairs[name] = make()(questions, shown, metas).prob_first
     return pairs
 
 
@@ -147,6 +155,15 @@ def table(pairs: pd.DataFrame, prompt_set: str) -> str:
                 one = pairs.dropna(subset=["first_correct_only"])
                 row += [cell(agree), cell(((one[name] > 0.5) == (one["first_correct_only"] == 1)).to_numpy(float))]
             rows.append(row)
+    if "reference_similarity" in pairs:
+        name = "reference_similarity"
+        prefers_first = (decided[name] > 0.5).to_numpy()
+        row = ["reference similarity", name, REFERENCE[name], cell((prefers_first == first_shorter).astype(float)),
+               "-", "-"]
+        label_first = (pairs[name] > 0.5).to_numpy(dtype=float)
+        agree = np.where(pairs["evaluator"] == 0.5, 0.5, (pairs["evaluator"] == label_first).astype(float))
+        one = pairs.dropna(subset=["first_correct_only"])
+        rows.append(row + [cell(agree), cell(((one[name] > 0.5) == (one["first_correct_only"] == 1)).to_numpy(float))])
     lengths = pd.concat([pairs["first_length"], pairs["second_length"]])
     ended = pd.concat([pairs["first_finished"], pairs["second_finished"]]).mean()
     evaluated = ("" if answers is None else
@@ -175,10 +192,12 @@ def main(argv: list[str] | None = None) -> None:
     done = pd.read_json(done_file, lines=True) if done_file.is_file() else None
     # Labels of the first runs, before instructions.json was written, were made under the texts above.
     done_texts = json.loads(texts_file.read_text()) if texts_file.is_file() else {**INSTRUCTIONS, **LIKELIHOOD}
+    answers = expected_answers(args.prompt_set)
     pairs = label(loaded, sample_pairs(loaded, args.out_dir / "samples.jsonl", args.prompt_set, args.prompts,
-                                         args.max_new_tokens), done, done_texts)
+                                         args.max_new_tokens), done, done_texts, answers)
     pairs.to_json(done_file, orient="records", lines=True, force_ascii=False)
-    texts_file.write_text(json.dumps({**INSTRUCTIONS, **LIKELIHOOD}, indent=1) + "\n")
+    texts_file.write_text(json.dumps({**INSTRUCTIONS, **LIKELIHOOD, **(REFERENCE if answers else {})}, indent=1)
+                          + "\n")
     text = "# Do the annotator's instructions label the initial pairs differently?\n\n" + table(pairs, args.prompt_set) + "\n"
     (args.out_dir / "instructions.md").write_text(text)
     print(text)
