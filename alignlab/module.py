@@ -142,8 +142,10 @@ class PreferenceModule(pl.LightningModule):
             if self.trainer.world_size > 1:
                 return self.zero_loss()
             # Gradients set to None make the optimizer leave every parameter and its moments alone; the LR
-            # schedule still advances one step.
-            self.policy.zero_grad(set_to_none=True)
+            # schedule still advances one step. Under gradient accumulation the window's other batches may have
+            # gradients for the coming step: they stay.
+            if self.trainer.accumulate_grad_batches == 1:
+                self.policy.zero_grad(set_to_none=True)
             return None
         self.updates += 1
         loss, metrics = self.preference_step(batch)

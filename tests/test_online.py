@@ -212,6 +212,31 @@ def test_a_batch_with_no_pairs_changes_nothing(make_cfg, monkeypatch):
     assert all(torch.equal(initial[k], after[k]) for k in initial)
 
 
+def test_an_empty_batch_inside_an_accumulation_window_keeps_the_windows_gradients(make_cfg, monkeypatch):
+    """accumulate_grad_batches=2, the window's first batch has pairs and its second none (every verdict a tie):
+    the window's update still happens, from the first batch's gradients."""
+    import alignlab.judges.rule as rule
+
+    calls = []
+
+    class TiesSecond:
+        def __call__(self, prompts, pairs, metas=None):
+            calls.append(len(pairs))
+            return Verdicts([0.5] * len(pairs)) if len(calls) % 2 == 0 else FewerEsJudge()(prompts, pairs, metas)
+
+    monkeypatch.setattr(rule, "RuleJudge", lambda **kw: TiesSecond())
+    cfg = make_cfg("objective=oaif", "data.sampling.max_new_tokens=4", "trainer.max_steps=1", "optimizer.lr=1e-2",
+                   "data.prompts.max_train=8", "data.unfinished=keep", "validate_before_training=false",
+                   "+trainer.limit_val_batches=0", "trainer.accumulate_grad_batches=2")
+    from alignlab.models import tiny_random
+
+    initial = {k: v.clone() for k, v in tiny_random(cfg.model.tokenizer).model.state_dict().items()}
+    _, objects = run_train(cfg)
+    after = objects["module"].policy.state_dict()
+    assert len(calls) == 2 and objects["module"].updates == 1
+    assert any(not torch.equal(initial[k], after[k]) for k in initial)
+
+
 def test_unfinished_answers_can_be_dropped(tiny, write_jsonl):
     dm = make_online(tiny, write_jsonl, FewerEsJudge(), unfinished="drop")
     pairs = dm.make_pairs(Holder(tiny.model), dm.collate(dm.train_prompts[:4]))
