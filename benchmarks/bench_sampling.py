@@ -33,7 +33,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import source_commit  # noqa: E402
+
 from alignlab.models import load_pretrained, tiny_random  # noqa: E402
 from alignlab.sampling import BACKENDS, Sampling, generate  # noqa: E402
 
@@ -234,7 +237,8 @@ def main(argv=None) -> dict:
     settings = {"model": args.model, "dtype": str(next(model.parameters()).dtype), "threads": args.threads,
                 "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
                 "rounds": args.rounds, "seed": args.seed, "torch": torch.__version__,
-                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "load_before": load()}
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "load_before": load(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "alignlab_commit": source_commit()}
     limits = machine_limits()
     print(json.dumps(settings) + "\n" + json.dumps({k: round(v, 1) for k, v in limits.items()}), flush=True)
     prompts = chat_prompts(tokenizer, max(*sizes, args.check_greedy))

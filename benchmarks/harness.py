@@ -348,6 +348,14 @@ def matmul_gflops(threads: int, n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def source_commit() -> str:
+    """The checkout's commit, marked "(modified)" when tracked files differ from it."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout
+    return commit.strip() + (" (modified)" if dirty.strip() else "")
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     import torch
     import transformers
@@ -355,12 +363,9 @@ def machine_info(threads: int) -> dict[str, Any]:
 
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout
     return {"cpu": model, "cpus_available": len(os.sched_getaffinity(0)), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-            "alignlab_commit": commit.strip() + (" (modified)" if dirty.strip() else ""),
+            "alignlab_commit": source_commit(),
             "matmul_fp32_gflops": round(matmul_gflops(threads), 1)}
 
 
