@@ -159,6 +159,29 @@ def paired_difference(df_a: pd.DataFrame, df_b: pd.DataFrame, metric: str, n_res
                             len(shared), len(a.index.difference(shared)), len(b.index.difference(shared)))
 
 
+def ordered_trend(frames: Sequence[pd.DataFrame], metric: str, n_resamples: int = 2000, seed: int = 0,
+                  level: float = 0.95) -> PairedDifference:
+    """Does ``metric`` move steadily across arms given in a hypothesised order (e.g. answer length under the
+    instructions "helpful", "short", "very short")?
+
+    Paired by prompt, on the prompts every arm has: each arm's rows are pooled per prompt (samples and seeds), and
+    each prompt gets the least-squares slope of its k arm means against the arm's rank 0..k-1 (for two arms, the
+    difference). The estimate is the mean slope (units of ``metric`` per step in the order) with a bootstrap
+    interval over prompts and a two-sided sign-flip p-value: under no trend a prompt's slope is as likely negative
+    as positive. Prompts some arm lacks are left out, counted in ``only_a`` (``only_b`` is always 0)."""
+    means = [prompt_means(df, metric).set_index("prompt_id")[metric] for df in frames]
+    shared = means[0].index
+    for m in means[1:]:
+        shared = shared.intersection(m.index)
+    ys = np.stack([m.loc[shared].to_numpy(dtype=float) for m in means], axis=1)  # [prompts, arms]
+    ranks = np.arange(len(frames), dtype=float) - (len(frames) - 1) / 2
+    slopes = (ys - ys.mean(axis=1, keepdims=True)) @ ranks / (ranks @ ranks)
+    estimate = interval_of_means(slopes, n_resamples, seed, level)
+    left_out = len(set().union(*(set(m.index) for m in means)) - set(shared))
+    return PairedDifference(estimate.mean, estimate.low, estimate.high, sign_flip_p_value(slopes, seed=seed),
+                            len(shared), left_out, 0)
+
+
 # --- length-controlled win rate --------------------------------------------------------------------------------
 
 def _length_controlled_fit(outcomes: np.ndarray, delta: np.ndarray, weights: np.ndarray,

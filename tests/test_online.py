@@ -589,3 +589,38 @@ def test_reference_similarity_judge_prefers_the_answer_closer_to_the_reference()
     assert verdicts.prob_first[2] is None and "1 prompt" in verdicts.last_failure
     with pytest.raises(ConfigError, match="temperature"):
         type(judge)(temperature=0)
+
+
+def test_word_budget_judge_penalises_words_beyond_the_budget_only():
+    """judge=word_budget (OAIF's "helpful and short" annotator): the judge underneath decides between answers
+    within the budget; beyond it, each extra word costs per_word log-odds, in either order; an undecided pair stays
+    undecided; the YAML composes with the reference-similarity judge underneath."""
+    import math
+
+    from alignlab.judges.base import Verdicts
+    from alignlab.judges.word_budget import WordBudgetJudge
+
+    class Fixed:  # P(first better) = 0.5 for every pair, None for the pair marked "?"
+        def __call__(self, prompts, pairs, metas=None):
+            return Verdicts([None if a == "?" else 0.5 for a, _ in pairs], last_failure="why")
+
+    judge = WordBudgetJudge(Fixed(), max_words=3, per_word=0.5)
+    short, ok, long5 = "one two", "one two three", "one two three four five"
+    v = judge(["q"] * 4, [(short, ok), (ok, long5), (long5, ok), ("?", long5)])
+    assert v.prob_first[0] == pytest.approx(0.5)  # both within the budget: the judge's verdict stands
+    assert v.prob_first[1] == pytest.approx(1 / (1 + math.exp(-1.0)))  # two words over: 2 x 0.5 log-odds
+    assert v.prob_first[2] == pytest.approx(1 - v.prob_first[1])
+    assert v.prob_first[3] is None and v.last_failure == "why"
+    with pytest.raises(ConfigError, match="per_word"):
+        WordBudgetJudge(Fixed(), max_words=3, per_word=0)
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(Path(__file__).parents[1] / "conf"), version_base=None):
+        cfg = compose("train", overrides=["judge=word_budget", "judge.max_words=8"])
+    composed = instantiate(cfg.judge)
+    right = "The capital of France is Paris, a city with a long history and many famous museums and parks."
+    verdicts = composed(["What is the capital of France?"] * 2, [(right, "Paris."), ("Paris.", right)],
+                        [{"answer": "Paris"}] * 2)
+    assert verdicts.prob_first[0] < 0.5 < verdicts.prob_first[1]  # the 18-word answer pays for its 10 extra words

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -16,6 +17,7 @@ from .conftest import compose_config
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 OAIF = EXPERIMENTS / "oaif"
+OAIF_EARLIER = OAIF / "earlier" / "smollm2_annotator" / "runs"  # the first design's committed runs
 # What experiments/oaif/run.sh adds to every training command.
 OAIF_TRAIN_EXTRA = ["trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false", "save_policy=false",
                     "~callbacks.checkpoint"]
@@ -106,13 +108,18 @@ def test_every_oaif_command_composes(name, command, overrides):
     cfg = compose_config("train", [*overrides, *OAIF_TRAIN_EXTRA])
     assert "checkpoint" not in cfg.callbacks and cfg.save_policy is False and not cfg.trainer.enable_checkpointing
     monitor = cfg.callbacks.win_rate
-    assert (monitor.num_prompts, monitor.n_samples, monitor.every_n_steps) == (64, 3, 14)
+    assert (monitor.num_prompts, monitor.n_samples, monitor.every_n_steps) == (64, 3, 28)
     assert (monitor.prompts.val_fraction, monitor.prompts.seed, cfg.data.prompts.seed) == (0.25, 0, 0)
     assert cfg.data.seed == cfg.seed  # one split for every seed; order and samples still the run's
+    assert cfg.trainer.max_steps == 84 and f"seed{cfg.seed}" in name
     if cfg.objective.name == "oaif":
         assert cfg.data.unfinished == "keep" and cfg.data.prompts.val_fraction == 0.25
+        judge = cfg.judge.get("judge", cfg.judge)  # the word budget wraps the same annotator
+        assert judge._target_.endswith("ReferenceSimilarityJudge")
+        budget = {"short": 20, "very_short": 8}.get(name.rsplit("_seed", 1)[0])
+        assert cfg.judge.get("max_words") == budget
     else:
-        assert cfg.trainer.max_steps == 28 and cfg.data.prompts.path.endswith("/pairs.jsonl")
+        assert cfg.data.prompts.path.endswith("/pairs.jsonl")
 
 
 def test_counterfactual_run_sh_reads_the_runs_file():
@@ -306,7 +313,7 @@ def test_oaif_report_pairs_an_extra_online_arm_with_the_online_arm(tmp_path):
     copy of the online run's records with every answer one token longer differs from it by exactly +1 in length
     and 0 in win rate and reward; an extra arm without an online run of its seed is left unpaired."""
     report = _load_report("oaif")
-    records = read_records(OAIF / "runs" / "online_seed0" / "records" / "monitor.jsonl")
+    records = read_records(OAIF_EARLIER / "online_seed0" / "records" / "monitor.jsonl")
     for name, longer in (("online_seed0", 0), ("online_ipo_seed0", 1), ("online_other_seed7", 0)):
         (tmp_path / name / "records").mkdir(parents=True)
         records.assign(length=records["length"] + longer).to_json(tmp_path / name / "records" / "monitor.jsonl",
@@ -320,3 +327,31 @@ def test_oaif_report_pairs_an_extra_online_arm_with_the_online_arm(tmp_path):
     assert cells[3] == cells[5] == "+0 [0, 0] (p=1)" and cells[7].startswith("+1 [1, 1] (p<0.001)")
     other = next(line for line in lines[2].splitlines() if line.startswith("| online_other | 7 |"))
     assert other.count("| - ") == 3
+
+
+def test_oaif_report_length_control_orders_the_instructions_by_length(tmp_path):
+    """The length section pairs the three instructions by prompt: copies of one run's records with every answer 5
+    and 10 tokens shorter give steps of exactly -5 and a trend of -5 tokens per instruction; the training lengths
+    come from each run's metrics.csv, per epoch of 28 updates; the annotator is named from config.yaml."""
+    report = _load_report("oaif")
+    records = read_records(OAIF_EARLIER / "online_seed0" / "records" / "monitor.jsonl")
+    for arm, shorter in (("online", 0), ("short", 5), ("very_short", 10)):
+        run = tmp_path / f"{arm}_seed0"
+        (run / "records").mkdir(parents=True)
+        records.assign(length=records["length"] - shorter).to_json(run / "records" / "monitor.jsonl",
+                                                                   orient="records", lines=True)
+        (run / "summary.json").write_text("{}")
+        (run / "config.yaml").write_text(
+            "judge:\n  _target_: alignlab.judges.word_budget.WordBudgetJudge\n  max_words: 20\n"
+            "  judge:\n    _target_: alignlab.judges.reference_similarity.ReferenceSimilarityJudge\n"
+            "    temperature: 0.05\n")
+        steps = list(range(1, 57))
+        pd.DataFrame({"step": steps, "train/online/mean_length": [40.0 - shorter - (s > 28) for s in steps]}).to_csv(
+            run / "metrics.csv", index=False)
+    lines, curve, parts = report.length_control(tmp_path)
+    text = "\n".join(lines)
+    assert "| trend: slope per instruction step (helpful -> short -> very short) | -5 [-5, -5] | p<0.001 |" in text
+    assert "| helpful and very short minus helpful and short | -5 [-5, -5] |" in text
+    assert "| helpful and short | 35.0 | 34.0 |" in text
+    assert "WordBudgetJudge(max_words=20, ReferenceSimilarityJudge(temperature=0.05))" in text
+    assert set(curve["arm"]) == {"online", "short", "very_short"} and parts["final"] == 28

@@ -19,6 +19,7 @@ from alignlab.records import append_records, record, records_path
 from alignlab.stats import (
     bootstrap_mean,
     length_controlled_win_rate,
+    ordered_trend,
     paired_difference,
     prompt_means,
     sign_flip_p_value,
@@ -95,6 +96,26 @@ def test_sign_flip_p_value_is_one_for_balanced_differences_and_large_for_null_da
     b = a.assign(reward=a["reward"] + rng.normal(0, 0.5, len(a)))  # same prompts, no effect
     assert paired_difference(a, b, "reward").p_value > 0.1
     assert paired_difference(a, b.assign(reward=b["reward"] + 0.5), "reward").p_value < 0.001
+
+
+def test_ordered_trend_is_the_mean_per_prompt_slope_over_the_arms_order():
+    """Three arms on the same 10 prompts; arm k's answers are the prompt's base length minus 5k (two samples each,
+    +-1 around it): every prompt's least-squares slope over ranks 0, 1, 2 is exactly -5, so the interval has zero
+    width and only the all-same-sign flips reach it (p = 2 / 2^10). Reversed order: +5. A prompt one arm lacks is
+    left out and counted; two arms reduce to the paired difference."""
+    rng = np.random.default_rng(1)
+    base = rng.integers(20, 60, 10)
+    arms = [pd.DataFrame({"prompt_id": np.repeat([f"p{i}" for i in range(10)], 2),
+                          "length": np.repeat(base - 5.0 * k, 2) + np.tile([-1.0, 1.0], 10)}) for k in range(3)]
+    arms[2] = pd.concat([arms[2], pd.DataFrame({"prompt_id": ["extra"], "length": [99.0]})])
+    t = ordered_trend(arms, "length")
+    assert (t.mean, t.low, t.high) == pytest.approx((-5.0, -5.0, -5.0))
+    assert t.p_value == pytest.approx(2 / 2**10) and (t.n, t.only_a) == (10, 1)
+    assert ordered_trend(arms[::-1], "length").mean == pytest.approx(5.0)
+    two = ordered_trend(arms[:2], "length")
+    assert two.mean == pytest.approx(paired_difference(arms[0], arms[1], "length").mean)
+    noise = [a.assign(length=rng.normal(40, 10, len(a))) for a in arms]
+    assert ordered_trend(noise, "length").p_value > 0.05
 
 
 # --- length-controlled win rate --------------------------------------------------------------------------------

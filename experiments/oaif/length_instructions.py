@@ -36,6 +36,7 @@ from alignlab.judges.llm import InstructionLikelihoodJudge, PointwiseLLMJudge
 from alignlab.judges.rater import is_correct
 from alignlab.judges.reference_similarity import ReferenceSimilarityJudge
 from alignlab.judges.rule import RuleJudge
+from alignlab.judges.word_budget import WordBudgetJudge
 from alignlab.models import load_pretrained
 from alignlab.sampling import Sampling, generate
 from alignlab.stats import interval_of_means, sign_flip_p_value
@@ -56,8 +57,12 @@ LIKELIHOOD = {
     "likelihood_short": "Always give a helpful answer in two or three short sentences.",
     "likelihood_very_short": "Always answer in one short sentence.",
 }
-# A third annotator, no instruction, for prompt sets with expected answers: the answer closer in meaning to it wins.
-REFERENCE = {"reference_similarity": "closer to the expected answer (cosine, all-MiniLM-L6-v2)"}
+# A third annotator, for prompt sets with expected answers: the answer closer in meaning to it wins; its "short" and
+# "very short" instructions are word budgets on top (alignlab.judges.word_budget, 0.25 log-odds per extra word).
+REFERENCE = {"reference_similarity": "closer to the expected answer (cosine, all-MiniLM-L6-v2)",
+             "reference_short": "the same, and at most 20 words (word budget)",
+             "reference_very_short": "the same, and at most 8 words (word budget)"}
+BUDGETS = {"reference_short": 20, "reference_very_short": 8}
 
 
 def sample_pairs(loaded, out: Path, prompt_set: str, n_prompts: int, max_new_tokens: int) -> pd.DataFrame:
@@ -94,6 +99,8 @@ def label(loaded, pairs: pd.DataFrame, done: pd.DataFrame | None, done_texts: di
                for name, instruction in LIKELIHOOD.items()}
     if answers is not None:
         judges["reference_similarity"] = ReferenceSimilarityJudge
+        judges |= {name: lambda b=budget: WordBudgetJudge(ReferenceSimilarityJudge(), max_words=b, per_word=0.25)
+                   for name, budget in BUDGETS.items()}
     for name, make in judges.items():
         same_text = done_texts.get(name) == {**INSTRUCTIONS, **LIKELIHOOD, **REFERENCE}[name]
         if done is not None and name in done and same_text and done["first"].equals(pairs["first"]):
@@ -139,14 +146,19 @@ def table(pairs: pd.DataFrame, prompt_set: str) -> str:
     if answers is not None:
         header += ["agrees with the evaluator (ties half)", "prefers the correct one (one of two correct)"]
     rows = []
-    for annotator, instructions, helpful in (("pointwise Yes/No", INSTRUCTIONS, "helpful"),
-                                             ("instruction likelihood", LIKELIHOOD, "likelihood_helpful")):
+    annotators = [("pointwise Yes/No", INSTRUCTIONS, "helpful"),
+                  ("instruction likelihood", LIKELIHOOD, "likelihood_helpful")]
+    if "reference_similarity" in pairs:
+        annotators.append(("reference similarity", REFERENCE, "reference_similarity"))
+    for annotator, instructions, helpful in annotators:
         for name, text in instructions.items():
+            if name not in pairs:  # a label this prompt set cannot have
+                continue
             prefers_first = (decided[name] > 0.5).to_numpy()
             differs = ((pairs[name] > 0.5) != (pairs[helpful] > 0.5)).to_numpy(dtype=float)
             shorter = (prefers_first == first_shorter).astype(float)
             shift = shorter - ((decided[helpful] > 0.5).to_numpy() == first_shorter).astype(float)
-            row = [annotator, name, f'"{text}"', cell(shorter),
+            row = [annotator, name, text if instructions is REFERENCE else f'"{text}"', cell(shorter),
                    "-" if name == helpful else f"{cell(shift, signed=True)} ({p_text(sign_flip_p_value(shift))})",
                    "-" if name == helpful else cell(differs)]
             if answers is not None:
@@ -155,15 +167,6 @@ def table(pairs: pd.DataFrame, prompt_set: str) -> str:
                 one = pairs.dropna(subset=["first_correct_only"])
                 row += [cell(agree), cell(((one[name] > 0.5) == (one["first_correct_only"] == 1)).to_numpy(float))]
             rows.append(row)
-    if "reference_similarity" in pairs:
-        name = "reference_similarity"
-        prefers_first = (decided[name] > 0.5).to_numpy()
-        row = ["reference similarity", name, REFERENCE[name], cell((prefers_first == first_shorter).astype(float)),
-               "-", "-"]
-        label_first = (pairs[name] > 0.5).to_numpy(dtype=float)
-        agree = np.where(pairs["evaluator"] == 0.5, 0.5, (pairs["evaluator"] == label_first).astype(float))
-        one = pairs.dropna(subset=["first_correct_only"])
-        rows.append(row + [cell(agree), cell(((one[name] > 0.5) == (one["first_correct_only"] == 1)).to_numpy(float))])
     lengths = pd.concat([pairs["first_length"], pairs["second_length"]])
     ended = pd.concat([pairs["first_finished"], pairs["second_finished"]]).mean()
     evaluated = ("" if answers is None else

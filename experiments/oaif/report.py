@@ -1,16 +1,20 @@
-"""Tables and plot of the OAIF reproduction, rebuilt from the committed per-prompt records alone.
+"""Tables and plots of the OAIF reproduction, rebuilt from the committed per-prompt records alone.
 
     python experiments/oaif/report.py experiments/oaif/runs
+    python experiments/oaif/report.py experiments/oaif/earlier/smollm2_annotator/runs   # the first design
 
-Reads, for each seed found, ``online_seed<s>/records/monitor.jsonl`` and ``offline_seed<s>/records/monitor.jsonl``
-(the win-rate monitor's answers: 64 held-out prompts x 3 samples per measurement, each with the evaluator's verdict
-against the initial model's answer), ``pairs_seed<s>/pairs.jsonl`` (the initial model's labelled pairs) and
-run.sh's ``wall_times.txt``; writes results.md and results.png next to this file.
+Reads, under the runs folder ROOT, for each seed found, ``online_seed<s>/records/monitor.jsonl`` and
+``offline_seed<s>/records/monitor.jsonl`` (the win-rate monitor's answers: 64 held-out prompts x 3 samples per
+measurement, each with the evaluator's verdict against the initial model's answer), ``pairs_seed<s>/pairs.jsonl``
+(the initial model's labelled pairs), the length-control arms ``short_seed<s>`` and ``very_short_seed<s>`` where
+they exist (with ``online_seed<s>`` as the "helpful" arm; their ``metrics.csv`` for the training answers' length),
+each run's ``config.yaml`` (to name the annotator) and run.sh's ``wall_times.txt``; writes results.md,
+results_curves.csv, results.png and, with length-control runs, results_length.png beside ROOT.
 
 Every interval is a 95% percentile bootstrap over prompts (a prompt's samples and seeds pooled into its mean) and
-every difference between the arms pairs the same prompts, with a two-sided sign-flip permutation p-value
+every difference between arms pairs the same prompts, with a two-sided sign-flip permutation p-value
 (:mod:`alignlab.stats`). The evaluator is the rule judge with the plain ``helpful`` instruction (correct, concise,
-no filler, against each question's expected answer), the annotator SmolLM2 as a pointwise Yes/No judge.
+no filler, against each question's expected answer).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from alignlab.records import read_records
 from alignlab.stats import (
     bootstrap_mean,
     length_controlled_win_rate,
+    ordered_trend,
     paired_difference,
     prompt_means,
     sign_flip_p_value,
@@ -51,6 +56,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).parent
 ARMS = {"online": "online (OAIF)", "offline": "offline (pairs from the initial model)"}
+# The length-control arms in the order of the claim (shorter down the list); "helpful" is the online arm itself.
+LENGTH_ARMS = {"online": "helpful", "short": "helpful and short", "very_short": "helpful and very short"}
 RESAMPLES, SEED = 2000, 0
 
 
@@ -221,7 +228,7 @@ def extra_arms(root: Path) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for summary in sorted(root.glob("*_seed*/summary.json")):
         m = re.fullmatch(r"(.+)_seed(\d+)", summary.parent.name)
-        if m and m.group(1) not in (*ARMS, "pairs") and (summary.parent / "records" / "monitor.jsonl").is_file():
+        if m and m.group(1) not in (*ARMS, *LENGTH_ARMS, "pairs") and (summary.parent / "records" / "monitor.jsonl").is_file():
             out.setdefault(m.group(1), []).append(int(m.group(2)))
     return out
 
@@ -231,7 +238,7 @@ def extra_arm_lines(root: Path, frames: dict[tuple[str, int], pd.DataFrame], fin
     paired by prompt."""
     arms = extra_arms(root)
     if not arms:
-        return ["(no extra online arm has finished yet: runs.txt section 2)", ""]
+        return ["(no other finished online arm in this folder)", ""]
     rows = []
     for arm, arm_seeds in arms.items():
         mine = pd.concat([monitor(root, arm, s) for s in arm_seeds], ignore_index=True)
@@ -249,6 +256,120 @@ def extra_arm_lines(root: Path, frames: dict[tuple[str, int], pd.DataFrame], fin
               "minus online"]
     return [f"**Other online arms at step {final}** (paired by prompt with the online DPO arm of the same seeds)", "",
             markdown(header, rows), ""]
+
+
+def annotator(root: Path, arm: str, seed: int) -> str:
+    """The annotator a run was configured with, from its config.yaml: the judge's class and its settings (a judge
+    inside another, as the word budget wraps one, in brackets)."""
+    import yaml
+
+    def describe(node: dict) -> str:
+        def short(value) -> str:
+            text = " ".join(str(value).split())
+            return repr(text[:57] + "...") if len(text) > 60 else text
+
+        settings = [f"{k}={short(v)}" for k, v in node.items() if not k.startswith("_") and not isinstance(v, dict)
+                    and k not in ("batch_size", "device", "model")]
+        inner = [describe(v) for v in node.values() if isinstance(v, dict) and "_target_" in v]
+        return f"{node['_target_'].rsplit('.', 1)[-1]}({', '.join(settings + inner)})"
+
+    return describe(yaml.safe_load((root / f"{arm}_seed{seed}" / "config.yaml").read_text())["judge"])
+
+
+def length_seeds(root: Path) -> list[int]:
+    """Seeds for which every length-control arm has finished."""
+    found = {int(m.group(1)) for p in root.glob("*_seed*") if (m := re.search(r"_seed(\d+)$", p.name))}
+    return sorted(s for s in found if all((root / f"{arm}_seed{s}/summary.json").is_file() for arm in LENGTH_ARMS))
+
+
+def training_lengths(root: Path, arm: str, seeds: list[int]) -> pd.DataFrame:
+    """Mean length (tokens) of the answers each training step sampled, per step and seed, from metrics.csv."""
+    frames = []
+    for seed in seeds:
+        metrics = pd.read_csv(root / f"{arm}_seed{seed}" / "metrics.csv")
+        part = metrics.dropna(subset=["train/online/mean_length"])[["step", "train/online/mean_length"]]
+        frames.append(part.rename(columns={"train/online/mean_length": "length"}).assign(seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def length_control(root: Path) -> tuple[list[str], pd.DataFrame, dict]:
+    """The length-control section: held-out answer length per instruction over training, the ordered trend at the
+    end, paired steps between neighbouring instructions, and what each instruction costs in win rate."""
+    found = length_seeds(root)
+    if not found:
+        return ["(no finished short_seed<s> and very_short_seed<s> beside an online_seed<s> in this folder)", ""], \
+            pd.DataFrame(), {}
+    frames = {arm: pd.concat([monitor(root, arm, s) for s in found], ignore_index=True) for arm in LENGTH_ARMS}
+    final = int(min(f["step"].max() for f in frames.values()))
+    curve_rows = []
+    for arm, frame in frames.items():
+        for step, part in frame.groupby("step"):
+            iv = bootstrap_mean(part, "length", RESAMPLES, SEED)
+            curve_rows.append({"arm": arm, "step": int(step), "metric": "length", "mean": iv.mean, "low": iv.low,
+                               "high": iv.high, "prompts": iv.n, "answers": len(part)})
+    curve = pd.DataFrame(curve_rows)
+    ends = {arm: f[f["step"] == final] for arm, f in frames.items()}
+    rows = []
+    for arm, part in ends.items():
+        cells = [LENGTH_ARMS[arm], annotator(root, arm, found[0])]
+        for metric in ("length", "win", "reward"):
+            iv = bootstrap_mean(part, metric, RESAMPLES, SEED)
+            cells.append(interval_text(iv.mean, iv.low, iv.high))
+        lc = length_controlled_win_rate(part["verdict"], part["length"], part["reference_length"],
+                                        part["prompt_id"], 1000, SEED)
+        cells.append(interval_text(lc.win_rate, lc.low, lc.high))
+        rows.append(cells)
+    order = list(LENGTH_ARMS)
+    steps = []
+    for a, b in zip(order, order[1:], strict=False):
+        d = paired_difference(ends[a], ends[b], "length", RESAMPLES, SEED)
+        steps.append([f"{LENGTH_ARMS[b]} minus {LENGTH_ARMS[a]}", interval_text(d.mean, d.low, d.high, signed=True),
+                      p_text(d.p_value), d.n])
+    trend = ordered_trend([ends[a] for a in order], "length", RESAMPLES, SEED)
+    steps.append(["trend: slope per instruction step (helpful -> short -> very short)",
+                  interval_text(trend.mean, trend.low, trend.high, signed=True), p_text(trend.p_value), trend.n])
+    train = {arm: training_lengths(root, arm, found) for arm in LENGTH_ARMS}
+    train_rows = []
+    for arm, t in train.items():
+        by_epoch = t.assign(epoch=(t["step"] - 1) // 28).groupby("epoch")["length"].mean()
+        train_rows.append([LENGTH_ARMS[arm], *(f"{v:.1f}" for v in by_epoch)])
+    epochs = max(len(r) - 1 for r in train_rows)
+    lines = [f"Seeds {', '.join(map(str, found))}; the annotator's instruction is the only difference between the "
+             f"arms (same prompts, seeds, updates). Held-out answers at step {final} (64 prompts x 3 samples x "
+             f"{len(found)} seeds, pooled per prompt):", "",
+             markdown(["instruction", "annotator (from config.yaml)", "length, tokens [95% CI]",
+                       "win rate vs initial", "reward", "length-controlled win rate"], rows), "",
+             f"**Held-out length, paired by prompt at step {final}** (steps between neighbouring instructions, and the "
+             "ordered trend: each prompt's least-squares slope of its mean length over the three instructions in "
+             "order, alignlab.stats.ordered_trend)", "",
+             markdown(["", "tokens [95% CI]", "p (sign-flip)", "prompts"], steps), "",
+             "**Length of the answers sampled for training**, mean per epoch (tokens; from each run's "
+             "`train/online/mean_length`, seeds averaged)", "",
+             markdown(["instruction", *(f"epoch {e + 1}" for e in range(epochs))], train_rows), ""]
+    return lines, curve, {"train": train, "final": final}
+
+
+def plot_length(curve: pd.DataFrame, train: dict[str, pd.DataFrame], initial_length: float, out: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    colours = dict(zip(LENGTH_ARMS, ("tab:blue", "tab:green", "tab:red"), strict=True))
+    for arm, label in LENGTH_ARMS.items():
+        part = curve[curve["arm"] == arm].sort_values("step")
+        axes[0].plot(part["step"], part["mean"], marker="o", color=colours[arm], label=label)
+        axes[0].fill_between(part["step"], part["low"], part["high"], color=colours[arm], alpha=0.2)
+        t = train[arm].groupby("step")["length"].mean().rolling(7, min_periods=1).mean()
+        axes[1].plot(t.index, t.to_numpy(), color=colours[arm], label=label)
+        for _, s in train[arm].groupby("seed"):
+            axes[1].plot(s["step"], s["length"].rolling(7, min_periods=1).mean(), color=colours[arm], alpha=0.25,
+                         lw=0.8)
+    axes[0].axhline(initial_length, color="grey", lw=0.8, ls="--", label="initial model")
+    axes[0].set_title("held-out answer length (tokens), 95% intervals over prompts", fontsize=10)
+    axes[1].set_title("training answers' mean length (tokens; 7-step mean; thin: seeds)", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("update")
+    axes[0].legend(fontsize=8, title="annotator told", title_fontsize=8)
+    fig.suptitle("OAIF length control on SmolLM2-135M: the annotator's instruction, pooled over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
 
 
 def initial_model(root: Path, found: list[int]) -> dict[str, float]:
@@ -283,25 +404,33 @@ def main(root: Path) -> None:
     found = seeds(root)
     if not found:
         sys.exit(f"no finished online_seed<s> and offline_seed<s> pair under {root}: run experiments/oaif/run.sh")
+    out = root.parent
     evaluator = Evaluator(expected_answers())
     frames = {(arm, s): monitor(root, arm, s) for arm in ARMS for s in found}
     final = int(min(f["step"].max() for f in frames.values()))
     agreement_text, _ = agreement(root, found, evaluator)
     table = curves(frames)
     h2h_text, _ = head_to_head_lines(frames, final, evaluator, found)
+    initial = initial_model(root, found)
+    length_text, length_curve, length_parts = length_control(root)
     lines = ["# OAIF reproduction: results", "",
              f"Generated by `python experiments/oaif/report.py {root}` from the committed records; seeds "
-             f"{', '.join(map(str, found))}. Intervals: 95% bootstrap over prompts.", "",
+             f"{', '.join(map(str, found))}. Annotator of both arms (from the runs' config.yaml): "
+             f"`{annotator(root, 'online', found[0])}`. Intervals: 95% bootstrap over prompts.", "",
              "## Annotator and evaluator on the initial model's pairs", "", *agreement_text,
              "## Online vs offline", "",
              "The initial model on the same prompts and samples: reward {reward:.3f}, length {length:.1f} tokens "
-             "(win rate 0.5 by definition).".format(**initial_model(root, found)), "", *curve_lines(table), *paired_lines(frames, final),
+             "(win rate 0.5 by definition).".format(**initial), "", *curve_lines(table), *paired_lines(frames, final),
              *h2h_text,
-             *length_controlled_lines(frames, final), "## Other online arms", "",
+             *length_controlled_lines(frames, final), "## Length control", "", *length_text,
+             "## Other online arms", "",
              *extra_arm_lines(root, frames, final), *wall_time_lines(root)]
-    (HERE / "results.md").write_text("\n".join(lines))
-    table.drop(columns="per_seed").to_csv(HERE / "results_curves.csv", index=False)
-    plot(table, HERE / "results.png", initial_model(root, found))
+    (out / "results.md").write_text("\n".join(lines))
+    table.drop(columns="per_seed").to_csv(out / "results_curves.csv", index=False)
+    plot(table, out / "results.png", initial)
+    if length_parts:
+        plot_length(length_curve, length_parts["train"], initial["length"], out / "results_length.png")
+        length_curve.to_csv(out / "results_length.csv", index=False)
     print("\n".join(lines))
 
 
