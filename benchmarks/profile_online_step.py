@@ -37,6 +37,8 @@ def main(argv=None) -> None:
     parser.add_argument("--backend", default="fused")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", type=int, default=25, help="operators shown")
+    parser.add_argument("--whole", action="store_true",
+                        help="profile the whole step (from the previous step's end: sampling and annotating too)")
     parser.add_argument("--extra", nargs="*", default=[], help="more alignlab-train overrides")
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -45,17 +47,22 @@ def main(argv=None) -> None:
         def __init__(self) -> None:
             self.prof, self.seconds, self.tokens = None, None, None
 
+        def start_profile(self) -> None:
+            self.prof = profile(activities=[ProfilerActivity.CPU])
+            self.prof.__enter__()
+            self.start = time.perf_counter()
+
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if trainer.global_step + 1 == args.step:
-                self.prof = profile(activities=[ProfilerActivity.CPU])
-                self.prof.__enter__()
-                self.start = time.perf_counter()
+            if trainer.global_step + 1 == args.step and not args.whole:
+                self.start_profile()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if self.prof is not None and self.seconds is None:
                 self.seconds = time.perf_counter() - self.start
                 self.prof.__exit__(None, None, None)
                 self.tokens = batch.num_tokens
+            elif args.whole and trainer.global_step + 1 == args.step:
+                self.start_profile()  # from the end of the step before: sampling, annotating and the update
 
     n = args.step * args.batch_size
     data = Path(tempfile.mkdtemp(prefix="profile-online-")) / "prompts.jsonl"
@@ -72,7 +79,8 @@ def main(argv=None) -> None:
     events = probe.prof.key_averages()
     by_self = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
     total_ms = sum(e.self_cpu_time_total for e in events) / 1e3
-    print(f"{args.model}, step {args.step}: {probe.tokens} training tokens, {probe.seconds:.2f} s wall from batch start "
+    window = "the previous step's end" if args.whole else "batch start"
+    print(f"{args.model}, step {args.step}: {probe.tokens} training tokens, {probe.seconds:.2f} s wall from {window} "
           f"to batch end ({probe.tokens / probe.seconds:.1f} tokens/s), {total_ms / 1e3:.2f} s of self CPU time in "
           f"operators, {args.threads} threads; overrides {args.extra or 'none'}")
     print(f"{'operator (self time)':60s} {'ms':>9s} {'calls':>7s} {'share':>6s}")
