@@ -13,7 +13,7 @@ BIN=${BIN:-.venv/bin}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 EXPERIMENT=dpo_family
-# Answers sampled with the packed decode loop (alignlab/sampling/packed.py: the distribution of `generate`; 1.27-1.62x
+# Answers sampled with the packed decode loop (alignlab/sampling/packed.py: the distribution of `generate`; 1.61-2.04x
 # its speed at batches 4-16 in benchmarks/results/bench_sampling.txt, batch 32 not measured), reference answers too.
 EVAL=(generate.num_prompts=100 generate.n_samples=4 sampling.batch_size=32 sampling.max_new_tokens=64
       sampling.backend=packed)
