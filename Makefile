@@ -30,7 +30,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_dpo.py $(ARGS)
-	$(BIN)/python benchmarks/bench_oaif.py $(ARGS)
+	$(BIN)/python benchmarks/bench_oaif.py --repeats 3 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -13,10 +13,10 @@ length limits, optimizer (fused AdamW, constant learning rate), no gradient clip
 training forward, another in the sampler: transformers' ``generate``, or alignlab's backend, below) and printed next to
 each other; a difference is flagged.
 
-alignlab samples with ``--alignlab-backend`` (default ``packed``: the decode loop with oneDNN kernels on pre-packed
-weights, see ``alignlab/sampling/packed.py``; ``fused``, faster for Llama-architecture models, is what the README's
-figures use; neither is the configs' default, which is ``hf``:
-pass ``--alignlab-backend hf`` to sample through ``generate`` as TRL does). With another backend than ``hf`` the
+alignlab samples with ``--alignlab-backend`` (default ``fused``: alignlab's Llama decode step on oneDNN-packed
+weights, see ``alignlab/sampling/fused.py``, what ``experiment=oaif`` and the README's figures use; ``packed`` is the
+model's own decode step on the same kernels, for other architectures; the configs' default is ``hf``: pass
+``--alignlab-backend hf`` to sample through ``generate`` as TRL does). With another backend than ``hf`` the
 sampling rows of the settings table are read from alignlab's ``Sampling`` value (the decode loop has no top-k and
 no repetition penalty, and always decodes over its cache: those rows are "same" by construction) and the KV cache
 row from the model's forward calls (no forward after the prefill re-reads the prompt; with ``fused`` the decode
@@ -239,8 +239,8 @@ def main() -> None:
     parser.add_argument("--which", default="alignlab,trl")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run both sides this many times, alternating which goes first")
-    parser.add_argument("--alignlab-backend", default="packed", choices=sorted(BACKENDS),
-                        help="alignlab's sampling.backend (default packed: oneDNN kernels on pre-packed weights)")
+    parser.add_argument("--alignlab-backend", default="fused", choices=sorted(BACKENDS),
+                        help="alignlab's sampling.backend (default fused, as experiment=oaif samples)")
     parser.add_argument("--equal-length", action=argparse.BooleanOptionalAction, default=True,
                         help="every answer exactly max_new_tokens long on both sides (min_new_tokens = max_new_tokens), "
                              "so both do the same work; --no-equal-length lets answers end at their EOS")

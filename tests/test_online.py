@@ -373,9 +373,13 @@ def test_evaluating_an_oaif_run_samples_its_held_out_prompts(make_cfg, tmp_path,
 
 def test_an_exported_pair_trains_with_the_online_arms_token_ids(tiny, write_jsonl, tmp_path):
     """The same sampled pair through both arms: online (labelled in the step) and offline (exported by
-    alignlab-generate, then read back) give identical token ids (so identical log-probs), cut answers included."""
+    alignlab-generate, then read back) give identical token ids and, through each arm's own batching, the same
+    log-probs, cut answers included; without the stored ids, a cut answer is re-tokenized without its end of turn."""
+    from types import SimpleNamespace
+
     from alignlab.data.offline import OfflinePreferenceDataModule
     from alignlab.export_pairs import write_rows
+    from alignlab.logprobs import pair_logps
 
     dm = make_online(tiny, write_jsonl, FewerEsJudge(), unfinished="keep")
     torch.manual_seed(0)
@@ -384,6 +388,10 @@ def test_an_exported_pair_trains_with_the_online_arms_token_ids(tiny, write_json
     torch.manual_seed(0)
     online = [dm.label(tiny.model, dm.collate(dm.train_items[i: i + 4]))[0] for i in range(0, 8, 4)]
     online = [p for batch in online for p in batch]
+    # The online arm's training batches, as a training step builds them (same seeds: the same samples).
+    torch.manual_seed(0)
+    step = SimpleNamespace(policy=tiny.model, training=True)
+    online_batches = [dm.make_pairs(step, dm.collate(dm.train_items[i: i + 4])) for i in range(0, 8, 4)]
     path = tmp_path / "pairs.jsonl"
     write_rows(rows, path)
     offline = OfflinePreferenceDataModule(tiny.tokenizer, PromptSet(path=str(path), val_fraction=0.0,
@@ -397,12 +405,35 @@ def test_an_exported_pair_trains_with_the_online_arms_token_ids(tiny, write_json
                                                                else [])
         assert trained.rejected_ids == pair.rejected.token_ids + (
             [tiny.tokenizer.eos_token_id] if pair.rejected.finished else [])
-    # Without the stored ids (another tokenizer), the text is re-tokenized and the ends of turn differ.
+
+    def logps_by_prompt(batches) -> dict[tuple[int, ...], tuple[float, float]]:
+        out = {}
+        with torch.no_grad():
+            for batch in batches:
+                logps = pair_logps(tiny.model, batch)
+                for i in range(len(batch)):
+                    prompt = tuple(batch.prompt_ids[i][batch.prompt_mask[i].bool()].tolist())
+                    out[prompt] = (float(logps.chosen[i]), float(logps.rejected[i]))
+        return out
+
+    online_logps = logps_by_prompt(online_batches)
+    offline_logps = logps_by_prompt(offline.train_dataloader())
+    assert online_logps.keys() == offline_logps.keys() and len(online_logps) == len(online)
+    for prompt, (chosen, rejected) in online_logps.items():
+        assert offline_logps[prompt] == pytest.approx((chosen, rejected), abs=1e-4)
+    # Without the stored ids (another tokenizer) the text is re-tokenized: a finished answer gets its end of turn
+    # back, a cut one does not (row[*_finished] is false), as the online arm trains it.
     write_rows([{k: v for k, v in r.items() if k != "tokenizer"} for r in rows], path)
     retokenized = OfflinePreferenceDataModule(tiny.tokenizer, PromptSet(path=str(path), val_fraction=0.0),
                                               batch_size=4)
     retokenized.setup("fit")
-    assert any(p.chosen_ids != by_prompt[tuple(p.prompt_ids)].chosen_ids for p in retokenized.train_items)
+    eos = tiny.tokenizer.eos_token_id
+    finished = {tuple(p.prompt_ids): (p.chosen.finished, p.rejected.finished) for p in online}
+    for pair in retokenized.train_items:
+        chosen_finished, rejected_finished = finished[tuple(pair.prompt_ids)]
+        assert (pair.chosen_ids[-1] == eos) == chosen_finished
+        assert (pair.rejected_ids[-1] == eos) == rejected_finished
+    assert not all(all(f) for f in finished.values())  # some answer was cut: the rule above was exercised
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
@@ -537,6 +568,21 @@ def test_an_endpoint_judge_labels_one_part_while_the_next_is_sampled(tiny, write
     with pytest.raises(ConfigError, match="data.overlap_judge"):
         make_online(tiny, write_jsonl, FewerEsJudge(), overlap_judge="sometimes")
 
+    # A local judge on another device than the policy samples on (an LLM judge on a second GPU) overlaps too;
+    # decided when the batch's device is known. "meta" stands in for the other device here.
+    class Apart(FewerEsJudge):
+        device = torch.device("meta")
+
+    calls.clear()
+    apart = make_online(tiny, write_jsonl, Apart(), unfinished="keep", judge_chunks=2)
+    apart.make_pairs(Holder(tiny.model), apart.collate(apart.train_prompts[:4]))
+    assert apart.overlap_judge and calls == [4, 4]
+    Apart.device = torch.device("cpu")  # the same device as the policy's: one call, no thread
+    calls.clear()
+    apart.make_pairs(Holder(tiny.model), apart.collate(apart.train_prompts[:4]))
+    assert not apart.overlap_judge and calls == [8]
+    assert not make_online(tiny, write_jsonl, Apart(), overlap_judge=False).overlap_judge
+
 
 def test_verdicts_of_parts_concatenate():
     a = Verdicts([0.9, None], [True, None], ["logprobs", None], [(0.9, 0.9), (None, None)], last_failure="x")
@@ -600,9 +646,10 @@ def test_word_budget_judge_penalises_words_beyond_the_budget_only():
     from alignlab.judges.base import Verdicts
     from alignlab.judges.word_budget import WordBudgetJudge
 
-    class Fixed:  # P(first better) = 0.5 for every pair, None for the pair marked "?"
+    class Fixed:  # P(first better) = 0.5 for every pair, None for the pair marked "?"; both orders 0.5
         def __call__(self, prompts, pairs, metas=None):
-            return Verdicts([None if a == "?" else 0.5 for a, _ in pairs], last_failure="why")
+            return Verdicts([None if a == "?" else 0.5 for a, _ in pairs], orders=[(0.5, 0.5)] * len(pairs),
+                            last_failure="why")
 
     judge = WordBudgetJudge(Fixed(), max_words=3, per_word=0.5)
     short, ok, long5 = "one two", "one two three", "one two three four five"
@@ -611,6 +658,7 @@ def test_word_budget_judge_penalises_words_beyond_the_budget_only():
     assert v.prob_first[1] == pytest.approx(1 / (1 + math.exp(-1.0)))  # two words over: 2 x 0.5 log-odds
     assert v.prob_first[2] == pytest.approx(1 - v.prob_first[1])
     assert v.prob_first[3] is None and v.last_failure == "why"
+    assert v.orders[1] == pytest.approx((v.prob_first[1], v.prob_first[1]))  # each order shifted as the verdict
     with pytest.raises(ConfigError, match="per_word"):
         WordBudgetJudge(Fixed(), max_words=3, per_word=0)
 

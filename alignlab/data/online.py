@@ -41,7 +41,7 @@ from alignlab.data.collate import PreferenceBatch, PreferenceCollator
 from alignlab.data.pairs import TokenizedPair, tokenizer_fingerprint
 from alignlab.data.prompt_set import PromptExample, PromptSet
 from alignlab.errors import ConfigError, JudgeFailure
-from alignlab.judges.base import JUDGE_FAULTS, Judge, Verdicts
+from alignlab.judges.base import JUDGE_FAULTS, Judge, Verdicts, runs_apart
 from alignlab.padding import left_pad
 from alignlab.sampling import Generation, Sampling, generate
 
@@ -156,7 +156,8 @@ class OnlinePairsDataModule(PairSource):
             ``judge_failure_window`` judged pairs failed (see :class:`JudgeHealth`).
         overlap_judge: sample a batch's prompts in ``judge_chunks`` parts and let the annotator label each part in
             a worker thread while the next part is sampled: worth it when the annotator waits on something other
-            than this device (an endpoint: ``auto`` turns it on for a judge whose ``runs_elsewhere`` is true). Every
+            than this device (``auto`` turns it on for an endpoint, whose ``runs_elsewhere`` is true, and for a local
+            judge whose ``device`` is not the one the policy samples on: an LLM judge on a second GPU). Every
             answer still comes from the policy of this step. Off, a batch is sampled in one call and then judged.
         judge_chunks: how many parts a batch is sampled in when overlapping (smaller sampling batches cost some
             throughput on a device that is bound by its matrix products at small batch sizes).
@@ -183,9 +184,13 @@ class OnlinePairsDataModule(PairSource):
             raise ConfigError(f"data.overlap_judge={overlap_judge!r} is not true, false or auto")
         if judge_chunks < 1:
             raise ConfigError(f"data.judge_chunks={judge_chunks} must be at least 1")
-        self.overlap_judge = bool(getattr(judge, "runs_elsewhere", False)) if overlap_judge == "auto" \
-            else overlap_judge
-        self.judge_chunks = judge_chunks if self.overlap_judge else 1
+        self.overlap_setting, self.chunks_when_overlapping = overlap_judge, judge_chunks
+        # auto: decided again at each batch, once the sampling device is known (see runs_apart)
+        self.set_overlap(bool(getattr(judge, "runs_elsewhere", False)) if overlap_judge == "auto" else overlap_judge)
+
+    def set_overlap(self, overlap: bool) -> None:
+        self.overlap_judge = overlap
+        self.judge_chunks = self.chunks_when_overlapping if overlap else 1
 
     # ----- prompts ---------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -258,9 +263,11 @@ class OnlinePairsDataModule(PairSource):
 
     def make_pairs(self, module, batch: PromptBatch) -> PreferenceBatch:
         """Sample, judge and tokenize: the training batch for ``batch``'s prompts (see the module docstring)."""
+        device = batch.prompt_ids.device
+        if self.overlap_setting == "auto":
+            self.set_overlap(runs_apart(self.judge, device))
         with self._sampler_model(module) as model:
             labelled, stats = self.label(model, batch, seed=self._sampling_seed(module, batch))
-        device = batch.prompt_ids.device
         kept = [TokenizedPair(p.example_id, "online", p.prompt_ids, _with_eos(p.chosen, self),
                               _with_eos(p.rejected, self)) for p in labelled]
         if not kept:

@@ -63,6 +63,20 @@ class Verdicts:
         return Counter(s for s in self.sources or () if s is not None)
 
 
+def runs_apart(judge: Any, device: torch.device) -> bool:
+    """Whether ``judge`` computes somewhere other than ``device`` (where the policy samples): behind an endpoint
+    (``runs_elsewhere``) or on another device (a local judge's ``device``). Its labelling can then overlap with
+    sampling; a judge on the same device would only compete with it."""
+    if getattr(judge, "runs_elsewhere", False):
+        return True
+    own = getattr(judge, "device", None)
+    if own is None:
+        return False
+    own = torch.device(own)
+    same_index = own.index is None or device.index is None or own.index == device.index
+    return not (own.type == device.type and same_index)
+
+
 class Judge(Protocol):
     def __call__(self, prompts: list[str], pairs: list[tuple[str, str]],
                  metas: list[dict[str, Any]] | None = None) -> Verdicts: ...

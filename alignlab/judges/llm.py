@@ -40,6 +40,7 @@ class _LocalJudge:
         self.loaded = model if isinstance(model, LoadedModel) else load_pretrained(model, dtype=dtype)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)  # where it computes (online pairs overlap it with sampling elsewhere)
         self.loaded.model.to(device).eval().requires_grad_(False)
         self.template = template
         self.positive = single_token_ids(self.loaded.tokenizer, choices[0])
@@ -132,6 +133,7 @@ class InstructionLikelihoodJudge:
         self.loaded = model if isinstance(model, LoadedModel) else load_pretrained(model, dtype=dtype)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         self.loaded.model.to(device).eval().requires_grad_(False)
         self.instruction, self.baseline, self.temperature = instruction, baseline, temperature
         self.batch_size = batch_size

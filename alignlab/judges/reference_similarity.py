@@ -17,6 +17,7 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
 from alignlab.errors import ConfigError
 from alignlab.judges.base import Verdicts
@@ -42,6 +43,7 @@ class ReferenceSimilarityJudge:
             raise ConfigError(f"judge.temperature={temperature} must be > 0")
         self.name = model or bundled_embedding_model()
         self.encoder = SentenceTransformer(self.name, device=device)
+        self.device = torch.device(device)
         self.answer_key, self.temperature, self.batch_size = answer_key, temperature, batch_size
 
     def __repr__(self) -> str:

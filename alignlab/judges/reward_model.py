@@ -26,6 +26,7 @@ class RewardModelJudge:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
         self.model.to(device).eval()
         self.model.config.pad_token_id = self.tokenizer.pad_token_id

@@ -43,8 +43,9 @@ class WordBudgetJudge:
         if per_word <= 0:
             raise ConfigError(f"judge.per_word={per_word} must be > 0")
         self.judge, self.max_words, self.per_word = judge, max_words, per_word
-        # an endpoint underneath is still an endpoint: the online datamodule overlaps its calls with sampling
+        # an endpoint or another device underneath still is: the online datamodule overlaps its calls with sampling
         self.runs_elsewhere = bool(getattr(judge, "runs_elsewhere", False))
+        self.device = getattr(judge, "device", None)
 
     def __repr__(self) -> str:
         return f"WordBudgetJudge({self.judge!r}, max_words={self.max_words}, per_word={self.per_word})"
@@ -55,13 +56,19 @@ class WordBudgetJudge:
     def __call__(self, prompts: list[str], pairs: list[tuple[str, str]],
                  metas: list[dict[str, Any]] | None = None) -> Verdicts:
         base = self.judge(prompts, pairs, metas)
-        probs: list[float | None] = []
-        for p, (a, b) in zip(base.prob_first, pairs, strict=True):
-            if p is None:
-                probs.append(None)
-                continue
-            p = min(max(p, 1e-12), 1 - 1e-12)
-            logit = math.log(p / (1 - p)) + self.per_word * (self.over(b) - self.over(a))
-            probs.append(1 / (1 + math.exp(-max(-50.0, min(50.0, logit)))))
-        # Per-order probabilities would no longer add up to the adjusted verdict: only the verdict is passed on.
-        return Verdicts(probs, base.consistent, base.sources, None, base.last_failure)
+        shifts = [self.per_word * (self.over(b) - self.over(a)) for a, b in pairs]
+        probs = [shifted(p, shift) for p, shift in zip(base.prob_first, shifts, strict=True)]
+        orders = None
+        if base.orders is not None:  # a pairwise judge's verdict in each order, each shifted alike
+            orders = [(shifted(first, shift), shifted(second, shift))
+                      for (first, second), shift in zip(base.orders, shifts, strict=True)]
+        return Verdicts(probs, base.consistent, base.sources, orders, base.last_failure)
+
+
+def shifted(p: float | None, logit_shift: float) -> float | None:
+    """``p`` moved by ``logit_shift`` in log-odds; an undecided ``None`` stays undecided."""
+    if p is None:
+        return None
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    logit = math.log(p / (1 - p)) + logit_shift
+    return 1 / (1 + math.exp(-max(-50.0, min(50.0, logit))))
