@@ -369,3 +369,70 @@ def test_wall_times_keep_a_reruns_time_and_the_logs_other_lines(tmp_path):
     text = "\n".join(wall_time_lines(tmp_path))
     assert "| a | 3.0 |" in text and "| b | 1.0 |" in text and "| total of the runs above | 4.0 |" in text
     assert "| a | 2.0 |" not in text and "- run.sh, all runs it started: 240 s" in text
+
+
+# --- alignlab-compare --head-to-head ---------------------------------------------------------------------------
+
+def right_and_wrong_runs(root: Path, prompts: int = 12) -> Path:
+    """An oaif and a dpo run answering ``prompts`` questions "What is i plus 10?" (2 samples each) at steps 10 and
+    20, the same answers of the same length but dpo's wrong at step 20 (one too many); oaif alone also measured step
+    30, wrongly. The questions' file (no id column, so records carry ``questions.jsonl:<line>``) holds the expected
+    answers; the last two records use another id, so that those prompts are found by their text."""
+    root.mkdir(parents=True, exist_ok=True)
+    questions = root / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"prompt": f"What is {i} plus 10?", "answer": str(i + 10)}) + "\n"
+                                 for i in range(1, prompts + 1)))
+    for objective, step_and_error in (("oaif", ((10, 0), (20, 0), (30, 1))), ("dpo", ((10, 0), (20, 1)))):
+        rows = [{"prompt_id": f"questions.jsonl:{i}" if i <= prompts - 2 else f"elsewhere row {i}",
+                 "prompt": f"What is {i} plus 10?", "arm": "policy", "sample": s, "step": step,
+                 "answer": f"It is {i + 10 + error}.", "length": 4}
+                for step, error in step_and_error for i in range(1, prompts + 1) for s in range(2)]
+        write_run(root / "runs" / objective, objective, 0, rows)
+    return questions
+
+
+def test_head_to_head_gives_the_right_answers_every_win(tmp_path, capsys):
+    # At step 20 (the last both measured) the rule judge scores oaif's answer 1 + 0.5 and dpo's 0.5 on every pair:
+    # win rate 1 with no spread ([1, 1]); p: 12 per-prompt differences of +0.5, 2^12 sign flips, 2 as extreme:
+    # p = 2 / 4096. Length-controlled: every pair won at equal length, so 1 too.
+    questions = right_and_wrong_runs(tmp_path)
+    runs, out = str(tmp_path / "runs"), tmp_path / "cmp"
+    code = main([runs, "--head-to-head", "objective=oaif,dpo", "--prompts", str(questions), "--out", str(out),
+                 "--resamples", "200"])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    row = pd.read_csv(out / "head_to_head.csv").iloc[0]
+    assert (row["a"], row["b"], row["step"]) == ("objective=oaif", "objective=dpo", 20)
+    assert (row["win_rate"], row["low"], row["high"], row["lc win_rate"]) == (1, 1, 1, 1)
+    assert row["p"] == pytest.approx(2 / 4096) and (row["pairs"], row["prompts"], row["failures"]) == (24, 12, 0)
+    assert "| objective=oaif vs objective=dpo | 1 [1, 1] | p<0.001 | 1 [1, 1] | 24 | 12 |" in printed
+    assert "step 20" in printed and (out / "head_to_head.md").read_text() in printed
+    assert not (out / "comparison.md").exists()  # the run table only when --metrics asks for it
+
+    swapped = main([runs, "--head-to-head", "objective=dpo,oaif", "--prompts", str(questions), "--out", str(out),
+                    "--resamples", "200"])
+    assert swapped == 0
+    row = pd.read_csv(out / "head_to_head.csv").iloc[0]
+    assert (row["win_rate"], row["low"], row["high"], row["pairs"]) == (0, 0, 0, 24)
+    # At step 10 both are right: every pair a tie.
+    assert main([runs, "--head-to-head", "objective=oaif,dpo", "--step", "10", "--prompts", str(questions),
+                 "--out", str(out), "--resamples", "200"]) == 0
+    assert pd.read_csv(out / "head_to_head.csv").iloc[0]["win_rate"] == 0.5
+
+
+def test_head_to_head_names_an_unknown_evaluator_a_missing_group_and_missing_metadata(tmp_path, capsys):
+    questions = right_and_wrong_runs(tmp_path)
+    common = [str(tmp_path / "runs"), "--out", str(tmp_path / "cmp"), "--resamples", "200"]
+    assert main([*common, "--head-to-head", "objective=oaif,dpo", "--evaluator", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--evaluator nope: no such judge config (conf/judge/: " in err and "rule" in err
+    assert main([*common, "--head-to-head", "objective=oaif,ipo", "--prompts", str(questions)]) == 2
+    assert "no records of a run with objective=ipo (values: dpo, oaif)" in capsys.readouterr().err
+    assert main([*common, "--head-to-head", "objective=oaif"]) == 2
+    assert "--head-to-head objective=oaif: expected KEY=VALUE_A,VALUE_B" in capsys.readouterr().err
+    assert main([*common, "--head-to-head", "objective=oaif,dpo"]) == 2  # no --prompts: no expected answers
+    assert "prompt questions.jsonl:1: the evaluator needs its 'answer'; give --prompts FILE" in capsys.readouterr().err
+    questions.write_text(questions.read_text().splitlines()[0] + "\n")  # only the first question left
+    assert main([*common, "--head-to-head", "objective=oaif,dpo", "--prompts", str(questions)]) == 2
+    assert (f"prompt questions.jsonl:2: the evaluator needs its 'answer'; --prompts {questions} has no row for it"
+            in capsys.readouterr().err)

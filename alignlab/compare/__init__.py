@@ -24,10 +24,35 @@ pooled) and ``n`` prompts; ``--baseline key=value``: each group's paired per-pro
 with interval and sign-flip permutation p-value; ``--lc``: raw and length-controlled win rates over the
 reference answer from the evaluator's verdicts. Written as ``records_<evaluation>.md`` and CSVs, with a curve
 over steps (interval as band, step-0 point) and a chart of each group's mean with its interval.
+
+With ``--head-to-head KEY=VALUE_A,VALUE_B``: an evaluator (``--evaluator``, a judge of ``conf/judge/``, default
+``rule``) compares group A's answers with group B's on the same prompt, seed and sample index at the last step both
+measured (or ``--step``), from ``records/<--records, default eval>.jsonl``: A's win rate (ties half) with a bootstrap
+interval over prompts, a sign-flip p-value against 0.5, the length-controlled win rate, pairs and prompts, written
+as ``head_to_head.md``/``.csv``. What the evaluator reads about a prompt (the rule judge: its expected answer) comes
+from ``--prompts FILE``, its rows matched by the records' prompt id (the ``id`` column, else ``file:line``), else by
+prompt text.
+
+    alignlab-compare objectives --head-to-head objective=oaif,dpo --prompts alignlab/data/bundled/short_facts.jsonl
 """
 
-from alignlab.compare.command import DEFAULT_METRICS, compare, compare_records, main, parse_args
-from alignlab.compare.per_prompt import HeadToHead, Resampling, head_to_head, load_records, pair_answers
+from alignlab.compare.command import (
+    DEFAULT_METRICS,
+    compare,
+    compare_head_to_head,
+    compare_records,
+    load_evaluator,
+    main,
+    parse_args,
+)
+from alignlab.compare.per_prompt import (
+    HeadToHead,
+    PromptMetadata,
+    Resampling,
+    head_to_head,
+    load_records,
+    pair_answers,
+)
 from alignlab.compare.plots import metric_label, plot, plot_records, run_labels
 from alignlab.compare.runs import (
     Run,
@@ -51,9 +76,10 @@ from alignlab.compare.tables import (
     to_markdown,
 )
 
-__all__ = ["DEFAULT_METRICS", "LOWER_IS_BETTER", "HeadToHead", "Resampling", "Run", "cli", "compare",
-           "compare_records", "compare_table", "failed_jobs", "final_and_best", "find_run_folders", "flatten",
-           "group_key", "head_to_head", "load_local", "load_records", "load_run_folder", "load_wandb_offline",
+__all__ = ["DEFAULT_METRICS", "LOWER_IS_BETTER", "HeadToHead", "PromptMetadata", "Resampling", "Run", "cli",
+           "compare", "compare_head_to_head", "compare_records", "compare_table", "failed_jobs", "final_and_best",
+           "find_run_folders", "flatten", "group_key", "head_to_head", "load_evaluator", "load_local",
+           "load_records", "load_run_folder", "load_wandb_offline",
            "load_wandb_online", "lower_is_better", "main", "metric_label", "pair_answers", "parse_args", "plot",
            "plot_records", "read_metrics_csv", "read_wandb_records", "resolve_source", "run_labels",
            "to_markdown"]

@@ -1,4 +1,5 @@
-"""The ``alignlab-compare`` command: the run table, the per-prompt statistics of ``--records`` and their plots."""
+"""The ``alignlab-compare`` command: the run table, the per-prompt statistics of ``--records`` and their plots, and
+the head-to-head of two groups' answers under an evaluator."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from alignlab.compare import per_prompt
 from alignlab.compare.plots import plot, plot_records
 from alignlab.compare.runs import Run, load_local, load_wandb_offline, load_wandb_online, resolve_source
 from alignlab.compare.tables import compare_table, to_markdown
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, ConfigError, DataError
+from alignlab.judges.base import Judge
 
 DEFAULT_METRICS = ("val/rewards/accuracies", "val/rewards/margins", "val/loss")
 
@@ -88,6 +90,59 @@ def compare_records(runs: list[Run], evaluation: str, metrics: list[str], by: li
     return text
 
 
+def load_evaluator(name: str) -> Judge:
+    """The judge of ``conf/judge/<name>.yaml``, composed as ``alignlab-eval`` composes its evaluator
+    (``judge@evaluator=<name>`` in the eval config, so that interpolations such as ``${model.name_or_path}``
+    resolve)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from hydra.utils import instantiate
+    from omegaconf.errors import OmegaConfBaseException
+
+    from alignlab.cli import CONF_DIR
+
+    available = sorted(p.stem for p in (Path(CONF_DIR) / "judge").glob("*.yaml"))
+    if name not in available:
+        raise ConfigError(f"--evaluator {name}: no such judge config (conf/judge/: {', '.join(available)})")
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return instantiate(compose(config_name="eval", overrides=[f"judge@evaluator={name}"]).evaluator)
+    except (HydraException, OmegaConfBaseException) as e:  # a required value (model: ???), a failing constructor
+        raise ConfigError(f"--evaluator {name}: {e}") from e
+
+
+def compare_head_to_head(runs: list[Run], evaluation: str, groups: str, judge: Judge, out_dir: Path,
+                         arm: str = "policy", step: int | None = None, prompts: str | Path | None = None,
+                         resampling: per_prompt.Resampling = per_prompt.Resampling()) -> str:
+    """``groups`` (``key=value_a,value_b``): group a's win rate over group b under ``judge``, from the answers of
+    ``records/<evaluation>.jsonl`` on the same prompt, seed and sample index at ``step`` (default: the last step
+    both measured), with the metadata the judge reads from ``prompts`` (a prompt file). Written as
+    ``head_to_head.md`` and ``.csv`` in ``out_dir``; returns the Markdown."""
+    key, value_a, value_b = per_prompt.parse_head_to_head(groups)
+    records = per_prompt.of_arm(per_prompt.load_records(runs, evaluation, [key]), arm)
+    a, b = (per_prompt.group_rows(records, key, value) for value in (value_a, value_b))
+    a, b, step = per_prompt.at_common_step(a, b, step)
+    shared = a[a["prompt_id"].isin(set(b["prompt_id"]))]
+    if shared.empty:
+        raise DataError(f"--head-to-head {groups}: {key}={value_a} ({a['prompt_id'].nunique()} prompts) and "
+                        f"{key}={value_b} ({b['prompt_id'].nunique()} prompts) share no prompt id")
+    metadata = per_prompt.PromptMetadata.read(prompts) if prompts is not None else None
+    meta = per_prompt.judge_metadata(shared, metadata, per_prompt.meta_keys(judge))
+    h = per_prompt.head_to_head(a, b, judge, resampling, meta)
+    row = per_prompt.head_to_head_row(h, f"{key}={value_a}", f"{key}={value_b}", step)
+    when = f"step {step}" if step is not None else "all answers (no steps recorded)"
+    left_out = f"; {h.failures} pairs the evaluator could not decide left out" if h.failures else ""
+    text = (f"Head to head, records/{evaluation}.jsonl, arm {arm}, {when}: {judge!r} compares {key}={value_a}'s "
+            f"answer with {key}={value_b}'s on the same prompt, seed and sample index; {key}={value_a}'s win rate "
+            "(ties half) over prompts with a bootstrap interval; p: two-sided sign-flip test of the per-prompt win "
+            f"rates against 0.5; length-controlled as with --lc{left_out}\n\n"
+            f"{per_prompt.head_to_head_markdown(row, resampling.level)}\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([row]).to_csv(out_dir / "head_to_head.csv", index=False)
+    (out_dir / "head_to_head.md").write_text(text)
+    return text
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from alignlab.compare import __doc__ as usage
 
@@ -107,14 +162,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-plots", action="store_true")
     records = parser.add_argument_group("per-prompt records (records/<evaluation>.jsonl in each run folder)")
     records.add_argument("--records", metavar="EVALUATION", help="eval, monitor, behavior, ...: compare its records")
-    records.add_argument("--metric", default="reward",
-                         help="comma-separated record fields (reward, length, finished, correct, measure, "
-                              "reward_parts.<name>) or win_rate (from verdict, ties half); default reward")
+    records.add_argument("--metric", help="comma-separated record fields (reward, length, finished, correct, "
+                                           "measure, reward_parts.<name>) or win_rate (from verdict, ties half); "
+                                           "default reward")
     records.add_argument("--arm", default="policy", help="whose answers (default policy)")
-    records.add_argument("--step", type=int, help="the step to compare (default: each run's last)")
+    records.add_argument("--step", type=int, help="the step to compare (default: each run's last; with "
+                                                   "--head-to-head, the last both groups measured)")
     records.add_argument("--baseline", metavar="KEY=VALUE", help="paired differences against this --by group")
     records.add_argument("--lc", action="store_true", help="raw and length-controlled win rates from verdicts")
     records.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of prompts")
+    records.add_argument("--head-to-head", metavar="KEY=VALUE_A,VALUE_B",
+                         help="the evaluator compares the two groups' answers directly: A's win rate over B "
+                              "(--records names whose answers, default eval)")
+    records.add_argument("--evaluator", default="rule", help="for --head-to-head: a judge of conf/judge/ "
+                                                             "(default rule)")
+    records.add_argument("--prompts", help="for --head-to-head: the prompt file (JSONL, JSON, CSV, Parquet) whose "
+                                           "rows give what the evaluator reads, e.g. the expected answer")
     records.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     return parser.parse_args(argv)
 
@@ -143,21 +206,27 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or (Path(resolve_source(args.sources[0], args.root)) / "compare" if len(args.sources) == 1
                            else args.root / "compare" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
     covered: list[str] = []
-    if args.records is None or metrics is not None:  # with --records, the run table only when asked for
+    if (args.records is None and args.head_to_head is None) or metrics is not None:  # else only when asked for
         _, covered, more = compare(runs, metrics, by, out_dir, plots=not args.no_plots)
         problems += more
         print((out_dir / "comparison.md").read_text(), end="")
-    if args.records is not None:
-        problems += [] if metrics is not None else unknown_keys(runs, by)
-        try:
+    resampling = per_prompt.Resampling(args.resamples, 0, args.level)
+    try:
+        if args.records is not None and (args.head_to_head is None or args.metric is not None):
+            problems += [] if metrics is not None else unknown_keys(runs, by)
             print(("\n" if covered else "") + compare_records(
-                runs, args.records, [m for m in args.metric.split(",") if m], by, out_dir, args.arm, args.step,
-                args.baseline, args.lc, per_prompt.Resampling(args.resamples, 0, args.level),
-                plots=not args.no_plots), end="")
-        except AlignlabError as e:
-            print(f"alignlab-compare: {e}", file=sys.stderr)
-            return 2
-        covered.append(args.records)
+                runs, args.records, [m for m in (args.metric or "reward").split(",") if m], by, out_dir, args.arm,
+                args.step, args.baseline, args.lc, resampling, plots=not args.no_plots), end="")
+            covered.append(args.records)
+        if args.head_to_head is not None:
+            judge = load_evaluator(args.evaluator)
+            print(("\n" if covered else "") + compare_head_to_head(
+                runs, args.records or "eval", args.head_to_head, judge, out_dir, args.arm, args.step, args.prompts,
+                resampling), end="")
+            covered.append("head to head")
+    except AlignlabError as e:
+        print(f"alignlab-compare: {e}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(f"alignlab-compare: note: {problem}", file=sys.stderr)
     print(f"{len(runs)} runs; tables and plots in {out_dir}")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from alignlab.stats import (
     bootstrap_mean,
     length_controlled_win_rate,
     paired_difference,
+    prompt_means,
+    sign_flip_p_value,
     win_outcomes,
 )
 
@@ -200,10 +202,12 @@ def curve_table(frame: pd.DataFrame, metric: str, arm: str, resampling: Resampli
 class HeadToHead:
     """Run a's win rate over run b under one evaluator (ties half), over the prompts both answered.
 
+    ``p_value``: two-sided sign-flip test of the per-prompt win rates minus 0.5 (does a differ from a tie?).
     ``pairs`` answers compared (failures: the evaluator could not tell, left out); ``only_a``/``only_b``: prompts
     one run has and the other lacks. ``length_controlled`` is None when the records carry no lengths."""
 
     win_rate: Interval
+    p_value: float
     length_controlled: LengthControlled | None
     pairs: int
     failures: int
@@ -212,39 +216,157 @@ class HeadToHead:
 
 
 def pair_answers(records_a: pd.DataFrame, records_b: pd.DataFrame) -> pd.DataFrame:
-    """On each prompt both have, a's and b's answers paired in (seed, sample) order, as many as the fewer has;
-    columns ``prompt_id``, ``prompt``, ``answer_a``, ``answer_b``, ``length_a``, ``length_b``."""
-    def ordered(records: pd.DataFrame) -> pd.DataFrame:
-        rows = records.dropna(subset=["answer"]).sort_values(["prompt_id", "seed", "sample"], kind="stable")
-        return rows.assign(k=rows.groupby("prompt_id").cumcount())[["prompt_id", "k", "prompt", "answer", "length"]]
+    """a's and b's answers on the same prompt, seed and sample index (several runs of a side with the same seed:
+    paired in order, as many as the fewer has); columns ``prompt_id``, ``seed``, ``sample``, ``prompt``,
+    ``answer_a``, ``answer_b``, ``length_a``, ``length_b``."""
+    keys = ["prompt_id", "seed", "sample"]
 
-    merged = ordered(records_a).merge(ordered(records_b).drop(columns="prompt"), on=["prompt_id", "k"],
+    def ordered(records: pd.DataFrame) -> pd.DataFrame:
+        rows = records.dropna(subset=["answer"]).copy()
+        for key in ("seed", "sample"):  # numeric, so that None and NaN pair alike on both sides
+            rows[key] = pd.to_numeric(rows[key], errors="coerce")
+        rows = rows.sort_values(keys, kind="stable")
+        return rows.assign(k=rows.groupby(keys, dropna=False).cumcount())[[*keys, "k", "prompt", "answer", "length"]]
+
+    merged = ordered(records_a).merge(ordered(records_b).drop(columns="prompt"), on=[*keys, "k"],
                                       suffixes=("_a", "_b"))
     return merged.drop(columns="k").reset_index(drop=True)
 
 
 def head_to_head(records_a: pd.DataFrame, records_b: pd.DataFrame, judge: Judge,
-                 resampling: Resampling = Resampling()) -> HeadToHead:
+                 resampling: Resampling = Resampling(),
+                 meta: Mapping[str, dict[str, Any]] | None = None) -> HeadToHead:
     """Ask ``judge`` (the :mod:`alignlab.judges.base` contract) which of two runs' answers is better on the
-    prompts both have, a's answer first (a judge that scores both orders averages them itself).
+    prompts both have, a's answer first (a judge that scores both orders averages them itself). ``meta``: per
+    prompt id, what the judge reads besides the answers (e.g. the expected answer), see :func:`judge_metadata`.
 
     The win rate counts ties half and is a mean over prompts (a prompt's pairs pooled) with a bootstrap interval
     resampling prompts; with lengths in the records, the length-controlled win rate comes with it."""
     pairs = pair_answers(records_a, records_b)
     ids_a, ids_b = set(records_a["prompt_id"]), set(records_b["prompt_id"])
+    if pairs.empty:
+        raise DataError(f"no answers to compare: the two sides share {len(ids_a & ids_b)} prompts but no answer on "
+                        "the same prompt, seed and sample index")
+    meta = meta or {}
     prompts = ["" if p is None or (isinstance(p, float) and math.isnan(p)) else str(p) for p in pairs["prompt"]]
     verdicts = judge(prompts, list(zip(pairs["answer_a"], pairs["answer_b"], strict=True)),
-                     [{"prompt_id": pid} for pid in pairs["prompt_id"]]).prob_first
+                     [{**meta.get(pid, {}), "prompt_id": pid} for pid in pairs["prompt_id"]]).prob_first
     probs = np.array([math.nan if v is None else float(v) for v in verdicts])
     outcomes = pd.DataFrame({"prompt_id": pairs["prompt_id"], WIN_RATE: win_outcomes(probs)})
     rate = bootstrap_mean(outcomes, WIN_RATE, resampling.n, resampling.seed, resampling.level)
+    p = sign_flip_p_value(prompt_means(outcomes, WIN_RATE)[WIN_RATE].to_numpy() - 0.5, seed=resampling.seed)
     lengths = pairs[["length_a", "length_b"]].apply(pd.to_numeric, errors="coerce")
     lc = None
     if lengths.notna().all(axis=1).any():
         lc = length_controlled_win_rate(probs, lengths["length_a"].to_numpy(), lengths["length_b"].to_numpy(),
                                         pairs["prompt_id"].to_numpy(), resampling.n, resampling.seed,
                                         resampling.level)
-    return HeadToHead(rate, lc, len(pairs), int(np.isnan(probs).sum()), len(ids_a - ids_b), len(ids_b - ids_a))
+    return HeadToHead(rate, p, lc, len(pairs), int(np.isnan(probs).sum()), len(ids_a - ids_b), len(ids_b - ids_a))
+
+
+def parse_head_to_head(text: str) -> tuple[str, str, str]:
+    """``key=value_a,value_b`` of ``--head-to-head`` as (key, value_a, value_b)."""
+    key, _, values = text.partition("=")
+    sides = values.split(",")
+    if not key or len(sides) != 2 or not all(sides):
+        raise ConfigError(f"--head-to-head {text}: expected KEY=VALUE_A,VALUE_B (e.g. objective=oaif,dpo)")
+    return key, sides[0], sides[1]
+
+
+def group_rows(frame: pd.DataFrame, key: str, value: str) -> pd.DataFrame:
+    """The rows of the runs whose ``key`` is ``value`` (``frame`` read by :func:`load_records` with ``by=[key]``)."""
+    rows = frame[frame["group"] == (value,)]
+    if rows.empty:
+        values = sorted({g[0] for g in frame["group"]})
+        raise DataError(f"--head-to-head: no records of a run with {key}={value} (values: {', '.join(values)})")
+    return rows
+
+
+def at_common_step(a: pd.DataFrame, b: pd.DataFrame,
+                   step: int | None) -> tuple[pd.DataFrame, pd.DataFrame, int | None]:
+    """a's and b's rows at ``step``, or (``None``) at the last step both measured; records without steps are
+    kept whole. Returns the rows and the step."""
+    steps_a, steps_b = (pd.to_numeric(x["step"], errors="coerce") for x in (a, b))
+    if step is None and steps_a.isna().all() and steps_b.isna().all():
+        return a, b, None
+    common = set(steps_a.dropna()) & set(steps_b.dropna())
+    if step is None and not common:
+        raise DataError(f"--head-to-head: no step that both sides measured (steps: {sorted(set(steps_a.dropna()))}"
+                        f" and {sorted(set(steps_b.dropna()))}); choose one with --step")
+    chosen = step if step is not None else int(max(common))
+    if chosen not in common:
+        raise DataError(f"--step {chosen}: not measured by both sides (steps: {sorted(set(steps_a.dropna()))} and "
+                        f"{sorted(set(steps_b.dropna()))})")
+    return a[steps_a == chosen], b[steps_b == chosen], chosen
+
+
+@dataclass(frozen=True)
+class PromptMetadata:
+    """The rows of a prompt file (``--prompts``), by stable prompt id and by question text: what a judge reads
+    about each prompt (its expected answer, ...)."""
+
+    source: str
+    by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_text: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: str | Path) -> PromptMetadata:
+        """Any file or hub dataset a :class:`~alignlab.data.prompt_set.PromptSet` reads, every row kept (no split);
+        ids as the records compute them (:func:`~alignlab.data.prompt_set.stable_prompt_id`)."""
+        from alignlab.data.prompt_set import PromptSet, question_text, stable_prompt_id
+
+        def parse(record) -> tuple[str, str | None, dict[str, Any]]:
+            prompt = record.row.get("prompt")
+            return stable_prompt_id(record), question_text(prompt) if prompt else None, record.row
+
+        train, val = PromptSet(str(path), val_fraction=0, on_bad_row="error").read(parse, {})
+        rows = train + val
+        return cls(str(path), {pid: row for pid, _, row in rows},
+                   {text: row for _, text, row in rows if text is not None})
+
+    def find(self, prompt_id: str, prompt: Any) -> dict[str, Any] | None:
+        """The row of this prompt: by its id, else by its text."""
+        return self.by_id.get(str(prompt_id)) or self.by_text.get(prompt if isinstance(prompt, str) else None)
+
+
+def meta_keys(judge: Judge) -> list[str]:
+    """The prompt metadata a judge reads: its ``answer_key`` (rule, reference similarity) and that of the judge it
+    wraps (word budget)."""
+    own = getattr(judge, "answer_key", None)
+    inner = getattr(judge, "judge", None)
+    return ([own] if isinstance(own, str) else []) + (meta_keys(inner) if inner is not None else [])
+
+
+def judge_metadata(records: pd.DataFrame, prompts: PromptMetadata | None,
+                   keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per prompt id of ``records``, its row of ``prompts`` (matched by id, else by text); a DataError naming the
+    prompt and the key when the judge needs a key (``keys``) that prompt has no value for."""
+    found = {}
+    for pid, text in records[["prompt_id", "prompt"]].drop_duplicates("prompt_id").itertuples(index=False):
+        row = prompts.find(pid, text) if prompts is not None else None
+        for key in keys:
+            if row is None or row.get(key) in (None, ""):
+                where = ("give --prompts FILE with that column" if prompts is None else
+                         f"--prompts {prompts.source} has no row for it (by id or by text)" if row is None else
+                         f"its row in --prompts {prompts.source} has none")
+                raise DataError(f"prompt {pid}: the evaluator needs its {key!r}; {where}")
+        found[pid] = row or {}
+    return found
+
+
+def head_to_head_row(h: HeadToHead, name_a: str, name_b: str, step: int | None) -> dict[str, Any]:
+    lc = h.length_controlled
+    return {"a": name_a, "b": name_b, "step": step, "win_rate": h.win_rate.mean, "low": h.win_rate.low,
+            "high": h.win_rate.high, "p": h.p_value, "lc win_rate": lc.win_rate if lc else math.nan,
+            "lc low": lc.low if lc else math.nan, "lc high": lc.high if lc else math.nan, "pairs": h.pairs,
+            "prompts": h.win_rate.n, "failures": h.failures, "only_a": h.only_a, "only_b": h.only_b}
+
+
+def head_to_head_markdown(row: dict[str, Any], level: float) -> str:
+    header = ["", f"win rate [{level:.0%} interval]", "p (vs 0.5)", "length-controlled", "pairs", "prompts"]
+    return markdown(header, [[f"{row['a']} vs {row['b']}", interval_text(row["win_rate"], row["low"], row["high"]),
+                              p_text(row["p"]), interval_text(row["lc win_rate"], row["lc low"], row["lc high"]),
+                              row["pairs"], row["prompts"]]])
 
 
 # --- Markdown --------------------------------------------------------------------------------------------------
