@@ -3,6 +3,7 @@ override they pass names a key that exists. (The OPO experiment's commands are c
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -20,7 +21,7 @@ OAIF = EXPERIMENTS / "oaif"
 OAIF_EARLIER = OAIF / "earlier" / "smollm2_annotator" / "runs"  # the first design's committed runs
 # What experiments/oaif/run.sh adds to every training command.
 OAIF_TRAIN_EXTRA = ["trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false", "save_policy=false",
-                    "~callbacks.checkpoint"]
+                    "~callbacks.checkpoint", "callbacks.win_rate.reference_cache=experiments/oaif/reference_answers"]
 
 
 def oaif_runs() -> list[tuple[str, str, list[str]]]:
@@ -92,6 +93,11 @@ def test_oaif_run_sh_reads_the_runs_file():
     assert "runs.txt" in script and "alignlab-$command" in script
     assert all(extra in script for extra in OAIF_TRAIN_EXTRA)
     assert {command for _, command, _ in oaif_runs()} == {"train", "generate"}
+    # the committed reference answers the monitor reuses: the key it would compute names the monitor's settings
+    keys = [json.loads(p.read_text()) for p in (OAIF / "reference_answers").rglob("*.key.json")]
+    monitor = compose_config("train", ["experiment=oaif"]).callbacks.win_rate.sampling
+    assert any(k["sampling"]["backend"] == monitor.backend and k["sampling"]["max_new_tokens"] == monitor.max_new_tokens
+               for k in keys)
 
 
 @pytest.mark.parametrize("name, command, overrides", oaif_runs(), ids=[r[0] for r in oaif_runs()])

@@ -15,10 +15,14 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 one_run() {  # <name> <command> <overrides...>
   local name=$1 command=$2
   shift 2
-  # Training runs keep their records, metrics and summary, not the weights (no checkpoint, no saved policy).
+  # Training runs keep their records, metrics and summary, not the weights (no checkpoint, no saved policy). The
+  # initial model's answers the monitor compares with come from reference_answers/ (committed: sampled once, by
+  # online_seed0 on 2026-12-06), so that a run on another machine compares with the very same answers rather than
+  # a resample, whose last-bit differences can change a few of them.
   local extra=()
   if [ "$command" = train ]; then
-    extra=(trainer.enable_progress_bar=false +trainer.enable_checkpointing=false save_policy=false "~callbacks.checkpoint")
+    extra=(trainer.enable_progress_bar=false +trainer.enable_checkpointing=false save_policy=false "~callbacks.checkpoint"
+           callbacks.win_rate.reference_cache=experiments/oaif/reference_answers)
   fi
   "$BIN/alignlab-$command" "$@" paths.output_dir="$ROOT/$name" "${extra[@]}"
 }
