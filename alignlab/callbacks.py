@@ -69,11 +69,9 @@ class WinRateMonitor(pl.Callback):
     def examples(self, datamodule) -> list[PromptExample]:
         """The measured prompts, fixed for the whole run (read once)."""
         if self._examples is None:
-            if self.prompts is None:
-                examples = datamodule.examples("val")
-            else:
-                _, examples = self.prompts.read_prompts(self.prompts.pair_tokenizer(datamodule.tokenizer), {})
-            self._examples = examples[: self.num_prompts]
+            from alignlab.policy_vs_reference import held_out_prompts
+
+            self._examples = held_out_prompts(datamodule, self.prompts)[: self.num_prompts]
         return self._examples
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -97,7 +95,7 @@ class WinRateMonitor(pl.Callback):
 
         self._last_step = trainer.global_step
         recorder = Recorder(trainer.default_root_dir if trainer.is_global_zero else None,
-                            getattr(trainer.datamodule, "seed", None))
+                            getattr(trainer.datamodule, "seed", None), sampling_seed=self.sampling.seed)
         try:
             result = sample_and_rate(pl_module.policy, pl_module.reference, trainer.datamodule.tokenizer, examples,
                                      self.sampling, self.reward, self.evaluator, self.n_samples, recorder,

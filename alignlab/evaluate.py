@@ -8,7 +8,13 @@ Two measurements of a saved policy against its reference, on held-out data:
   the reference, same seed and ``sampling``, scored by ``reward`` (for the bundled data, :class:`AnswerRater`):
   mean reward, its parts, mean length in tokens, the share that ended with EOS, and the policy's win rate over the
   reference (ties count half); every answer is a row of ``records/eval.jsonl``;
-* whatever the data's pair source evaluates of its own (counterfactual: behaviour rates and capability).
+* whatever the data's pair source evaluates of its own (counterfactual: behaviour rates and capability, also
+  ``generate.n_samples`` answers per prompt).
+
+``generate.prompts`` (a :class:`PromptSet`) samples its validation prompts instead of the run's own held-out
+ones, by their stable ids: runs trained on different data are then scored on the same prompts. Records carry
+the evaluated run's final step and seed (``sampling_seed``: the eval's own), and with ``logger=wandb`` every
+records file is also a W&B Table (``records/<evaluation>``).
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from alignlab.errors import ConfigError
+from alignlab.loggers import evaluation_loggers, log_recorder_tables
 from alignlab.module import PreferenceModule
-from alignlab.policy_vs_reference import reference_answer_cache, sample_and_rate
+from alignlab.policy_vs_reference import held_out_prompts, reference_answer_cache, sample_and_rate
 from alignlab.records import Recorder
 from alignlab.reference import Reference
 from alignlab.train import prepare_output_dir
@@ -58,6 +65,23 @@ def load_policy(policy_dir: Path, reference_model: torch.nn.Module) -> torch.nn.
     return AutoModelForCausalLM.from_pretrained(policy_dir, dtype=dtype).eval()
 
 
+def trained_step_and_seed(run_config: Path | None) -> tuple[int | None, int | None]:
+    """``(final global step, seed)`` of the training run whose ``config.yaml`` is ``run_config``: what its
+    policy's records are stamped with, so that they line up with the run's own (monitor) records and pair with
+    other seeds of the same arm. The step comes from the run's ``summary.json``, else its last checkpoint;
+    ``(None, None)`` for a bare ``save_pretrained`` folder, whose training is unknown."""
+    if run_config is None:
+        return None, None
+    seed = OmegaConf.load(run_config).get("seed")
+    summary, checkpoint = run_config.parent / "summary.json", run_config.parent / "checkpoints" / "last.ckpt"
+    step = None
+    if summary.is_file():
+        step = json.loads(summary.read_text()).get("global_step")
+    elif checkpoint.is_file():  # the run's own file, written by Lightning (not only tensors)
+        step = torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step")
+    return step, seed
+
+
 def _merge_run_config(cfg: DictConfig, run_config: Path) -> DictConfig:
     run = OmegaConf.load(run_config)
     with open_dict(cfg):
@@ -76,6 +100,7 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = _merge_run_config(cfg, run_config)
     output_dir = prepare_output_dir(cfg)
     pl.seed_everything(cfg.seed)
+    step, seed = trained_step_and_seed(run_config)
 
     loaded = instantiate(cfg.model)
     reference = Reference(model=loaded.frozen_copy())
@@ -88,11 +113,15 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule = instantiate(data_cfg, _partial_=True)(tokenizer=loaded.tokenizer)
     with reference.as_model() as base:
         datamodule.prepare(base)  # counterfactual pairs come from the reference (usually cached)
-    examples = datamodule.examples(cfg.split)
+    prompt_set = instantiate(cfg.generate.prompts) if cfg.generate.get("prompts") else None
+    examples = held_out_prompts(datamodule, prompt_set, cfg.split)
     if not examples:
-        raise ConfigError(f"split={cfg.split!r} has no examples (was the run trained with data.prompts."
+        raise ConfigError("generate.prompts has no validation prompts" if prompt_set is not None else
+                          f"split={cfg.split!r} has no examples (was the run trained with data.prompts."
                           "val_fraction=0?)")
-    recorder = Recorder(output_dir, cfg.seed)
+    # Unseeded sampling draws from the generator seeded with cfg.seed above.
+    sampling_seed = cfg.sampling.seed if cfg.sampling.seed is not None else cfg.seed
+    recorder = Recorder(output_dir, seed, step=step, sampling_seed=sampling_seed)
 
     loader = datamodule.pair_loader(cfg.split)  # fixed pairs (offline, counterfactual); online has prompts only
     metrics: dict[str, Any] = {"policy": str(policy_dir), "split": cfg.split,
@@ -113,13 +142,16 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         sampling = instantiate(cfg.sampling)
         reward = instantiate(cfg.reward) if cfg.get("reward") else None
         evaluator = instantiate(cfg.evaluator) if cfg.get("evaluator") else None
+        n_samples = cfg.generate.get("n_samples", 1)
         metrics["samples"] = sample_and_rate(policy, reference, loaded.tokenizer,
                                              examples[: cfg.generate.num_prompts], sampling, reward, evaluator,
-                                             cfg.generate.get("n_samples", 1), recorder, "eval",
-                                             cache=reference_answer_cache())
-        metrics.update(datamodule.evaluate(policy, reference, sampling, recorder, cfg.generate.num_prompts))
+                                             n_samples, recorder, "eval", cache=reference_answer_cache())
+        metrics.update(datamodule.evaluate(policy, reference, sampling, recorder, cfg.generate.num_prompts,
+                                           n_samples))
 
     (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+    with evaluation_loggers(cfg) as loggers:
+        log_recorder_tables(loggers, recorder)
     _print_summary(metrics)
     print(f"results: {output_dir / 'eval.json'}; per-prompt records: {output_dir / 'records'}")
     return metrics, {"datamodule": datamodule, "output_dir": output_dir, "recorder": recorder}

@@ -14,11 +14,23 @@ import statistics
 from typing import Any
 
 from alignlab.answer_cache import AnswerCache, model_fingerprint
-from alignlab.data.prompt_set import PromptExample
+from alignlab.data.prompt_set import PromptExample, PromptSet
 from alignlab.logprobs import sequence_logps
 from alignlab.records import Recorder
 from alignlab.reference import Reference
 from alignlab.sampling import Generation, Sampling, generate
+
+
+def held_out_prompts(datamodule, prompts: PromptSet | None = None, split: str = "val") -> list[PromptExample]:
+    """The prompts a policy is compared with its reference on: the datamodule's own ``split`` (``prompts=None``),
+    or the validation prompts of ``prompts``, a :class:`PromptSet` read with the datamodule's tokenizer, by their
+    stable ids. A shared ``PromptSet`` scores arms trained on different data (offline pairs, online prompts,
+    another file) on the same prompt ids, so their records pair; the monitor (``callbacks.win_rate.prompts``) and
+    ``alignlab-eval`` (``generate.prompts``) both take one."""
+    if prompts is None:
+        return datamodule.examples(split)
+    _, examples = prompts.read_prompts(prompts.pair_tokenizer(datamodule.tokenizer), {})
+    return examples
 
 
 def answer_logps(model, prompts: list[list[int]], gens: list[Generation], pad_id: int, eos_id: int,

@@ -13,7 +13,10 @@ A row's fields (missing values are ``None``; extra fields are allowed and kept):
   that uses the same prompt set: the key two arms are paired on;
 * ``prompt``: the question text; ``arm``: whose answer (``policy``, ``reference``, ``reference_encourage``, an OPO
   condition, ...); ``sample``: the sample's index for this prompt and arm (0 .. n_samples-1);
-* ``step``, ``seed``: the training step the answer was sampled at and the run's seed;
+* ``step``, ``seed``: the training step of the policy that answered and the training run's seed (for
+  ``alignlab-eval``: the evaluated run's final step and its seed, read from its folder; ``None`` for a bare
+  ``save_pretrained`` folder); ``sampling_seed``: the seed the answers were drawn with (``sampling.seed``),
+  which is the evaluation's own and may differ from the run's;
 * ``answer``, ``length`` (new tokens, EOS excluded), ``finished`` (ended with EOS);
 * ``reward`` and ``reward_parts`` (a dict) from a programmatic rater; ``measure`` from a behaviour measure;
   ``correct`` for a question with a known answer;
@@ -33,8 +36,8 @@ from typing import Any
 
 from alignlab.data.sources import strict_jsonl
 
-FIELDS = ("evaluation", "prompt_id", "prompt", "arm", "sample", "step", "seed", "answer", "length", "finished",
-          "reward", "reward_parts", "measure", "correct", "verdict", "verdict_orders", "reference_answer",
+FIELDS = ("evaluation", "prompt_id", "prompt", "arm", "sample", "step", "seed", "sampling_seed", "answer", "length",
+          "finished", "reward", "reward_parts", "measure", "correct", "verdict", "verdict_orders", "reference_answer",
           "reference_length", "log_ratio")
 
 
@@ -72,7 +75,9 @@ def read_records(path: str | Path):
 
 
 class Recorder:
-    """Writes a run's evaluation records: stamps each row with the run's seed and the step it was measured at.
+    """Writes a run's evaluation records: stamps each row with the run's seed, the seed its answers were sampled
+    with, and the step it was measured at (``step`` here, unless :meth:`write` names one: the monitor measures
+    at many steps, ``alignlab-eval`` at the evaluated run's last).
 
     ``run_dir=None`` keeps the rows in memory only (``rows``); otherwise they are appended to
     ``<run_dir>/records/<evaluation>.jsonl`` as each measurement ends, so an interrupted run keeps what it measured.
@@ -80,13 +85,16 @@ class Recorder:
     files committed with an experiment stay small.
     """
 
-    def __init__(self, run_dir: str | Path | None, seed: int | None = None, compact: bool = False) -> None:
+    def __init__(self, run_dir: str | Path | None, seed: int | None = None, compact: bool = False,
+                 step: int | None = None, sampling_seed: int | None = None) -> None:
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.seed, self.compact = seed, compact
+        self.seed, self.compact, self.step, self.sampling_seed = seed, compact, step, sampling_seed
         self.rows: dict[str, list[dict[str, Any]]] = {}
 
     def write(self, evaluation: str, rows: list[dict[str, Any]], step: int | None = None) -> Path | None:
-        stamped = [record(**{**row, "evaluation": evaluation, "step": step, "seed": self.seed}) for row in rows]
+        stamps = {"evaluation": evaluation, "step": self.step if step is None else step, "seed": self.seed,
+                  "sampling_seed": self.sampling_seed}
+        stamped = [record(**{**row, **stamps}) for row in rows]
         self.rows.setdefault(evaluation, []).extend(stamped)
         if self.run_dir is None:
             return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from alignlab.errors import ConfigError
+from alignlab.loggers import finish_wandb
 from alignlab.redaction import without_secrets
 from alignlab.reference import Reference
 from alignlab.run_dir import check_folder_is_free, check_resume_matches, keep_earlier
@@ -160,7 +160,7 @@ def run_train(cfg: DictConfig, callbacks: list[pl.Callback] = ()) -> tuple[dict[
                        "global_step": trainer.global_step, "metrics": metrics}
             (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     finally:
-        _finish_wandb()
+        finish_wandb()  # the next job of a multirun starts its own W&B run
 
     shown = {k: metrics[k] for k in ("train/loss", "val/loss", "val/rewards/accuracies", "val/rewards/margins")
              if k in metrics}
@@ -171,10 +171,3 @@ def run_train(cfg: DictConfig, callbacks: list[pl.Callback] = ()) -> tuple[dict[
                      "output_dir": output_dir}
 
 
-def _finish_wandb() -> None:
-    """Close the W&B run so the next job of a multirun starts its own."""
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pandas as pd
 import pytest
 
 import alignlab.data.counterfactual as cf
@@ -142,18 +143,45 @@ def test_export_writes_pairs_the_offline_data_reads(tmp_path, make_cfg):
     assert run["datamodule"].num_examples > 0
 
 
-def test_evaluation_reports_behaviour_rates_and_capability(make_cfg, tmp_path):
+def test_behaviour_rates_sample_every_prompt_n_times(tiny, write_jsonl, tmp_path, monkeypatch):
+    """One record per prompt, condition and sample (0..n-1); a rate is the mean of the prompts' own means."""
+    from alignlab.data.counterfactual_eval import behavior_rates
+    from alignlab.records import Recorder
+    from alignlab.reference import Reference
+
+    monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path / "alignlab_cache"))  # reference answers kept here
+    varied = BehaviorSpec("chars", BRIEF.encourage, BRIEF.discourage, None, lambda text: len(text) % 3 / 2)
+    dm = make(tiny, prompts_file(write_jsonl), tmp_path, behavior=varied)
+    recorder = Recorder(None)
+    result = behavior_rates(tiny.model, Reference.frozen_copy_of(tiny.model), dm,
+                            Sampling(max_new_tokens=6, temperature=1.0, batch_size=16, seed=0), recorder, n_samples=3)
+    rows = pd.DataFrame(recorder.rows["behavior"])
+    assert result["num_prompts"] == 2 and len(rows) == 2 * 3 * 3  # prompts x conditions x samples
+    assert rows.groupby(["prompt_id", "arm"])["sample"].apply(lambda samples: sorted(samples) == [0, 1, 2]).all()
+    for arm, answers in rows.groupby("arm"):
+        per_prompt = answers.groupby("prompt_id")["measure"].mean()
+        assert result[f"{arm}/behavior_rate"] == pytest.approx(per_prompt.mean())
+
+
+def test_evaluation_reports_behaviour_rates_and_capability(make_cfg, tmp_path, monkeypatch):
     from alignlab.evaluate import run_evaluate
 
     from .test_evaluate import eval_cfg
+    from .test_records import wandb_tables
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
 
     cfg = make_cfg("objective=counterfactual_dpo", "behavior=brief", "data.sampling.max_new_tokens=8",
                    "data.samples_per_prompt=1", f"data.cache_dir={tmp_path}/cache", "trainer.max_steps=1",
                    "save_policy=true")
     _, run = run_train(cfg)
-    metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval", "sampling.max_new_tokens=6"))
+    metrics, _ = run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval", "sampling.max_new_tokens=6",
+                                       "generate.n_samples=2", "logger=wandb"))
     behavior = metrics["behavior"]
-    assert behavior["behavior"] == "brief" and behavior["num_prompts"] == 6
+    assert behavior["behavior"] == "brief" and behavior["num_prompts"] == 6 and behavior["n_samples"] == 2
+    answers = [json.loads(line) for line in (tmp_path / "eval" / "records" / "behavior.jsonl").open()]
+    assert len(answers) == 6 * 3 * 2 and {r["sample"] for r in answers} == {0, 1}  # prompts x conditions x samples
     for name in ("policy", "reference", "reference_encourage"):
         assert 0 <= behavior[f"{name}/behavior_rate"] <= 1
     capability = metrics["capability"]
@@ -164,6 +192,11 @@ def test_evaluation_reports_behaviour_rates_and_capability(make_cfg, tmp_path):
     by_arm = {arm: {r["prompt_id"]: r["margin"] for r in records if r["arm"] == arm} for arm in ("policy", "reference")}
     assert by_arm["policy"].keys() == by_arm["reference"].keys()
     assert all(r["correct"] == float(r["margin"] > 0) for r in records)
+    # logger=wandb: every records file is also a W&B Table, with every field of its rows.
+    tables = wandb_tables(tmp_path / "eval")
+    assert {"records/behavior", "records/capability", "records/eval"} <= set(tables)
+    assert len(tables["records/behavior"]["data"]) == len(answers) and "measure" in tables["records/behavior"]["columns"]
+    assert len(tables["records/capability"]["data"]) == 2 * 302 and "false_answer" in tables["records/capability"]["columns"]
 
 
 def test_capability_pairs_differ_in_the_answer_alone():

@@ -412,6 +412,30 @@ def test_run_opo_records_every_answer_and_summarizes_them(tmp_path):
     assert "| gold rule (oracle) | string_match | 0.812 (" in table and "| 1.000 (1.00-1.00), n=3 | 0.250, n=1 |" in table
 
 
+def test_run_opo_logs_its_records_as_wandb_tables(tmp_path, monkeypatch):
+    from .test_records import wandb_tables
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    rules = write_rows(tmp_path / "rules.jsonl", RULES)
+    qs = write_rows(tmp_path / "questions.jsonl", QUESTIONS)
+    edits = write_rows(tmp_path / "edits.jsonl", EDITS[1:])
+    cfg = compose_config("opo", ["model=tiny", f"memory={rules}", f"questions.human={qs}", "questions.generated=null",
+                                 "questions.inference=null", f"edits={edits}", "conditions=[none,gold]",
+                                 "baselines=[string_match]", "opo/scorer=likelihood", "bootstrap=10", "logger=wandb"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    run_opo(cfg)
+    tables = wandb_tables(tmp_path / "run")
+    assert set(tables) == {"records/opo", "records/opo_edit"}
+    table = tables["records/opo"]
+    rows = read_records(tmp_path / "run" / "records" / "opo.jsonl")
+    assert len(table["data"]) == len(rows) == 4 * 2 * 2  # questions x conditions x answerers
+    probs = table["columns"].index("probs")
+    assert all(json.loads(row[probs]) for row in table["data"])  # a list, kept as a JSON string
+    assert {"answerer", "copyable", "gold"} <= set(table["columns"])
+
+
 def experiment_runs() -> list[tuple[str, str, list[str]]]:
     """(name, config, overrides) of every run in experiments/opo/runs.txt, which run.sh reads."""
     runs = []

@@ -130,10 +130,11 @@ class PairSource(pl.LightningDataModule):
         """Fixed pairs of a split (``all``: every pair once, in id order), or ``None`` when there are none."""
         return None
 
-    def evaluate(self, policy: nn.Module, reference, sampling, recorder, num_prompts: int | None = None
-                 ) -> dict[str, Any]:
+    def evaluate(self, policy: nn.Module, reference, sampling, recorder, num_prompts: int | None = None,
+                 n_samples: int = 1) -> dict[str, Any]:
         """Evaluation particular to this source (beyond pair metrics and policy-vs-reference samples), on at most
-        ``num_prompts`` held-out prompts, sampled with ``sampling``; its answers go to ``recorder``."""
+        ``num_prompts`` held-out prompts, ``n_samples`` answers each, sampled with ``sampling``; its answers go to
+        ``recorder``."""
         return {}
 
     def export_rows(self, model: nn.Module, split: str) -> tuple[list[dict[str, Any]], dict[str, float]]:

@@ -175,10 +175,11 @@ class CounterfactualDataModule(FixedPairsSource):
                                          question_text(row["prompt"]), {"prompt": row["prompt"]}, row["prompt_id"]))
         return out
 
-    def evaluate(self, policy, reference, sampling, recorder, num_prompts: int | None = None) -> dict[str, Any]:
+    def evaluate(self, policy, reference, sampling, recorder, num_prompts: int | None = None,
+                 n_samples: int = 1) -> dict[str, Any]:
         from alignlab.data.counterfactual_eval import behavior_rates, capability
 
-        return {"behavior": behavior_rates(policy, reference, self, sampling, recorder, num_prompts),
+        return {"behavior": behavior_rates(policy, reference, self, sampling, recorder, num_prompts, n_samples),
                 "capability": capability(policy, reference, self, recorder)}
 
     def export_rows(self, model, split: str) -> tuple[list[dict[str, Any]], dict[str, float]]:

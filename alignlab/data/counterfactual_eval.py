@@ -18,10 +18,16 @@ from alignlab.sampling import Sampling, generate
 
 
 def behavior_rates(policy, reference: Reference, datamodule, sampling: Sampling,
-                   recorder: Recorder | None = None, num_prompts: int | None = None) -> dict[str, Any]:
+                   recorder: Recorder | None = None, num_prompts: int | None = None,
+                   n_samples: int = 1) -> dict[str, Any]:
     """Behaviour rate on held-out prompts: the policy and the base model on the training prompt, and the base
     model on the prompt that elicits the behaviour (the encouraging instruction; for instruction negation, the
-    prompt without the inappropriate instruction): the upper bound the policy should move toward."""
+    prompt without the inappropriate instruction): the upper bound the policy should move toward.
+
+    ``n_samples`` answers per prompt and condition (``generate.n_samples``), one record each (``sample`` 0 ..
+    n_samples-1): one answer per prompt makes a rate that is mostly sampling noise at a small number of prompts.
+    A rate is the mean over prompts of each prompt's mean over its samples (every prompt has ``n_samples``, so
+    this is also the mean over all answers)."""
     measure = datamodule.behavior.measure
     held_out = datamodule.examples("val")[:num_prompts]
     target = "control" if datamodule.variant == "instruction_negation" else "encourage"
@@ -29,11 +35,13 @@ def behavior_rates(policy, reference: Reference, datamodule, sampling: Sampling,
     elicited = [tokenize(datamodule.messages([m for m in e.meta["prompt"] if m["role"] == "user"], target))
                 for e in held_out]
     trained_on = [e.prompt_ids for e in held_out]
+    owners = [e for e in held_out for _ in range(n_samples)]  # prompt-major, as the prompts below
     result: dict[str, Any] = {"behavior": datamodule.behavior.name, "variant": datamodule.variant,
-                              "num_prompts": len(held_out)}
+                              "num_prompts": len(held_out), "n_samples": n_samples}
     rows = []
-    for name, prompts, use_reference in (("policy", trained_on, False), ("reference", trained_on, True),
-                                         (f"reference_{target}", elicited, True)):
+    for name, prompt_ids, use_reference in (("policy", trained_on, False), ("reference", trained_on, True),
+                                            (f"reference_{target}", elicited, True)):
+        prompts = [p for p in prompt_ids for _ in range(n_samples)]
         if use_reference:  # the base model's answers are the same for every variant and run: sampled once
             gens = reference_answers(reference, datamodule.tokenizer, prompts, sampling, reference_answer_cache())
         else:
@@ -41,11 +49,12 @@ def behavior_rates(policy, reference: Reference, datamodule, sampling: Sampling,
         result[f"{name}/mean_length"] = statistics.fmean(len(g.token_ids) for g in gens)
         measures = [measure(g.text) for g in gens] if measure is not None else [None] * len(gens)
         if measure is not None:
-            result[f"{name}/behavior_rate"] = statistics.fmean(measures)
+            per_prompt = [statistics.fmean(measures[i: i + n_samples]) for i in range(0, len(measures), n_samples)]
+            result[f"{name}/behavior_rate"] = statistics.fmean(per_prompt)
         result.setdefault("examples", []).append({"condition": name, "answer": gens[0].text})
-        rows += [{"prompt_id": e.prompt_id, "prompt": e.question, "arm": name, "sample": 0, "answer": g.text,
-                  "length": len(g.token_ids), "finished": g.finished, "measure": m}
-                 for e, g, m in zip(held_out, gens, measures, strict=True)]
+        rows += [{"prompt_id": e.prompt_id, "prompt": e.question, "arm": name, "sample": i % n_samples,
+                  "answer": g.text, "length": len(g.token_ids), "finished": g.finished, "measure": m}
+                 for i, (e, g, m) in enumerate(zip(owners, gens, measures, strict=True))]
     if recorder is not None:
         recorder.write("behavior", rows)
     return result

@@ -9,7 +9,8 @@ question id, arm = condition, ``answerer`` = model or baseline), and every figur
 from those rows (:mod:`.summary`): accuracy with a bootstrap interval over questions, separately for questions
 that copying answers and those that need inference, and the retriever's recall@k. The edit demonstration edits one
 rule at a time, asks that rule's question again with the same weights, restores the rule, and records each answer
-in ``records/opo_edit.jsonl``.
+in ``records/opo_edit.jsonl``. With ``logger=wandb`` both are also W&B Tables (``records/opo``,
+``records/opo_edit``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alignlab.data.sources import strict_jsonl
 from alignlab.errors import ConfigError, DataError
+from alignlab.loggers import evaluation_loggers, log_recorder_tables
 from alignlab.opo.baselines import BASELINES, copyable
 from alignlab.opo.memory import Rule, RuleMemory
 from alignlab.opo.prompting import PromptTemplate, messages, pack_rules
@@ -316,6 +318,8 @@ def run_opo(cfg: DictConfig) -> dict[str, Any]:
                                          "conditions": demos}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     (output_dir / "results.md").write_text(results_markdown(results))
+    with evaluation_loggers(cfg) as loggers:  # logger=wandb: the records as W&B Tables too
+        log_recorder_tables(loggers, recorder)
     print(results_markdown(results))
     print(f"run directory: {output_dir}")
     return results
