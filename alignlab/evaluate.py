@@ -143,11 +143,12 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         reward = instantiate(cfg.reward) if cfg.get("reward") else None
         evaluator = instantiate(cfg.evaluator) if cfg.get("evaluator") else None
         n_samples = cfg.generate.get("n_samples", 1)
+        cache = reference_answer_cache(cfg.generate.get("reference_cache"))
         metrics["samples"] = sample_and_rate(policy, reference, loaded.tokenizer,
                                              examples[: cfg.generate.num_prompts], sampling, reward, evaluator,
-                                             n_samples, recorder, "eval", cache=reference_answer_cache())
+                                             n_samples, recorder, "eval", cache=cache)
         metrics.update(datamodule.evaluate(policy, reference, sampling, recorder, cfg.generate.num_prompts,
-                                           n_samples))
+                                           n_samples, cache))
 
     (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
     with evaluation_loggers(cfg) as loggers:

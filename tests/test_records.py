@@ -50,6 +50,22 @@ def test_eval_writes_one_record_per_prompt_sample_and_arm(make_cfg, tmp_path):
     assert frame["step"].eq(1).all() and frame["seed"].eq(3).all() and frame["sampling_seed"].eq(0).all()
 
 
+def test_eval_reads_and_keeps_the_reference_answers_in_the_folder_it_is_given(make_cfg, tmp_path):
+    """generate.reference_cache: the reference's answers are written to that folder once and read back from it by
+    the next evaluation (here: answers edited in the folder come back as the reference's), so a committed folder
+    gives every run, on any machine, the very same answers."""
+    _, run = run_train(make_cfg("trainer.max_steps=1", "save_policy=true"))
+    folder = tmp_path / "reference_answers"
+    run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval1", f"generate.reference_cache={folder}"))
+    (cached,) = folder.rglob("*.jsonl")
+    rows = [json.loads(line) for line in cached.read_text().splitlines()]
+    assert len(rows) == 6
+    cached.write_text("".join(json.dumps({**r, "text": f"kept {i}"}) + "\n" for i, r in enumerate(rows)))
+    run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval2", f"generate.reference_cache={folder}"))
+    frame = read_records(tmp_path / "eval2" / "records" / "eval.jsonl")
+    assert sorted(frame[frame.arm == "reference"]["answer"]) == sorted(f"kept {i}" for i in range(6))
+
+
 def test_records_table_keeps_every_field_and_serialises_nested_values():
     recorder = Recorder(None, seed=2, step=5, sampling_seed=0)
     recorder.write("eval", [{"prompt_id": "q1", "prompt": "Why?", "arm": "policy", "sample": 1, "answer": "So.",

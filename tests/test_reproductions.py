@@ -59,7 +59,8 @@ def dpo_family_runs() -> list[tuple[str, list[str]]]:
 DPO_FAMILY_TRAIN_EXTRA = ["trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false",
                           "~callbacks.checkpoint"]
 DPO_FAMILY_EVAL = ["generate.num_prompts=100", "generate.n_samples=4", "sampling.batch_size=32",
-                   "sampling.max_new_tokens=64", "sampling.backend=packed"]
+                   "sampling.max_new_tokens=64", "sampling.backend=packed",
+                   "generate.reference_cache=experiments/dpo_family/reference_answers"]
 EVAL = [DPO_FAMILY_EVAL, COUNTERFACTUAL_EVAL]
 
 

@@ -131,10 +131,11 @@ class PairSource(pl.LightningDataModule):
         return None
 
     def evaluate(self, policy: nn.Module, reference, sampling, recorder, num_prompts: int | None = None,
-                 n_samples: int = 1) -> dict[str, Any]:
+                 n_samples: int = 1, cache=None) -> dict[str, Any]:
         """Evaluation particular to this source (beyond pair metrics and policy-vs-reference samples), on at most
         ``num_prompts`` held-out prompts, ``n_samples`` answers each, sampled with ``sampling``; its answers go to
-        ``recorder``."""
+        ``recorder``; the reference's answers are kept in ``cache`` (an :class:`~alignlab.answer_cache.AnswerCache`;
+        None: the alignlab cache)."""
         return {}
 
     def export_rows(self, model: nn.Module, split: str) -> tuple[list[dict[str, Any]], dict[str, float]]:

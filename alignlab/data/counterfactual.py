@@ -176,10 +176,11 @@ class CounterfactualDataModule(FixedPairsSource):
         return out
 
     def evaluate(self, policy, reference, sampling, recorder, num_prompts: int | None = None,
-                 n_samples: int = 1) -> dict[str, Any]:
+                 n_samples: int = 1, cache=None) -> dict[str, Any]:
         from alignlab.data.counterfactual_eval import behavior_rates, capability
 
-        return {"behavior": behavior_rates(policy, reference, self, sampling, recorder, num_prompts, n_samples),
+        return {"behavior": behavior_rates(policy, reference, self, sampling, recorder, num_prompts, n_samples,
+                                           cache),
                 "capability": capability(policy, reference, self, recorder)}
 
     def export_rows(self, model, split: str) -> tuple[list[dict[str, Any]], dict[str, float]]:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from alignlab.data.pairs import PreferencePair
+from alignlab.answer_cache import AnswerCache
 from alignlab.policy_vs_reference import reference_answer_cache, reference_answers
 from alignlab.records import Recorder
 from alignlab.reference import Reference
@@ -19,7 +20,7 @@ from alignlab.sampling import Sampling, generate
 
 def behavior_rates(policy, reference: Reference, datamodule, sampling: Sampling,
                    recorder: Recorder | None = None, num_prompts: int | None = None,
-                   n_samples: int = 1) -> dict[str, Any]:
+                   n_samples: int = 1, cache: AnswerCache | None = None) -> dict[str, Any]:
     """Behaviour rate on held-out prompts: the policy and the base model on the training prompt, and the base
     model on the prompt that elicits the behaviour (the encouraging instruction; for instruction negation, the
     prompt without the inappropriate instruction): the upper bound the policy should move toward.
@@ -43,7 +44,8 @@ def behavior_rates(policy, reference: Reference, datamodule, sampling: Sampling,
                                             (f"reference_{target}", elicited, True)):
         prompts = [p for p in prompt_ids for _ in range(n_samples)]
         if use_reference:  # the base model's answers are the same for every variant and run: sampled once
-            gens = reference_answers(reference, datamodule.tokenizer, prompts, sampling, reference_answer_cache())
+            gens = reference_answers(reference, datamodule.tokenizer, prompts, sampling,
+                                     cache or reference_answer_cache())
         else:
             gens = generate(policy, datamodule.tokenizer, prompts, sampling, progress=f"sampling ({name})")
         result[f"{name}/mean_length"] = statistics.fmean(len(g.token_ids) for g in gens)

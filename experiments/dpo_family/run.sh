@@ -15,8 +15,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 EXPERIMENT=dpo_family
 # Answers sampled with the packed decode loop (alignlab/sampling/packed.py: the distribution of `generate`; 1.61-2.04x
 # its speed at batches 4-16 in benchmarks/results/bench_sampling.txt, batch 32 not measured), reference answers too.
+# The reference's answers come from reference_answers/ (committed: sampled on 2026-12-06 by hinge_b0.5_seed0's
+# evaluation), so every later run, on any machine, compares with the very same 400 answers.
 EVAL=(generate.num_prompts=100 generate.n_samples=4 sampling.batch_size=32 sampling.max_new_tokens=64
-      sampling.backend=packed)
+      sampling.backend=packed generate.reference_cache=experiments/dpo_family/reference_answers)
 
 run_each experiments/dpo_family/runs.txt "$ROOT" "eval/eval.json" train_then_eval
 "$BIN/python" experiments/dpo_family/report.py "$ROOT"
