@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from alignlab.data.pairs import PreferencePair
 from alignlab.answer_cache import AnswerCache
+from alignlab.data.pairs import PreferencePair
 from alignlab.policy_vs_reference import reference_answer_cache, reference_answers
 from alignlab.records import Recorder
 from alignlab.reference import Reference
