@@ -37,13 +37,14 @@ run_each() {
 # experiment=$EXPERIMENT OVERRIDES into $ROOT/NAME (no checkpoints, no progress bar), then alignlab-eval of that
 # run into $ROOT/NAME/eval with the overrides of the array EVAL, then the saved weights are deleted (540 MB for
 # SmolLM2; the records say what they did), as are those an interrupted attempt left in $ROOT/NAME.interrupted.*.
-# Reads BIN, ROOT, EXPERIMENT and EVAL from the calling script.
+# Reads BIN, ROOT, EXPERIMENT, EVAL and, if set, TRAIN_EXTRA (more training overrides) from the calling script.
 train_then_eval() {
   local name=$1
   shift
   find "$ROOT" -maxdepth 2 -type d -path "$ROOT/$name.interrupted.*/policy" -exec rm -rf {} +
   "$BIN/alignlab-train" experiment="$EXPERIMENT" "$@" paths.output_dir="$ROOT/$name" \
-    trainer.enable_progress_bar=false +trainer.enable_checkpointing=false "~callbacks.checkpoint"
+    trainer.enable_progress_bar=false +trainer.enable_checkpointing=false "~callbacks.checkpoint" \
+    ${TRAIN_EXTRA[@]+"${TRAIN_EXTRA[@]}"}
   "$BIN/alignlab-eval" policy_path="$ROOT/$name" paths.output_dir="$ROOT/$name/eval" "${EVAL[@]}"
   rm -rf "${ROOT:?}/$name/policy"
 }

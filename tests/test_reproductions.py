@@ -37,8 +37,9 @@ def oaif_runs() -> list[tuple[str, str, list[str]]]:
 COUNTERFACTUAL = OAIF.parent / "counterfactual_dpo"
 # What experiments/counterfactual_dpo/run.sh adds to every training and evaluation command.
 COUNTERFACTUAL_TRAIN_EXTRA = ["trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false",
-                              "~callbacks.checkpoint"]
-COUNTERFACTUAL_EVAL = ["generate.num_prompts=100", "sampling.max_new_tokens=80"]
+                              "~callbacks.checkpoint", "data.cache_dir=$HERE/answers"]
+COUNTERFACTUAL_EVAL = ["generate.num_prompts=100", "sampling.max_new_tokens=80",
+                       "generate.reference_cache=$HERE/reference_answers"]
 
 
 def runs_file(experiment: str) -> list[tuple[str, list[str]]]:
@@ -66,6 +67,7 @@ EVAL = [DPO_FAMILY_EVAL, COUNTERFACTUAL_EVAL]
 
 @pytest.mark.parametrize("overrides", EVAL, ids=lambda o: " ".join(o))
 def test_evaluation_commands_compose(overrides):
+    overrides = [o.replace("$HERE", "experiments/counterfactual_dpo") for o in overrides]
     cfg = compose_config("eval", ["policy_path=somewhere", *overrides])
     assert cfg.generate.enabled and cfg.sampling.max_new_tokens in (64, 80)
 
@@ -140,7 +142,8 @@ def test_every_counterfactual_command_composes(name, overrides):
     """Every run sees the same split and the same cached answers (the sampling seed is fixed, not the run's), and
     its variant can be built from its behaviour's instructions; the control carries a system prompt unless the
     run is one of the confound checks."""
-    cfg = compose_config("train", ["experiment=counterfactual_dpo", *overrides, *COUNTERFACTUAL_TRAIN_EXTRA])
+    extra = [o.replace("$HERE", "experiments/counterfactual_dpo") for o in COUNTERFACTUAL_TRAIN_EXTRA]
+    cfg = compose_config("train", ["experiment=counterfactual_dpo", *overrides, *extra])
     data = cfg.data
     assert (data.prompts.path.endswith("open_questions.jsonl"), data.prompts.val_fraction, data.prompts.seed,
             data.sampling.seed) == (True, 0.25, 0, 0)
