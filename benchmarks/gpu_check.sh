@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the trainer configs: trainer=gpu (bf16-mixed), trainer=ddp and trainer=fsdp on the GPUs of one
-# machine, then one OAIF run (sampling on the GPU). Each prints its final metrics and training tokens/s.
+# machine, then OAIF runs sampling on the GPU with `generate` and with alignlab's decode loop, and the sampling
+# benchmark on the GPU. Each training run prints its final metrics and training tokens/s.
 #   bash benchmarks/gpu_check.sh                    # SmolLM2-135M-Instruct (the default model)
 #   MODEL="model=hf model.name_or_path=..." bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -31,12 +32,21 @@ for trainer in gpu ddp fsdp; do
     status=1; echo "  FAILED:"; tail -n 25 $ROOT.$trainer.log
   fi
 done
-echo "== objective=oaif trainer=gpu"
-out=$ROOT/oaif
-if "${TRAIN[@]}" "${MODEL[@]}" objective=oaif trainer=gpu trainer.max_steps=5 trainer.enable_progress_bar=false \
-    save_policy=false paths.output_dir=$out > $ROOT.oaif.log 2>&1; then
-  report $out
+for backend in hf loop; do
+  echo "== objective=oaif trainer=gpu data.sampling.backend=$backend"
+  out=$ROOT/oaif_$backend
+  if "${TRAIN[@]}" "${MODEL[@]}" objective=oaif trainer=gpu trainer.max_steps=5 trainer.enable_progress_bar=false \
+      data.sampling.backend=$backend save_policy=false paths.output_dir=$out > $ROOT.oaif_$backend.log 2>&1; then
+    report $out
+  else
+    status=1; echo "  FAILED:"; tail -n 25 $ROOT.oaif_$backend.log
+  fi
+done
+echo "== sampling alone on the GPU: benchmarks/bench_sampling.py --device cuda (hf and loop; the others are CPU-only)"
+if ! python3 benchmarks/bench_sampling.py --device cuda --batch-sizes 1,8,32 --check-greedy 16 \
+    --out $ROOT/bench_sampling_cuda.json > $ROOT.bench_sampling.log 2>&1; then
+  status=1; echo "  FAILED:"; tail -n 25 $ROOT.bench_sampling.log
 else
-  status=1; echo "  FAILED:"; tail -n 25 $ROOT.oaif.log
+  sed -n '/^settings:/,$p' $ROOT.bench_sampling.log
 fi
 exit $status

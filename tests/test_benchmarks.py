@@ -45,3 +45,18 @@ def test_peer_benchmark_runs_trl_with_alignlabs_settings(script, tmp_path):
         assert runs["alignlab"]["settings"]["sampling backend"] == "data.sampling.backend=fused"
     for comparison in result["comparisons"]:
         assert all(v > 0 for v in comparison["ratios"].values() if isinstance(v, float))
+
+
+def test_sampling_benchmark_runs_and_reports_every_backend(tmp_path):
+    """bench_sampling.py on the tiny model: every backend measured against hf with its bounds, greedy agreement
+    counted (the code path --device cuda shares on a GPU)."""
+    out = tmp_path / "sampling.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_sampling.py"), "--model", "tiny", "--batch-sizes",
+                           "2", "--prompts", "pairs", "--max-new-tokens", "4", "--rounds", "1", "--threads", "1",
+                           "--check-greedy", "2", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert {r["backend"] for r in result["rows"]} == {"hf", "loop", "packed", "fused"}
+    assert all(r["bound_tokens_per_s"] > 0 and r["new_tokens_per_s"] > 0 for r in result["rows"])
+    assert set(result["greedy"]) == {"loop", "packed", "fused"} and result["settings"]["device"] == "cpu"
