@@ -635,6 +635,16 @@ def test_reference_similarity_judge_prefers_the_answer_closer_to_the_reference()
     assert verdicts.prob_first[2] is None and "1 prompt" in verdicts.last_failure
     with pytest.raises(ConfigError, match="temperature"):
         type(judge)(temperature=0)
+    with pytest.raises(ConfigError, match="judge.unit"):
+        type(judge)(unit="word")
+    # unit=best_sentence: an answer's sentence closest to the reference counts, so a right answer followed by more
+    # sentences loses (almost) nothing against the same answer alone, where the whole answer's embedding is diluted
+    best = type(judge)(unit="best_sentence")
+    longer = right + " It lies on the Seine. Many tourists visit its museums every year."
+    whole_gap = judge(prompts[:1], [(right, longer)], [{"answer": "Paris"}]).prob_first[0]
+    best_gap = best(prompts[:1], [(right, longer)], [{"answer": "Paris"}]).prob_first[0]
+    assert whole_gap > 0.9 and abs(best_gap - 0.5) < 0.01
+    assert best(prompts[:2], [(right, wrong), (wrong, right)], [{"answer": "Paris"}] * 2).prob_first[0] > 0.9
 
 
 def test_word_budget_judge_penalises_words_beyond_the_budget_only():

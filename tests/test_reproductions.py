@@ -125,8 +125,10 @@ def test_every_oaif_command_composes(name, command, overrides):
         assert cfg.data.unfinished == "keep" and cfg.data.prompts.val_fraction == 0.25
         judge = cfg.judge.get("judge", cfg.judge)  # the word budget wraps the same annotator
         assert judge._target_.endswith("ReferenceSimilarityJudge")
-        budget = {"short": 20, "very_short": 8}.get(name.rsplit("_seed", 1)[0])
-        assert cfg.judge.get("max_words") == budget
+        arm = name.rsplit("_seed", 1)[0]
+        assert cfg.judge.get("max_words") == {"short": 20, "very_short": 8}.get(arm)
+        # the length arms share a base annotator without a brevity preference; the online arm compares answers
+        assert judge.unit == ("best_sentence" if arm in ("helpful", "short", "very_short") else "answer")
     else:
         assert cfg.data.prompts.path.endswith("/pairs.jsonl")
 
@@ -345,7 +347,7 @@ def test_oaif_report_length_control_orders_the_instructions_by_length(tmp_path):
     come from each run's metrics.csv, per epoch of 28 updates; the annotator is named from config.yaml."""
     report = _load_report("oaif")
     records = read_records(OAIF_EARLIER / "online_seed0" / "records" / "monitor.jsonl")
-    for arm, shorter in (("online", 0), ("short", 5), ("very_short", 10)):
+    for arm, shorter in (("helpful", 0), ("short", 5), ("very_short", 10)):
         run = tmp_path / f"{arm}_seed0"
         (run / "records").mkdir(parents=True)
         records.assign(length=records["length"] - shorter).to_json(run / "records" / "monitor.jsonl",
@@ -364,4 +366,4 @@ def test_oaif_report_length_control_orders_the_instructions_by_length(tmp_path):
     assert "| helpful and very short minus helpful and short | -5 [-5, -5] |" in text
     assert "| helpful and short | 35.0 | 34.0 |" in text
     assert "WordBudgetJudge(max_words=20, ReferenceSimilarityJudge(temperature=0.05))" in text
-    assert set(curve["arm"]) == {"online", "short", "very_short"} and parts["final"] == 28
+    assert set(curve["arm"]) == {"helpful", "short", "very_short"} and parts["final"] == 28

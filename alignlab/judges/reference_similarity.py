@@ -9,11 +9,18 @@ stand-in for the reference-guided LLM judges of the literature. It reads only te
 ``P(a better) = sigmoid((cos(a, ref) - cos(b, ref)) / temperature)`` with unit-normalised embeddings. A prompt
 without a reference answer (``meta[answer_key]`` missing or empty) gets ``None``: that pair is dropped and counted
 as a judge failure, never silently labelled.
+
+What is compared with the reference (``unit``): the whole ``answer``, whose embedding every extra sentence dilutes,
+so this annotator prefers the shorter of two correct answers (measured: 0.70 of the initial SmolLM2 pairs of
+different length, experiments/oaif/length_control_short_facts/instructions.md); or its ``best_sentence``, the
+sentence closest to the reference, which a longer answer neither loses nor gains much by (0.56): "helpful" without
+a brevity term, for experiments in which length is what an instruction should change.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -31,23 +38,30 @@ class ReferenceSimilarityJudge:
             similarity is odds of e).
         batch_size: texts per encoder batch.
         device: where the encoder runs.
+        unit: ``answer`` (the whole answer is compared with the reference) or ``best_sentence`` (its sentence
+            closest to the reference is).
     """
 
+    UNITS = ("answer", "best_sentence")
+
     def __init__(self, model: str | None = None, answer_key: str = "answer", temperature: float = 0.05,
-                 batch_size: int = 64, device: str = "cpu") -> None:
+                 batch_size: int = 64, device: str = "cpu", unit: str = "answer") -> None:
         from sentence_transformers import SentenceTransformer
 
         from alignlab.opo.retrievers import bundled_embedding_model
 
         if temperature <= 0:
             raise ConfigError(f"judge.temperature={temperature} must be > 0")
+        if unit not in self.UNITS:
+            raise ConfigError(f"judge.unit={unit!r} is not one of {self.UNITS}")
+        self.unit = unit
         self.name = model or bundled_embedding_model()
         self.encoder = SentenceTransformer(self.name, device=device)
         self.device = torch.device(device)
         self.answer_key, self.temperature, self.batch_size = answer_key, temperature, batch_size
 
     def __repr__(self) -> str:
-        return f"ReferenceSimilarityJudge(model={self.name!r}, answer_key={self.answer_key!r})"
+        return f"ReferenceSimilarityJudge(model={self.name!r}, answer_key={self.answer_key!r}, unit={self.unit!r})"
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length embeddings ``[len(texts), dim]``."""
@@ -55,11 +69,21 @@ class ReferenceSimilarityJudge:
                                    convert_to_numpy=True, show_progress_bar=False)
 
     def similarities(self, answers: list[str], references: list[str]) -> list[float]:
-        """Cosine similarity of each answer with its reference."""
+        """Cosine similarity of each answer (or of its sentence closest to the reference) with its reference."""
         if not answers:
             return []
-        vectors = self.embed(answers + references)
-        return (vectors[: len(answers)] * vectors[len(answers):]).sum(-1).tolist()
+        if self.unit == "answer":
+            vectors = self.embed(answers + references)
+            return (vectors[: len(answers)] * vectors[len(answers):]).sum(-1).tolist()
+        units = [sentences(a) for a in answers]
+        flat = [u for parts in units for u in parts]
+        vectors = self.embed(flat + references)
+        refs = vectors[len(flat):]
+        out, start = [], 0
+        for i, parts in enumerate(units):
+            out.append(float((vectors[start: start + len(parts)] @ refs[i]).max()))
+            start += len(parts)
+        return out
 
     def __call__(self, prompts: list[str], pairs: list[tuple[str, str]],
                  metas: list[dict[str, Any]] | None = None) -> Verdicts:
@@ -75,3 +99,12 @@ class ReferenceSimilarityJudge:
         missing = len(prompts) - len(usable)
         failure = f"no reference answer in meta[{self.answer_key!r}] for {missing} prompt(s)" if missing else None
         return Verdicts(probs, last_failure=failure)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` split after sentence-ending punctuation; the text itself when it has no such break (or is empty)."""
+    parts = [p for p in _SENTENCE_END.split(text.strip()) if p]
+    return parts or [text]

@@ -62,7 +62,13 @@ LIKELIHOOD = {
 REFERENCE = {"reference_similarity": "closer to the expected answer (cosine, all-MiniLM-L6-v2)",
              "reference_short": "the same, and at most 20 words (word budget)",
              "reference_very_short": "the same, and at most 8 words (word budget)"}
-BUDGETS = {"reference_short": 20, "reference_very_short": 8}
+BUDGETS = {"reference_short": 20, "reference_very_short": 8}  # 0.25 log-odds per extra word
+# The length-control annotators (experiments/oaif/runs.txt, section 2): the answer's sentence closest to the
+# expected answer (judge.unit=best_sentence, no brevity preference of its own), with 0.5 log-odds per extra word.
+SENTENCE = {"sentence_helpful": "its sentence closest to the expected answer (judge.unit=best_sentence)",
+            "sentence_short": "the same, and at most 20 words (word budget, 0.5 per extra word)",
+            "sentence_very_short": "the same, and at most 8 words (word budget, 0.5 per extra word)"}
+SENTENCE_BUDGETS = {"sentence_short": 20, "sentence_very_short": 8}
 
 
 def sample_pairs(loaded, out: Path, prompt_set: str, n_prompts: int, max_new_tokens: int) -> pd.DataFrame:
@@ -101,8 +107,12 @@ def label(loaded, pairs: pd.DataFrame, done: pd.DataFrame | None, done_texts: di
         judges["reference_similarity"] = ReferenceSimilarityJudge
         judges |= {name: lambda b=budget: WordBudgetJudge(ReferenceSimilarityJudge(), max_words=b, per_word=0.25)
                    for name, budget in BUDGETS.items()}
+        judges["sentence_helpful"] = lambda: ReferenceSimilarityJudge(unit="best_sentence")
+        judges |= {name: lambda b=budget: WordBudgetJudge(ReferenceSimilarityJudge(unit="best_sentence"),
+                                                          max_words=b, per_word=0.5)
+                   for name, budget in SENTENCE_BUDGETS.items()}
     for name, make in judges.items():
-        same_text = done_texts.get(name) == {**INSTRUCTIONS, **LIKELIHOOD, **REFERENCE}[name]
+        same_text = done_texts.get(name) == {**INSTRUCTIONS, **LIKELIHOOD, **REFERENCE, **SENTENCE}[name]
         if done is not None and name in done and same_text and done["first"].equals(pairs["first"]):
             pairs[name] = done[name]
         else:
@@ -149,7 +159,8 @@ def table(pairs: pd.DataFrame, prompt_set: str) -> str:
     annotators = [("pointwise Yes/No", INSTRUCTIONS, "helpful"),
                   ("instruction likelihood", LIKELIHOOD, "likelihood_helpful")]
     if "reference_similarity" in pairs:
-        annotators.append(("reference similarity", REFERENCE, "reference_similarity"))
+        annotators.append(("reference similarity, whole answer", REFERENCE, "reference_similarity"))
+        annotators.append(("reference similarity, best sentence", SENTENCE, "sentence_helpful"))
     for annotator, instructions, helpful in annotators:
         for name, text in instructions.items():
             if name not in pairs:  # a label this prompt set cannot have
@@ -158,7 +169,7 @@ def table(pairs: pd.DataFrame, prompt_set: str) -> str:
             differs = ((pairs[name] > 0.5) != (pairs[helpful] > 0.5)).to_numpy(dtype=float)
             shorter = (prefers_first == first_shorter).astype(float)
             shift = shorter - ((decided[helpful] > 0.5).to_numpy() == first_shorter).astype(float)
-            row = [annotator, name, text if instructions is REFERENCE else f'"{text}"', cell(shorter),
+            row = [annotator, name, text if instructions in (REFERENCE, SENTENCE) else f'"{text}"', cell(shorter),
                    "-" if name == helpful else f"{cell(shift, signed=True)} ({p_text(sign_flip_p_value(shift))})",
                    "-" if name == helpful else cell(differs)]
             if answers is not None:
@@ -199,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     pairs = label(loaded, sample_pairs(loaded, args.out_dir / "samples.jsonl", args.prompt_set, args.prompts,
                                          args.max_new_tokens), done, done_texts, answers)
     pairs.to_json(done_file, orient="records", lines=True, force_ascii=False)
-    texts_file.write_text(json.dumps({**INSTRUCTIONS, **LIKELIHOOD, **(REFERENCE if answers else {})}, indent=1)
+    texts_file.write_text(json.dumps({**INSTRUCTIONS, **LIKELIHOOD, **({**REFERENCE, **SENTENCE} if answers else {})},
+                                     indent=1)
                           + "\n")
     text = "# Do the annotator's instructions label the initial pairs differently?\n\n" + table(pairs, args.prompt_set) + "\n"
     (args.out_dir / "instructions.md").write_text(text)

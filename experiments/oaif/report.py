@@ -7,7 +7,7 @@ Reads, under the runs folder ROOT, for each seed found, ``online_seed<s>/records
 ``offline_seed<s>/records/monitor.jsonl`` (the win-rate monitor's answers: 64 held-out prompts x 3 samples per
 measurement, each with the evaluator's verdict against the initial model's answer), ``pairs_seed<s>/pairs.jsonl``
 (the initial model's labelled pairs), the length-control arms ``short_seed<s>`` and ``very_short_seed<s>`` where
-they exist (with ``online_seed<s>`` as the "helpful" arm; their ``metrics.csv`` for the training answers' length),
+they exist (with ``helpful_seed<s>``; their ``metrics.csv`` for the training answers' length),
 each run's ``config.yaml`` (to name the annotator) and run.sh's ``wall_times.txt``; writes results.md,
 results_curves.csv, results.png and, with length-control runs, results_length.png beside ROOT.
 
@@ -56,8 +56,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).parent
 ARMS = {"online": "online (OAIF)", "offline": "offline (pairs from the initial model)"}
-# The length-control arms in the order of the claim (shorter down the list); "helpful" is the online arm itself.
-LENGTH_ARMS = {"online": "helpful", "short": "helpful and short", "very_short": "helpful and very short"}
+# The length-control arms in the order of the claim (shorter down the list).
+LENGTH_ARMS = {"helpful": "helpful", "short": "helpful and short", "very_short": "helpful and very short"}
 RESAMPLES, SEED = 2000, 0
 
 
@@ -277,7 +277,8 @@ def annotator(root: Path, arm: str, seed: int) -> str:
 
 
 def length_seeds(root: Path) -> list[int]:
-    """Seeds for which every length-control arm has finished."""
+    """Seeds for which every length-control arm (``helpful_seed<s>``, ``short_seed<s>``, ``very_short_seed<s>``)
+    has finished."""
     found = {int(m.group(1)) for p in root.glob("*_seed*") if (m := re.search(r"_seed(\d+)$", p.name))}
     return sorted(s for s in found if all((root / f"{arm}_seed{s}/summary.json").is_file() for arm in LENGTH_ARMS))
 
@@ -297,7 +298,7 @@ def length_control(root: Path) -> tuple[list[str], pd.DataFrame, dict]:
     end, paired steps between neighbouring instructions, and what each instruction costs in win rate."""
     found = length_seeds(root)
     if not found:
-        return ["(no finished short_seed<s> and very_short_seed<s> beside an online_seed<s> in this folder)", ""], \
+        return ["(no seed with finished helpful_seed<s>, short_seed<s> and very_short_seed<s> in this folder)", ""], \
             pd.DataFrame(), {}
     frames = {arm: pd.concat([monitor(root, arm, s) for s in found], ignore_index=True) for arm in LENGTH_ARMS}
     final = int(min(f["step"].max() for f in frames.values()))
