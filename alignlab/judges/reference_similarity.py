@@ -13,8 +13,9 @@ as a judge failure, never silently labelled.
 What is compared with the reference (``unit``): the whole ``answer``, whose embedding every extra sentence dilutes,
 so this annotator prefers the shorter of two correct answers (measured: 0.70 of the initial SmolLM2 pairs of
 different length, experiments/oaif/length_control_short_facts/instructions.md); or its ``best_sentence``, the
-sentence closest to the reference, which a longer answer neither loses nor gains much by (0.56): "helpful" without
-a brevity term, for experiments in which length is what an instruction should change.
+sentence (or line) closest to the reference, which a longer answer neither loses nor gains much by (it prefers the
+shorter answer about 0.6 of the time there, an interval that includes 0.5): "helpful" without a brevity term of its
+own, for experiments in which length is what an instruction should change.
 """
 
 from __future__ import annotations
@@ -101,10 +102,11 @@ class ReferenceSimilarityJudge:
         return Verdicts(probs, last_failure=failure)
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def sentences(text: str) -> list[str]:
-    """``text`` split after sentence-ending punctuation; the text itself when it has no such break (or is empty)."""
-    parts = [p for p in _SENTENCE_END.split(text.strip()) if p]
+    """``text`` split after sentence-ending punctuation and at line breaks (a list of steps or items is several
+    sentences); the text itself when it has no such break (or is empty)."""
+    parts = [p.strip() for p in _SENTENCE_END.split(text.strip()) if p.strip()]
     return parts or [text]

@@ -60,14 +60,14 @@ LIKELIHOOD = {
 # A third annotator, for prompt sets with expected answers: the answer closer in meaning to it wins; its "short" and
 # "very short" instructions are word budgets on top (alignlab.judges.word_budget, 0.25 log-odds per extra word).
 REFERENCE = {"reference_similarity": "closer to the expected answer (cosine, all-MiniLM-L6-v2)",
-             "reference_short": "the same, and at most 20 words (word budget)",
-             "reference_very_short": "the same, and at most 8 words (word budget)"}
-BUDGETS = {"reference_short": 20, "reference_very_short": 8}  # 0.25 log-odds per extra word
+             "reference_short": "the same, and at most 20 words (word budget, 0.5 per extra word)",
+             "reference_very_short": "the same, and at most 8 words (word budget, 0.5 per extra word)"}
+BUDGETS = {"reference_short": 20, "reference_very_short": 8}
 # The length-control annotators (experiments/oaif/runs.txt, section 2): the answer's sentence closest to the
 # expected answer (judge.unit=best_sentence, no brevity preference of its own), with 0.5 log-odds per extra word.
-SENTENCE = {"sentence_helpful": "its sentence closest to the expected answer (judge.unit=best_sentence)",
-            "sentence_short": "the same, and at most 20 words (word budget, 0.5 per extra word)",
-            "sentence_very_short": "the same, and at most 8 words (word budget, 0.5 per extra word)"}
+SENTENCE = {"sentence_helpful": "its sentence or line closest to the expected answer (judge.unit=best_sentence)",
+            "sentence_short": "its best sentence or line, and at most 20 words (word budget, 0.5 per extra word)",
+            "sentence_very_short": "its best sentence or line, and at most 8 words (word budget, 0.5 per extra word)"}
 SENTENCE_BUDGETS = {"sentence_short": 20, "sentence_very_short": 8}
 
 
@@ -105,7 +105,7 @@ def label(loaded, pairs: pd.DataFrame, done: pd.DataFrame | None, done_texts: di
                for name, instruction in LIKELIHOOD.items()}
     if answers is not None:
         judges["reference_similarity"] = ReferenceSimilarityJudge
-        judges |= {name: lambda b=budget: WordBudgetJudge(ReferenceSimilarityJudge(), max_words=b, per_word=0.25)
+        judges |= {name: lambda b=budget: WordBudgetJudge(ReferenceSimilarityJudge(), max_words=b, per_word=0.5)
                    for name, budget in BUDGETS.items()}
         judges["sentence_helpful"] = lambda: ReferenceSimilarityJudge(unit="best_sentence")
         judges |= {name: lambda b=budget: WordBudgetJudge(ReferenceSimilarityJudge(unit="best_sentence"),
