@@ -357,8 +357,9 @@ def test_oaif_report_length_control_orders_the_instructions_by_length(tmp_path):
             "judge:\n  _target_: alignlab.judges.word_budget.WordBudgetJudge\n  max_words: 20\n"
             "  judge:\n    _target_: alignlab.judges.reference_similarity.ReferenceSimilarityJudge\n"
             "    temperature: 0.05\n")
-        steps = list(range(1, 57))
-        pd.DataFrame({"step": steps, "train/online/mean_length": [40.0 - shorter - (s > 28) for s in steps]}).to_csv(
+        steps = list(range(56))  # as Lightning's CSV logger counts them: from 0; 29 batches in the first pass
+        pd.DataFrame({"step": steps, "epoch": [int(s >= 29) for s in steps],
+                      "train/online/mean_length": [40.0 - shorter - (s >= 29) for s in steps]}).to_csv(
             run / "metrics.csv", index=False)
     lines, curve, parts = report.length_control(tmp_path)
     text = "\n".join(lines)

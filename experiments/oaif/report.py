@@ -33,7 +33,6 @@ from alignlab.compare.per_prompt import (
     interval_text,
     markdown,
     p_text,
-    pair_answers,
     wall_time_lines,
 )
 from alignlab.data.offline import bundled_path
@@ -47,7 +46,6 @@ from alignlab.stats import (
     ordered_trend,
     paired_difference,
     prompt_means,
-    sign_flip_p_value,
     win_outcomes,
 )
 
@@ -206,14 +204,10 @@ def paired_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int) -> lis
 def head_to_head_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int, evaluator: Evaluator,
                        found: list[int]) -> tuple[list[str], dict]:
     online, offline = final_answers(frames, "online", final), final_answers(frames, "offline", final)
+    # the online answer against the offline answer of the same seed, prompt and sample; p: a sign-flip test of the
+    # per-prompt win rates minus 0.5 (does the head-to-head differ from a tie?)
     h = head_to_head(online, offline, evaluator)
-    # Per prompt, the online answer's win outcome against the offline answer of the same seed and sample; a
-    # sign-flip test of (outcome - 0.5) asks whether the head-to-head differs from a tie.
-    pairs = pair_answers(online, offline)
-    probs = evaluator(list(pairs["prompt"]), list(zip(pairs["answer_a"], pairs["answer_b"], strict=True))).prob_first
-    per_prompt = pd.DataFrame({"prompt_id": pairs["prompt_id"], "w": win_outcomes(probs)}).groupby("prompt_id")["w"]
-    p = sign_flip_p_value(per_prompt.mean().to_numpy() - 0.5, seed=SEED)
-    lc = h.length_controlled
+    p, lc = h.p_value, h.length_controlled
     rows = [["online vs offline", interval_text(h.win_rate.mean, h.win_rate.low, h.win_rate.high), p_text(p),
              interval_text(lc.win_rate, lc.low, lc.high) if lc else "", h.pairs, h.win_rate.n]]
     lines = [f"**Head to head at step {final}**: the evaluator compares the online run's answer with the offline "
@@ -284,11 +278,12 @@ def length_seeds(root: Path) -> list[int]:
 
 
 def training_lengths(root: Path, arm: str, seeds: list[int]) -> pd.DataFrame:
-    """Mean length (tokens) of the answers each training step sampled, per step and seed, from metrics.csv."""
+    """Mean length (tokens) of the answers each training step sampled, per step, epoch (pass over the prompts,
+    from 0) and seed, from metrics.csv."""
     frames = []
     for seed in seeds:
         metrics = pd.read_csv(root / f"{arm}_seed{seed}" / "metrics.csv")
-        part = metrics.dropna(subset=["train/online/mean_length"])[["step", "train/online/mean_length"]]
+        part = metrics.dropna(subset=["train/online/mean_length"])[["step", "epoch", "train/online/mean_length"]]
         frames.append(part.rename(columns={"train/online/mean_length": "length"}).assign(seed=seed))
     return pd.concat(frames, ignore_index=True)
 
@@ -332,7 +327,7 @@ def length_control(root: Path) -> tuple[list[str], pd.DataFrame, dict]:
     train = {arm: training_lengths(root, arm, found) for arm in LENGTH_ARMS}
     train_rows = []
     for arm, t in train.items():
-        by_epoch = t.assign(epoch=(t["step"] - 1) // 28).groupby("epoch")["length"].mean()
+        by_epoch = t.groupby("epoch")["length"].mean()
         train_rows.append([LENGTH_ARMS[arm], *(f"{v:.1f}" for v in by_epoch)])
     epochs = max(len(r) - 1 for r in train_rows)
     lines = [f"Seeds {', '.join(map(str, found))}; the annotator's instruction is the only difference between the "
