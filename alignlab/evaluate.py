@@ -78,7 +78,7 @@ def trained_step_and_seed(run_config: Path | None) -> tuple[int | None, int | No
     if summary.is_file():
         step = json.loads(summary.read_text()).get("global_step")
     elif checkpoint.is_file():  # the run's own file, written by Lightning (not only tensors)
-        step = torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step")
+        step = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get("global_step")
     return step, seed
 
 

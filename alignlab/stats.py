@@ -168,7 +168,10 @@ def ordered_trend(frames: Sequence[pd.DataFrame], metric: str, n_resamples: int 
     each prompt gets the least-squares slope of its k arm means against the arm's rank 0..k-1 (for two arms, the
     difference). The estimate is the mean slope (units of ``metric`` per step in the order) with a bootstrap
     interval over prompts and a two-sided sign-flip p-value: under no trend a prompt's slope is as likely negative
-    as positive. Prompts some arm lacks are left out, counted in ``only_a`` (``only_b`` is always 0)."""
+    as positive. Prompts some arm lacks are left out and counted in ``only_a`` (here: "left out", not "only in the
+    first arm"; ``only_b`` is always 0)."""
+    if len(frames) < 2:
+        raise ValueError(f"a trend needs at least two arms, got {len(frames)}")
     means = [prompt_means(df, metric).set_index("prompt_id")[metric] for df in frames]
     shared = means[0].index
     for m in means[1:]:

@@ -109,6 +109,25 @@ def summarize(step_ends: list[float], generation: GenerationProbe, train_tokens:
             "new_tokens": [c["new_tokens"] for c in generation.calls], "train_tokens": train_tokens}
 
 
+def alignlab_config(model: str, steps: int, batch_size: int, max_new_tokens: int, max_prompt_length: int,
+                    backend: str, equal_length: bool, lr: float, extra: tuple[str, ...] = ()):
+    """alignlab's side of the benchmark as a train config: ``objective=oaif`` on the first ``steps * batch_size``
+    bundled prompts, the rule annotator keeping every pair, a constant learning rate, no clipping; with
+    ``equal_length`` every answer exactly ``max_new_tokens`` long. ``benchmarks/profile_online_step.py`` profiles
+    the same run."""
+    n = steps * batch_size
+    data = Path(tempfile.mkdtemp(prefix="bench-oaif-data-")) / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in load_rows(n)))
+    return compose_alignlab([f"model={model}", "objective=oaif", "judge=rule", f"data.prompts.path={data}",
+                             f"data.prompts.max_train={n}", f"data.batch_size={batch_size}",
+                             f"data.prompts.max_prompt_length={max_prompt_length}",
+                             f"data.sampling.max_new_tokens={max_new_tokens}", "data.sampling.temperature=0.9",
+                             "data.sampling.top_p=1.0", "data.unfinished=keep", "data.drop_ties=false",
+                             f"trainer.max_steps={steps}", f"data.sampling.backend={backend}",
+                             f"data.sampling.min_new_tokens={max_new_tokens if equal_length else 0}",
+                             f"optimizer.lr={lr}", "scheduler=constant", "trainer.gradient_clip_val=null", *extra])
+
+
 def run_alignlab(args, generation: GenerationProbe) -> dict:
     import pytorch_lightning as pl
 
@@ -128,17 +147,8 @@ def run_alignlab(args, generation: GenerationProbe) -> dict:
             if len(tokens) == args.steps:
                 SAMPLER.active = False
 
-    n = args.steps * args.batch_size
-    data = Path(tempfile.mkdtemp(prefix="bench-oaif-data-")) / "prompts.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in load_rows(n)))
-    cfg = compose_alignlab([f"model={args.model}", "objective=oaif", "judge=rule", f"data.prompts.path={data}",
-                            f"data.prompts.max_train={n}", f"data.batch_size={args.batch_size}",
-                            f"data.prompts.max_prompt_length={args.max_prompt_length}",
-                            f"data.sampling.max_new_tokens={args.max_new_tokens}", "data.sampling.temperature=0.9", "data.sampling.top_p=1.0",
-                            "data.unfinished=keep", "data.drop_ties=false", f"trainer.max_steps={args.steps}",
-                            f"data.sampling.backend={args.alignlab_backend}",
-                            f"data.sampling.min_new_tokens={args.max_new_tokens if args.equal_length else 0}",
-                            f"optimizer.lr={args.lr}", "scheduler=constant", "trainer.gradient_clip_val=null"])
+    cfg = alignlab_config(args.model, args.steps, args.batch_size, args.max_new_tokens, args.max_prompt_length,
+                          args.alignlab_backend, args.equal_length, args.lr)
     objects = run_alignlab_train(cfg, [StepEnds()])
     trainer, module, dm = objects["trainer"], objects["module"], objects["datamodule"]
     settings = {

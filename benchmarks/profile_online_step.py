@@ -14,9 +14,7 @@ from Python, not from another operator) by total time. Run it on a quiet machine
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +23,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import compose_alignlab, load_rows, run_alignlab_train, set_threads  # noqa: E402
+from bench_oaif import alignlab_config  # noqa: E402
+from harness import run_alignlab_train, set_threads  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -64,16 +63,8 @@ def main(argv=None) -> None:
             elif args.whole and trainer.global_step + 1 == args.step:
                 self.start_profile()  # from the end of the step before: sampling, annotating and the update
 
-    n = args.step * args.batch_size
-    data = Path(tempfile.mkdtemp(prefix="profile-online-")) / "prompts.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in load_rows(n)))
-    cfg = compose_alignlab([f"model={args.model}", "objective=oaif", "judge=rule", f"data.prompts.path={data}",
-                            f"data.prompts.max_train={n}", f"data.batch_size={args.batch_size}",
-                            f"data.sampling.max_new_tokens={args.max_new_tokens}",
-                            f"data.sampling.min_new_tokens={args.max_new_tokens}", "data.sampling.temperature=0.9",
-                            f"data.sampling.backend={args.backend}", "data.unfinished=keep", "data.drop_ties=false",
-                            f"trainer.max_steps={args.step}", "optimizer.lr=5e-6", "scheduler=constant",
-                            "trainer.gradient_clip_val=null", *args.extra])
+    cfg = alignlab_config(args.model, args.step, args.batch_size, args.max_new_tokens, 256, args.backend, True, 5e-6,
+                          tuple(args.extra))
     probe = Profiled()
     run_alignlab_train(cfg, [probe])
     events = probe.prof.key_averages()

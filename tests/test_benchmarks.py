@@ -48,8 +48,8 @@ def test_peer_benchmark_runs_trl_with_alignlabs_settings(script, tmp_path):
 
 
 def test_sampling_benchmark_runs_and_reports_every_backend(tmp_path):
-    """bench_sampling.py on the tiny model: every backend measured against hf with its bounds, greedy agreement
-    counted (the code path --device cuda shares on a GPU)."""
+    """bench_sampling.py on the tiny model, on the CPU: every backend measured against hf with its bounds, greedy
+    agreement counted. (The --device cuda path is not exercised here: no GPU.)"""
     out = tmp_path / "sampling.json"
     done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_sampling.py"), "--model", "tiny", "--batch-sizes",
                            "2", "--prompts", "pairs", "--max-new-tokens", "4", "--rounds", "1", "--threads", "1",

@@ -677,8 +677,11 @@ def test_word_budget_judge_penalises_words_beyond_the_budget_only():
 
     with initialize_config_dir(str(Path(__file__).parents[1] / "conf"), version_base=None):
         cfg = compose("train", overrides=["judge=word_budget", "judge.max_words=8"])
-    composed = instantiate(cfg.judge)
+    composed, underneath = instantiate(cfg.judge), instantiate(cfg.judge.judge)
     right = "The capital of France is Paris, a city with a long history and many famous museums and parks."
-    verdicts = composed(["What is the capital of France?"] * 2, [(right, "Paris."), ("Paris.", right)],
-                        [{"answer": "Paris"}] * 2)
-    assert verdicts.prob_first[0] < 0.5 < verdicts.prob_first[1]  # the 18-word answer pays for its 10 extra words
+    pairs, metas = [(right, "Paris."), ("Paris.", right)], [{"answer": "Paris"}] * 2
+    with_budget = composed(["What is the capital of France?"] * 2, pairs, metas).prob_first
+    without = underneath(["What is the capital of France?"] * 2, pairs, metas).prob_first
+    logit = [math.log(p / (1 - p)) for p in (*with_budget, *without)]
+    # the 18-word answer pays 0.25 log-odds for each of its 10 words beyond 8, in either order
+    assert logit[0] - logit[2] == pytest.approx(-2.5, abs=1e-6) and logit[1] - logit[3] == pytest.approx(2.5, abs=1e-6)

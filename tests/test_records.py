@@ -84,13 +84,13 @@ def test_records_table_keeps_every_field_and_serialises_nested_values():
 def test_eval_logs_every_records_file_as_a_wandb_table(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    _, run = run_train(make_cfg("trainer.max_steps=1", "save_policy=true"))
+    _, run = run_train(make_cfg("trainer.max_steps=1", "save_policy=true", "seed=3"))
     run_evaluate(eval_cfg(run["output_dir"], tmp_path / "eval", "logger=wandb", "judge@evaluator=rule"))
     tables = wandb_tables(tmp_path / "eval")
     assert set(tables) == {"records/eval", "records/pairs"}
     samples = tables["records/eval"]
     assert set(FIELDS) <= set(samples["columns"]) and len(samples["data"]) == 6 * 2
-    assert all(column(samples, "prompt")) and set(column(samples, "seed")) == {0}
+    assert all(column(samples, "prompt")) and set(column(samples, "seed")) == {3}  # the trained run's, not eval's
     policy = [dict(zip(samples["columns"], row, strict=True)) for row in samples["data"]]
     policy = [row for row in policy if row["arm"] == "policy"]
     assert all(json.loads(row["reward_parts"]).keys() == {"correct", "concise", "filler"} for row in policy)

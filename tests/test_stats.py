@@ -116,6 +116,8 @@ def test_ordered_trend_is_the_mean_per_prompt_slope_over_the_arms_order():
     assert two.mean == pytest.approx(paired_difference(arms[0], arms[1], "length").mean)
     noise = [a.assign(length=rng.normal(40, 10, len(a))) for a in arms]
     assert ordered_trend(noise, "length").p_value > 0.05
+    with pytest.raises(ValueError, match="two arms"):
+        ordered_trend(arms[:1], "length")
 
 
 # --- length-controlled win rate --------------------------------------------------------------------------------

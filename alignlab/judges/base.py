@@ -72,9 +72,15 @@ def runs_apart(judge: Any, device: torch.device) -> bool:
     own = getattr(judge, "device", None)
     if own is None:
         return False
-    own = torch.device(own)
-    same_index = own.index is None or device.index is None or own.index == device.index
-    return not (own.type == device.type and same_index)
+    own, device = resolved(torch.device(own)), resolved(device)
+    return not (own.type == device.type and own.index == device.index)
+
+
+def resolved(device: torch.device) -> torch.device:
+    """``cuda`` without an index is the current CUDA device: give it its index, so that it compares equal."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 class Judge(Protocol):
