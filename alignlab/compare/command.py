@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     records.add_argument("--records", metavar="EVALUATION", help="eval, monitor, behavior, ...: compare its records")
     records.add_argument("--metric", help="comma-separated record fields (reward, length, finished, correct, "
                                            "measure, reward_parts.<name>) or win_rate (from verdict, ties half); "
-                                           "default reward")
+                                           "default reward (with --head-to-head: only when given)")
     records.add_argument("--arm", default="policy", help="whose answers (default policy)")
     records.add_argument("--step", type=int, help="the step to compare (default: each run's last; with "
                                                    "--head-to-head, the last both groups measured)")

@@ -355,6 +355,8 @@ def judge_metadata(records: pd.DataFrame, prompts: PromptMetadata | None,
 
 
 def head_to_head_row(h: HeadToHead, name_a: str, name_b: str, step: int | None) -> dict[str, Any]:
+    """One head-to-head as a flat row (``head_to_head.csv``): the groups, the step, A's win rate with its interval,
+    p, the length-controlled win rate, pairs and prompts."""
     lc = h.length_controlled
     return {"a": name_a, "b": name_b, "step": step, "win_rate": h.win_rate.mean, "low": h.win_rate.low,
             "high": h.win_rate.high, "p": h.p_value, "lc win_rate": lc.win_rate if lc else math.nan,
@@ -363,6 +365,7 @@ def head_to_head_row(h: HeadToHead, name_a: str, name_b: str, step: int | None) 
 
 
 def head_to_head_markdown(row: dict[str, Any], level: float) -> str:
+    """A :func:`head_to_head_row` as the Markdown table ``alignlab-compare`` prints."""
     header = ["", f"win rate [{level:.0%} interval]", "p (vs 0.5)", "length-controlled", "pairs", "prompts"]
     return markdown(header, [[f"{row['a']} vs {row['b']}", interval_text(row["win_rate"], row["low"], row["high"]),
                               p_text(row["p"]), interval_text(row["lc win_rate"], row["lc low"], row["lc high"]),

@@ -84,5 +84,8 @@ def resolved(device: torch.device) -> torch.device:
 
 
 class Judge(Protocol):
+    """Besides being called, a judge may say where it computes, which online pairs read to overlap its calls with
+    sampling (:func:`runs_apart`): ``runs_elsewhere = True`` (an endpoint) or ``device`` (a local model's)."""
+
     def __call__(self, prompts: list[str], pairs: list[tuple[str, str]],
                  metas: list[dict[str, Any]] | None = None) -> Verdicts: ...

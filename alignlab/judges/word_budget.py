@@ -51,6 +51,7 @@ class WordBudgetJudge:
         return f"WordBudgetJudge({self.judge!r}, max_words={self.max_words}, per_word={self.per_word})"
 
     def over(self, text: str) -> int:
+        """Words of ``text`` beyond the budget (0 within it)."""
         return max(0, words(text) - self.max_words)
 
     def __call__(self, prompts: list[str], pairs: list[tuple[str, str]],

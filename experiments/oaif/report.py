@@ -346,6 +346,8 @@ def length_control(root: Path) -> tuple[list[str], pd.DataFrame, dict]:
 
 
 def plot_length(curve: pd.DataFrame, train: dict[str, pd.DataFrame], initial_length: float, out: Path) -> None:
+    """results_length.png: held-out answer length per instruction at each measurement, with its interval as a
+    band, beside the training answers' length per update (7-update running mean; thin lines: seeds)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     colours = dict(zip(LENGTH_ARMS, ("tab:blue", "tab:green", "tab:red"), strict=True))
     for arm, label in LENGTH_ARMS.items():
