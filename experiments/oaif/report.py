@@ -351,7 +351,7 @@ def plot_length(curve: pd.DataFrame, train: dict[str, pd.DataFrame], initial_len
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     colours = dict(zip(LENGTH_ARMS, ("tab:blue", "tab:green", "tab:red"), strict=True))
     for arm, label in LENGTH_ARMS.items():
-        part = curve[curve["arm"] == arm].sort_values("step")
+        part = from_initial(curve[curve["arm"] == arm].sort_values("step"), initial_length)
         axes[0].plot(part["step"], part["mean"], marker="o", color=colours[arm], label=label)
         axes[0].fill_between(part["step"], part["low"], part["high"], color=colours[arm], alpha=0.2)
         t = train[arm].groupby("step")["length"].mean().rolling(7, min_periods=1).mean()
@@ -378,22 +378,33 @@ def initial_model(root: Path, found: list[int]) -> dict[str, float]:
     return {"win": 0.5, **{m: prompt_means(df, m)[m].mean() for m in ("reward", "length")}}
 
 
+def from_initial(part: pd.DataFrame, initial: float) -> pd.DataFrame:
+    """A curve's rows with a step-0 point at the initial model's value (before training every arm is the initial
+    model: no interval there)."""
+    start = pd.DataFrame([{"step": 0, "mean": initial, "low": initial, "high": initial}])
+    return pd.concat([start, part[["step", "mean", "low", "high"]]], ignore_index=True)
+
+
 def plot(table: pd.DataFrame, out: Path, initial: dict[str, float]) -> None:
+    """results.png: win rate, reward and length of each arm's held-out answers over training, from the initial model
+    at update 0, intervals as bands; thin lines: seeds."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (metric, title) in zip(axes, (("win", "win rate vs initial (evaluator)"), ("reward", "reward (rater)"),
                                           ("length", "answer length (tokens)")), strict=True):
         for arm, colour in (("online", "tab:blue"), ("offline", "tab:orange")):
             part = table[(table["metric"] == metric) & (table["arm"] == arm)].sort_values("step")
-            ax.errorbar(part["step"], part["mean"], yerr=[part["mean"] - part["low"], part["high"] - part["mean"]],
-                        marker="o", capsize=3, color=colour, label=ARMS[arm])
+            curve = from_initial(part, initial[metric])
+            ax.plot(curve["step"], curve["mean"], marker="o", color=colour, label=ARMS[arm])
+            ax.fill_between(curve["step"], curve["low"], curve["high"], color=colour, alpha=0.2)
             for k in range(len(part["per_seed"].iloc[0]) if len(part) else 0):
-                ax.plot(part["step"], [s[k] for s in part["per_seed"]], color=colour, alpha=0.25, lw=1)
+                ax.plot([0, *part["step"]], [initial[metric], *(s[k] for s in part["per_seed"])], color=colour,
+                        alpha=0.25, lw=1)
         ax.axhline(initial[metric], color="grey", lw=0.8, ls="--", label="initial model")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("update")
     axes[0].legend(fontsize=8)
-    fig.suptitle("OAIF on SmolLM2-135M: pooled over seeds, 95% bootstrap intervals over 64 held-out prompts; "
-                 "thin lines: seeds; dashed: the initial model", fontsize=9)
+    fig.suptitle("OAIF on SmolLM2-135M: pooled over seeds, 95% bootstrap intervals over 64 held-out prompts as "
+                 "bands; thin lines: seeds; update 0 and dashed: the initial model", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
