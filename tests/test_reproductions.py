@@ -368,3 +368,26 @@ def test_oaif_report_length_control_orders_the_instructions_by_length(tmp_path):
     assert "| helpful and short | 35.0 | 34.0 |" in text
     assert "WordBudgetJudge(max_words=20, ReferenceSimilarityJudge(temperature=0.05))" in text
     assert set(curve["arm"]) == {"helpful", "short", "very_short"} and parts["final"] == 28
+
+
+def test_oaif_report_fit_table_averages_each_pass_and_leaves_out_step_zero(tmp_path):
+    """The loss-per-pass table: the training loss is the mean of each epoch's steps, averaged over seeds; the
+    held-out loss is read at each validation after step 0 (log 2 there by definition), one per pass, under the
+    name of the arm's held-out pairs."""
+    report = _load_report("oaif")
+    for arm in ("online", "offline"):
+        for seed, shift in ((0, 0.0), (1, 0.1)):
+            run = tmp_path / f"{arm}_seed{seed}"
+            run.mkdir()
+            train = pd.DataFrame({"step": range(4), "epoch": [0, 0, 1, 1], "train/loss": [0.6, 0.4, 0.3, 0.1],
+                                  "train/rewards/accuracies": [0.5, 0.5, 1.0, 1.0]})
+            val = pd.DataFrame({"step": [0, 1, 3], "epoch": [0, 0, 1], "val/loss": [0.693, 0.5 + shift, 0.4 + shift],
+                                "val/rewards/accuracies": [0.0, 0.6, 0.8]})
+            pd.concat([train, val], ignore_index=True).to_csv(run / "metrics.csv", index=False)
+    rows = report.fit_lines(tmp_path, [0, 1])[2].splitlines()[2:]
+    assert "| offline (pairs from the initial model) | trained on | pass 1 | 0.500 | 0.500 |" in rows
+    assert "| offline (pairs from the initial model) | trained on | pass 2 | 0.200 | 1.000 |" in rows
+    assert "| online (OAIF) | held-out, sampled from the current policy | pass 1 | 0.550 | 0.600 |" in rows
+    assert "| offline (pairs from the initial model) | held-out, sampled once from the initial model | pass 2 | 0.450 " \
+           "| 0.800 |" in rows
+    assert len(rows) == 8  # 2 arms x (2 training passes + 2 validations): step 0 left out

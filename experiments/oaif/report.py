@@ -56,6 +56,10 @@ HERE = Path(__file__).parent
 ARMS = {"online": "online (OAIF)", "offline": "offline (pairs from the initial model)"}
 # The length-control arms in the order of the claim (shorter down the list).
 LENGTH_ARMS = {"helpful": "helpful", "short": "helpful and short", "very_short": "helpful and very short"}
+# What each arm's validation pairs are (metrics.csv ``val/``): offline reads pairs_val (sampled once from the
+# initial model); online samples them from its current policy on the held-out prompts at each validation.
+HELD_OUT_PAIRS = {"online": "held-out, sampled from the current policy",
+                  "offline": "held-out, sampled once from the initial model"}
 RESAMPLES, SEED = 2000, 0
 
 
@@ -215,6 +219,45 @@ def head_to_head_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int, 
              "against 0.5 (sign-flip test of the per-prompt win rates)", "",
              markdown(["", "online win rate [95% CI]", "p", "length-controlled", "pairs", "prompts"], rows), ""]
     return lines, {"head_to_head": h, "p": p}
+
+
+
+# --- does the offline arm over-fit its fixed pairs? ------------------------------------------------------------
+
+def fit_lines(root: Path, found: list[int]) -> list[str]:
+    """Per pass over the training prompts: each arm's DPO loss and pair accuracy on the pairs it trained on (the
+    offline arm sees the same pairs every pass; the online arm fresh ones every step, so its training loss is
+    already a loss on unseen pairs) and on its held-out pairs (``val/``, at the end of each pass: the offline arm's
+    are the initial model's pairs on the held-out prompts, the online arm's are sampled from its current policy on
+    them), from metrics.csv, averaged over seeds."""
+    rows = []
+    for arm in ARMS:
+        for seed in found:
+            metrics = pd.read_csv(root / f"{arm}_seed{seed}" / "metrics.csv")
+            train = metrics.dropna(subset=["train/loss"]).groupby("epoch")
+            for epoch, part in train:
+                rows.append({"arm": arm, "seed": seed, "pass": int(epoch) + 1, "set": "trained on",
+                             "loss": part["train/loss"].mean(), "accuracy": part["train/rewards/accuracies"].mean()})
+            if "val/loss" in metrics:
+                val = metrics.dropna(subset=["val/loss"]).sort_values("step")
+                # the first at step 0 (policy = reference: log 2 by definition, left out), then one per pass
+                rows += [{"arm": arm, "seed": seed, "pass": k, "set": HELD_OUT_PAIRS[arm], "loss": loss,
+                          "accuracy": accuracy}
+                         for k, (loss, accuracy) in enumerate(zip(val["val/loss"], val["val/rewards/accuracies"],
+                                                                  strict=True)) if k > 0]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return []
+    table = []
+    for (arm, which), part in df.groupby(["arm", "set"], sort=False):
+        by_pass = part.groupby("pass")[["loss", "accuracy"]].mean()
+        table += [[ARMS[arm], which, f"pass {p}", f"{r.loss:.3f}", f"{r.accuracy:.3f}"]
+                  for p, r in by_pass.iterrows()]
+    return ["**DPO loss and pair accuracy per pass** (from metrics.csv: mean over each pass's steps for the pairs "
+            "trained on, at the end of each pass for the held-out pairs; seeds averaged; before training every loss "
+            "is log 2 = 0.693). The offline arm meets the same pairs every pass, so a training loss falling far "
+            "below its held-out loss is it fitting those pairs; the online arm's pairs are new at every step",
+            "", markdown(["arm", "pairs", "when", "loss", "accuracy"], table), ""]
 
 
 def extra_arms(root: Path) -> dict[str, list[int]]:
@@ -431,7 +474,7 @@ def main(root: Path) -> None:
              "The initial model on the same prompts and samples: reward {reward:.3f}, length {length:.1f} tokens "
              "(win rate 0.5 by definition).".format(**initial), "", *curve_lines(table), *paired_lines(frames, final),
              *h2h_text,
-             *length_controlled_lines(frames, final), "## Length control", "", *length_text,
+             *length_controlled_lines(frames, final), *fit_lines(root, found), "## Length control", "", *length_text,
              "## Other online arms", "",
              *extra_arm_lines(root, frames, final), *wall_time_lines(root)]
     (out / "results.md").write_text("\n".join(lines))
