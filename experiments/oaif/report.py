@@ -211,14 +211,21 @@ def head_to_head_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int, 
     # the online answer against the offline answer of the same seed, prompt and sample; p: a sign-flip test of the
     # per-prompt win rates minus 0.5 (does the head-to-head differ from a tie?)
     h = head_to_head(online, offline, evaluator)
-    p, lc = h.p_value, h.length_controlled
-    rows = [["online vs offline", interval_text(h.win_rate.mean, h.win_rate.low, h.win_rate.high), p_text(p),
-             interval_text(lc.win_rate, lc.low, lc.high) if lc else "", h.pairs, h.win_rate.n]]
+
+    def row(name: str, h) -> list:
+        lc = h.length_controlled
+        return [name, interval_text(h.win_rate.mean, h.win_rate.low, h.win_rate.high), p_text(h.p_value),
+                interval_text(lc.win_rate, lc.low, lc.high) if lc else "", h.pairs, h.win_rate.n]
+
+    rows = [row("online vs offline" + (", seeds pooled" if len(found) > 1 else ""), h)]
+    if len(found) > 1:
+        rows += [row(f"seed {s}", head_to_head(online[online["run_seed"] == s], offline[offline["run_seed"] == s],
+                                               evaluator)) for s in found]
     lines = [f"**Head to head at step {final}**: the evaluator compares the online run's answer with the offline "
              f"run's (same seed, same prompt, same sample index), seeds pooled ({len(found)}); ties count half; p "
              "against 0.5 (sign-flip test of the per-prompt win rates)", "",
              markdown(["", "online win rate [95% CI]", "p", "length-controlled", "pairs", "prompts"], rows), ""]
-    return lines, {"head_to_head": h, "p": p}
+    return lines, {"head_to_head": h, "p": h.p_value}
 
 
 
