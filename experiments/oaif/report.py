@@ -222,8 +222,9 @@ def head_to_head_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int, 
         rows += [row(f"seed {s}", head_to_head(online[online["run_seed"] == s], offline[offline["run_seed"] == s],
                                                evaluator)) for s in found]
     lines = [f"**Head to head at step {final}**: the evaluator compares the online run's answer with the offline "
-             f"run's (same seed, same prompt, same sample index), seeds pooled ({len(found)}); ties count half; p "
-             "against 0.5 (sign-flip test of the per-prompt win rates)", "",
+             f"run's (same seed, same prompt, same sample index), {len(found)} seed(s) pooled"
+             + (", then each seed alone (p not corrected for the several seeds)" if len(found) > 1 else "")
+             + "; ties count half; p against 0.5 (sign-flip test of the per-prompt win rates)", "",
              markdown(["", "online win rate [95% CI]", "p", "length-controlled", "pairs", "prompts"], rows), ""]
     return lines, {"head_to_head": h, "p": h.p_value}
 
@@ -246,12 +247,15 @@ def fit_lines(root: Path, found: list[int]) -> list[str]:
                 rows.append({"arm": arm, "seed": seed, "pass": int(epoch) + 1, "set": "trained on",
                              "loss": part["train/loss"].mean(), "accuracy": part["train/rewards/accuracies"].mean()})
             if "val/loss" in metrics:
-                val = metrics.dropna(subset=["val/loss"]).sort_values("step")
-                # the first at step 0 (policy = reference: log 2 by definition, left out), then one per pass
-                rows += [{"arm": arm, "seed": seed, "pass": k, "set": HELD_OUT_PAIRS[arm], "loss": loss,
-                          "accuracy": accuracy}
-                         for k, (loss, accuracy) in enumerate(zip(val["val/loss"], val["val/rewards/accuracies"],
-                                                                  strict=True)) if k > 0]
+                trained = metrics.dropna(subset=["train/loss"])
+                # a validation at step v follows the pass of the last update before it; the one at step 0
+                # (policy = reference: log 2 by definition) is left out
+                for _, r in metrics.dropna(subset=["val/loss"]).iterrows():
+                    before = trained[trained["step"] < r["step"]]
+                    if len(before):
+                        rows.append({"arm": arm, "seed": seed, "pass": int(before["epoch"].max()) + 1,
+                                     "set": HELD_OUT_PAIRS[arm], "loss": r["val/loss"],
+                                     "accuracy": r["val/rewards/accuracies"]})
     df = pd.DataFrame(rows)
     if df.empty:
         return []
@@ -261,7 +265,8 @@ def fit_lines(root: Path, found: list[int]) -> list[str]:
         table += [[ARMS[arm], which, f"pass {p}", f"{r.loss:.3f}", f"{r.accuracy:.3f}"]
                   for p, r in by_pass.iterrows()]
     return ["**DPO loss and pair accuracy per pass** (from metrics.csv: mean over each pass's steps for the pairs "
-            "trained on, at the end of each pass for the held-out pairs; seeds averaged; before training every loss "
+            f"trained on, at the end of each pass for the held-out pairs; {len(found)} seed(s) averaged; before "
+            "training every loss "
             "is log 2 = 0.693). The offline arm meets the same pairs every pass, so a training loss falling far "
             "below its held-out loss is it fitting those pairs; the online arm's pairs are new at every step",
             "", markdown(["arm", "pairs", "when", "loss", "accuracy"], table), ""]
@@ -382,7 +387,7 @@ def length_control(root: Path) -> tuple[list[str], pd.DataFrame, dict]:
     epochs = max(len(r) - 1 for r in train_rows)
     lines = [f"Seeds {', '.join(map(str, found))}; the annotator's instruction is the only difference between the "
              f"arms (same prompts, seeds, updates). Held-out answers at step {final} (64 prompts x 3 samples x "
-             f"{len(found)} seeds, pooled per prompt):", "",
+             f"{len(found)} seed(s), pooled per prompt):", "",
              markdown(["instruction", "annotator (from config.yaml)", "length, tokens [95% CI]",
                        "win rate vs initial", "reward", "length-controlled win rate"], rows), "",
              f"**Held-out length, paired by prompt at step {final}** (steps between neighbouring instructions, and the "
@@ -390,7 +395,7 @@ def length_control(root: Path) -> tuple[list[str], pd.DataFrame, dict]:
              "order, alignlab.stats.ordered_trend)", "",
              markdown(["", "tokens [95% CI]", "p (sign-flip)", "prompts"], steps), "",
              "**Length of the answers sampled for training**, mean per epoch (tokens; from each run's "
-             "`train/online/mean_length`, seeds averaged)", "",
+             f"`train/online/mean_length`, {len(found)} seed(s) averaged)", "",
              markdown(["instruction", *(f"epoch {e + 1}" for e in range(epochs))], train_rows), ""]
     return lines, curve, {"train": train, "final": final}
 
