@@ -229,7 +229,6 @@ def head_to_head_lines(frames: dict[tuple[str, int], pd.DataFrame], final: int, 
     return lines, {"head_to_head": h, "p": h.p_value}
 
 
-
 # --- does the offline arm over-fit its fixed pairs? ------------------------------------------------------------
 
 def fit_lines(root: Path, found: list[int]) -> list[str]:
@@ -242,12 +241,11 @@ def fit_lines(root: Path, found: list[int]) -> list[str]:
     for arm in ARMS:
         for seed in found:
             metrics = pd.read_csv(root / f"{arm}_seed{seed}" / "metrics.csv")
-            train = metrics.dropna(subset=["train/loss"]).groupby("epoch")
-            for epoch, part in train:
+            trained = metrics.dropna(subset=["train/loss"])
+            for epoch, part in trained.groupby("epoch"):
                 rows.append({"arm": arm, "seed": seed, "pass": int(epoch) + 1, "set": "trained on",
                              "loss": part["train/loss"].mean(), "accuracy": part["train/rewards/accuracies"].mean()})
             if "val/loss" in metrics:
-                trained = metrics.dropna(subset=["train/loss"])
                 # a validation at step v follows the pass of the last update before it; the one at step 0
                 # (policy = reference: log 2 by definition) is left out
                 for _, r in metrics.dropna(subset=["val/loss"]).iterrows():
@@ -266,8 +264,7 @@ def fit_lines(root: Path, found: list[int]) -> list[str]:
                   for p, r in by_pass.iterrows()]
     return ["**DPO loss and pair accuracy per pass** (from metrics.csv: mean over each pass's steps for the pairs "
             f"trained on, at the end of each pass for the held-out pairs; {len(found)} seed(s) averaged; before "
-            "training every loss "
-            "is log 2 = 0.693). The offline arm meets the same pairs every pass, so a training loss falling far "
+            "training every loss is log 2 = 0.693). The offline arm meets the same pairs every pass, so a training loss falling far "
             "below its held-out loss is it fitting those pairs; the online arm's pairs are new at every step",
             "", markdown(["arm", "pairs", "when", "loss", "accuracy"], table), ""]
 
