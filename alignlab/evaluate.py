@@ -103,7 +103,7 @@ def run_evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     step, seed = trained_step_and_seed(run_config)
 
     loaded = instantiate(cfg.model)
-    reference = Reference(model=loaded.frozen_copy())
+    reference = Reference.frozen_copy_of(loaded.model)
     with reference.as_model() as base:
         policy = load_policy(policy_dir, base)
     loss = instantiate(cfg.loss)
@@ -175,7 +175,7 @@ def pair_rows(module: PreferenceModule, loader, device) -> list[dict[str, Any]]:
                                                    *((reference.chosen, reference.rejected) if reference else (None, None)))
             for example_id, c, r in zip(batch.example_id.tolist(), chosen.tolist(), rejected.tolist(), strict=True):
                 pair = owners[example_id]
-                rows.append({"prompt_id": pair.meta.get("prompt_id") or pair.where, "arm": "policy",
+                rows.append({"prompt_id": pair.prompt_id, "arm": "policy",
                              "margin": c - r, "h": (c - r) / module.loss.beta, "ranked": c > r})
     return rows
 

@@ -16,6 +16,7 @@ applied only at the positions that predict response tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -62,9 +63,6 @@ def _positions(mask: Tensor) -> Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-LAYOUTS = ("packed", "shared_prompt", "concatenated")
-
-
 def _packed_inputs(prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor, response_mask: Tensor,
                    dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Rows ``[prompt | response_1 | ... | response_k]`` and what the forward and the gather need.
@@ -108,49 +106,70 @@ def _packed_inputs(prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor, r
     return input_ids, position_ids, mask, torch.tensor(predict_rows), torch.tensor(predict_cols)
 
 
+def _packed_hidden(causal_lm: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor,
+                   response_mask: Tensor) -> Tensor:
+    """One row per prompt, ``[prompt | response_1 | ... | response_k]``, each response attending to the prompt and
+    itself: the prompt is computed once and no row is padded to the longest response k times over."""
+    dtype = next(causal_lm.parameters()).dtype
+    input_ids, position_ids, mask, rows, cols = (t.to(responses.device) for t in _packed_inputs(
+        prompt_ids, prompt_mask, responses, response_mask, dtype))
+    hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                                     use_cache=False).last_hidden_state
+    return hidden[rows, cols]
+
+
+def _shared_prompt_hidden(causal_lm: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor,
+                          response_mask: Tensor) -> Tensor:
+    """The prompt once through the model, its KV cache repeated for the k responses."""
+    decoder = causal_lm.get_decoder()
+    per_prompt = responses.shape[0] // prompt_ids.shape[0]
+    prompt_mask_k = prompt_mask.repeat_interleave(per_prompt, dim=0)  # [B*k, P]
+    prompt_out = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
+                         use_cache=True)
+    cache = prompt_out.cache
+    cache.batch_repeat_interleave(per_prompt)
+    response_positions = prompt_mask_k.sum(-1)[:, None] + torch.arange(responses.shape[1], device=responses.device)
+    response_out = decoder(input_ids=responses, attention_mask=torch.cat([prompt_mask_k, response_mask], dim=-1),
+                           position_ids=response_positions, cache=cache, use_cache=True)
+    last_prompt = prompt_out.last_hidden_state[:, -1:].repeat_interleave(per_prompt, dim=0)  # [B*k, 1, H]
+    return torch.cat([last_prompt, response_out.last_hidden_state[:, :-1]], dim=1)[response_mask.bool()]
+
+
+def _concatenated_hidden(causal_lm: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor,
+                         response_mask: Tensor) -> Tensor:
+    """Prompt and response side by side in each of the B*k rows: TRL's layout, the plainest."""
+    per_prompt = responses.shape[0] // prompt_ids.shape[0]
+    full_mask = torch.cat([prompt_mask.repeat_interleave(per_prompt, dim=0), response_mask], dim=-1)  # [B*k, P+R]
+    input_ids = torch.cat([prompt_ids.repeat_interleave(per_prompt, dim=0), responses], dim=-1)
+    hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=full_mask,
+                                     position_ids=_positions(full_mask), use_cache=False).last_hidden_state
+    prompt_width = prompt_ids.shape[1]
+    return hidden[:, prompt_width - 1: prompt_width - 1 + responses.shape[1]][response_mask.bool()]
+
+
+# layout -> (causal LM, prompt_ids [B, P], prompt_mask [B, P], responses [B*k, R], response_mask [B*k, R]) ->
+# the hidden states that predict the N real response tokens, [N, H], in ``response_mask``'s row-major order.
+LAYOUTS: dict[str, Callable[[nn.Module, Tensor, Tensor, Tensor, Tensor], Tensor]] = {
+    "packed": _packed_hidden,
+    "shared_prompt": _shared_prompt_hidden,
+    "concatenated": _concatenated_hidden,
+}
+
+
 def response_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor,
                    response_mask: Tensor, layout: str = "packed") -> Tensor:
-    """Summed log-probs of ``k`` responses per prompt, ``Tensor[B*k]``.
+    """Summed log-probs of ``k`` responses per prompt, ``Tensor[B*k]``, the model run in ``layout``
+    (:data:`LAYOUTS`: the same numbers, different cost).
 
     Args:
         prompt_ids, prompt_mask: ``[B, P]``, left-padded.
         responses, response_mask: ``[B*k, R]``, right-padded, the k responses of prompt i in rows ``i*k .. i*k+k-1``.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} is not one of {tuple(LAYOUTS)}")
     causal_lm = unwrap(model)
-    decoder = causal_lm.get_decoder()
-    per_prompt = responses.shape[0] // prompt_ids.shape[0]
-    response_len = responses.shape[1]
-    prompt_mask_k = prompt_mask.repeat_interleave(per_prompt, dim=0)  # [B*k, P]
-    full_mask = torch.cat([prompt_mask_k, response_mask], dim=-1)  # [B*k, P+R]
+    predicting = LAYOUTS[layout](causal_lm, prompt_ids, prompt_mask, responses, response_mask)  # [N, H]
     selected = response_mask.bool()  # [B*k, R]: the N real response tokens
-
-    if layout == "packed":
-        dtype = next(causal_lm.parameters()).dtype
-        input_ids, position_ids, mask, rows, cols = (t.to(responses.device) for t in _packed_inputs(
-            prompt_ids, prompt_mask, responses, response_mask, dtype))
-        hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                         use_cache=False).last_hidden_state
-        predicting = hidden[rows, cols]  # [N, H], one per real response token
-    elif layout == "shared_prompt":
-        prompt_out = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
-                             use_cache=True)
-        cache = prompt_out.cache
-        cache.batch_repeat_interleave(per_prompt)
-        prompt_len = prompt_mask_k.sum(-1)  # [B*k]
-        response_positions = prompt_len[:, None] + torch.arange(response_len, device=responses.device)
-        response_out = decoder(input_ids=responses, attention_mask=full_mask, position_ids=response_positions,
-                               cache=cache, use_cache=True)
-        last_prompt = prompt_out.last_hidden_state[:, -1:].repeat_interleave(per_prompt, dim=0)  # [B*k, 1, H]
-        predicting = torch.cat([last_prompt, response_out.last_hidden_state[:, :-1]], dim=1)[selected]  # [N, H]
-    elif layout == "concatenated":
-        input_ids = torch.cat([prompt_ids.repeat_interleave(per_prompt, dim=0), responses], dim=-1)
-        hidden = decoder(input_ids=input_ids, attention_mask=full_mask, position_ids=_positions(full_mask),
-                         use_cache=False).last_hidden_state
-        prompt_width = prompt_ids.shape[1]
-        predicting = hidden[:, prompt_width - 1: prompt_width - 1 + response_len][selected]  # [N, H]
-    else:
-        raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
-
     token_logps = -F.cross_entropy(_project(causal_lm, predicting), responses[selected], reduction="none")  # [N]
     return torch.zeros(responses.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(
         0, selected.nonzero()[:, 0], token_logps)

@@ -14,7 +14,6 @@ disabled, so no second copy is kept.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.util
 import logging
@@ -52,12 +51,6 @@ class LoadedModel:
     name: str
     has_adapter: bool = False
 
-    def frozen_copy(self) -> torch.nn.Module:
-        """A frozen, eval-mode deep copy: the reference for objectives without an adapter."""
-        reference = copy.deepcopy(self.model)
-        reference.requires_grad_(False)
-        return reference.eval()
-
 
 def single_token_ids(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[int]:
     """Ids of the words that are one token, with and without a leading space (models differ in which they emit
@@ -78,12 +71,20 @@ def cache_root() -> Path:
     return Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab"))
 
 
-def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A config's dtype name (``float32``, ``bf16``, ...; :data:`DTYPES`) as a torch dtype."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
     return DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A local judge's or scorer's ``device``: ``auto`` is the GPU when there is one, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
 
 
 def resolve_gguf(uri: str) -> Path:
@@ -165,7 +166,7 @@ def load_pretrained(
     local = resolve_name_or_path(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(
         local,
-        dtype=_parse_dtype(dtype),
+        dtype=parse_dtype(dtype),
         revision=revision,
         trust_remote_code=trust_remote_code,
         attn_implementation=attn_implementation,
@@ -203,7 +204,7 @@ def tiny_random(
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(_parse_dtype(dtype))
+        model = LlamaForCausalLM(config).to(parse_dtype(dtype))
     model.generation_config.pad_token_id = tok.pad_token_id
     return _finish(model, tok, f"tiny-llama-{hidden_size}x{num_hidden_layers}", gradient_checkpointing, lora)
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from alignlab.data.collate import PreferenceBatch
+from alignlab.data.online import PER_BATCH_MEANS
 from alignlab.errors import ConfigError, TrainingFailure
 from alignlab.logprobs import LAYOUTS, PairLogps, pair_logps, unwrap
 from alignlab.losses import PreferenceLoss
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 # What preference_step reports for a batch; a rank with no pairs reports them with weight 0 (see validation_step).
 PAIR_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                 "logps/rejected")
-NOT_COUNTS = ("mean_length", "position_consistency")  # per-batch means among the online stats
 
 
 def _pair(logps: PairLogps | None) -> tuple[Tensor | None, Tensor | None]:
@@ -78,7 +78,7 @@ class PreferenceModule(pl.LightningModule):
         self.reference = reference if reference is not None else Reference()
         self.precompute_reference = precompute_reference and loss.needs_reference
         if layout not in LAYOUTS:
-            raise ConfigError(f"objective.module.layout={layout!r} is not one of {LAYOUTS}")
+            raise ConfigError(f"objective.module.layout={layout!r} is not one of {tuple(LAYOUTS)}")
         if layout == "shared_prompt" and getattr(unwrap(policy), "is_activation_checkpointing", False):
             layout = "packed"  # checkpointing turns the KV cache off in training
         self.layout = layout
@@ -186,7 +186,7 @@ class PreferenceModule(pl.LightningModule):
         updates = int(self.trainer.strategy.reduce(torch.tensor(float(self.updates), device=self.device),
                                                    reduce_op="sum"))
         if steps > 0 and updates < self.min_updates:
-            counts = ", ".join(f"{k}={v:g}" for k, v in self.pair_counts.items() if k not in NOT_COUNTS)
+            counts = ", ".join(f"{k}={v:g}" for k, v in self.pair_counts.items() if k not in PER_BATCH_MEANS)
             raise TrainingFailure(f"{updates} of {steps} training steps had pairs to train on "
                                   f"(objective.module.min_updates={self.min_updates}); this device's pairs over the "
                                   f"run: {counts or 'none counted'}")

@@ -53,6 +53,7 @@ class Reference:
 
     @classmethod
     def frozen_copy_of(cls, model: nn.Module) -> Reference:
+        """A frozen, eval-mode deep copy of ``model`` (the initial policy): the reference without an adapter."""
         return cls(model=copy.deepcopy(model))
 
     @classmethod

@@ -99,7 +99,7 @@ def build_reference(loaded, loss) -> Reference | None:
         return None
     if loaded.has_adapter:
         return Reference.disabled_adapter_of(loaded.model)
-    return Reference(model=loaded.frozen_copy())
+    return Reference.frozen_copy_of(loaded.model)
 
 
 def build_module(cfg: DictConfig, loaded, loss):

@@ -350,6 +350,8 @@ def test_reward_model_judge_is_bradley_terry_on_its_scores(tiny, tmp_path):
     ra, rb = judge.scores(["Capital of France?"] * 2, list(pairs[0]))
     assert verdicts.prob_first[0] == pytest.approx(1 / (1 + math.exp(rb - ra)))
     assert verdicts.prob_first[1] == pytest.approx(0.5)
+    # The dtype names of model.dtype hold for a reward model too.
+    assert RewardModelJudge(str(tmp_path / "rm"), dtype="bf16").model.dtype == torch.bfloat16
 
 
 def test_evaluating_an_oaif_run_samples_its_held_out_prompts(make_cfg, tmp_path, monkeypatch):

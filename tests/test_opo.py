@@ -22,6 +22,7 @@ from alignlab.opo.make_questions import (
     TemplateQuestionGenerator,
     check,
     check_all,
+    needs_local_model,
     run_make_questions,
 )
 from alignlab.opo.memory import Rule, RuleMemory
@@ -512,3 +513,15 @@ def test_run_make_questions_writes_kept_questions(tmp_path):
     questions, _ = load_questions(tmp_path / "run" / "questions.jsonl", {r["id"] for r in RULES})
     assert report["kept"] == len(questions) > 0
     assert json.loads((tmp_path / "run" / "report.json").read_text())["generated"] == report["generated"]
+
+
+@pytest.mark.parametrize("overrides, needed", [
+    ([], False),                                                        # template questions, no checker
+    (["opo_questions/checker=local"], True),
+    (["opo_questions/checker=likelihood"], True),                      # reads the model too, not by letters
+    (["opo_questions/checker=openai"], False),
+    (["opo_questions/generator=llm"], True),                            # no endpoint: the local model writes
+    (["opo_questions/generator=llm", "+opo_questions.generator.endpoint={_target_: x.Y, model: m}"], False),
+])
+def test_local_model_is_loaded_only_when_a_part_reads_it(overrides, needed):
+    assert needs_local_model(compose_config("opo_questions", ["model=tiny", *overrides])) is needed

@@ -343,3 +343,16 @@ def test_fused_backend_refuses_a_model_it_does_not_cover(tiny):
     model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()
     with pytest.raises(ConfigError, match="GPT2LMHeadModel.*backend=packed"):
         generate(model, tiny.tokenizer, PROMPTS[:2], Sampling(max_new_tokens=3, backend="fused"))
+
+
+def test_a_labelled_sampling_logs_a_line_per_batch_into_a_file(lively, caplog):
+    """Output going to a file (pytest's captured stdout is not a terminal) gets one line per batch: 4 batches of at
+    most 3 of the 11 prompts. An unlabelled sampling logs nothing."""
+    model, tok = lively
+    caplog.set_level("INFO", logger="alignlab.progress")
+    sampling = Sampling(max_new_tokens=4, temperature=0.0, batch_size=3, backend="loop")
+    generate(model, tok, PROMPTS, sampling)
+    assert caplog.messages == []
+    generate(model, tok, PROMPTS, sampling, progress="held-out answers")
+    batches = [m.split("|")[0].strip() for m in caplog.messages]
+    assert batches == [f"generation held-out answers: batch {n}/4" for n in range(1, 5)]

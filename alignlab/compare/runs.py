@@ -18,6 +18,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from alignlab.run_dir import flatten as flatten_config
+
 SKIP_DIRS = {"policy", "checkpoints", "wandb", "eval", ".jobs", ".submitit", ".hydra"}
 
 
@@ -58,14 +60,10 @@ def _is_scalar(value: Any) -> bool:
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to dotted keys; lists of scalars kept; anything else (lists of records) left out."""
-    flat: dict[str, Any] = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    elif _is_scalar(data) or (isinstance(data, list) and all(_is_scalar(v) for v in data)):
-        flat[prefix] = data
-    return flat
+    """:func:`alignlab.run_dir.flatten`, keeping scalars and lists of scalars: a run's parameters, not its lists of
+    records."""
+    return {key: value for key, value in flatten_config(data, prefix).items()
+            if _is_scalar(value) or (isinstance(value, list) and all(_is_scalar(v) for v in value))}
 
 
 def _overrides_as_params(overrides: list[str]) -> dict[str, str]:

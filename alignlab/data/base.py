@@ -226,7 +226,7 @@ class FixedPairsSource(PairSource):
             seen.add(key)
             prompt = pair.meta.get("prompt", "")
             out.append(PromptExample(pair.example_id, pair.where, pair.prompt_ids, question_text(prompt), pair.meta,
-                                     pair.meta.get("prompt_id") or pair.where))
+                                     pair.prompt_id))
         return out
 
     @property

@@ -12,17 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from alignlab.errors import ConfigError
+from alignlab.text import word_count
 
-_WORDS = re.compile(r"\S+")
 # Two or more capitalised words in a row ("Isaac Newton", "Marie Curie"); a leading function word that is only
 # capitalised because it starts a sentence ("The Wright brothers") is not part of the name.
 _CAPITALISED_RUN = re.compile(r"\b[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+)+\b")  # not across line breaks
 _FUNCTION_WORDS = frozenset(
     ["The", "A", "An", "In", "On", "At", "It", "This", "That", "These", "Those", "He", "She", "They", "We", "I", "You", "His", "Her", "Their", "Our", "My", "Its", "When", "While", "After", "Before", "During", "From", "For", "With", "And", "But", "Or", "If", "As", "Many", "Some", "One", "Two", "Three", "Most", "All", "Each", "Every", "Both", "Today", "Later", "Then", "There", "Here", "Yes", "No"])
-
-
-def word_count(text: str) -> int:
-    return len(_WORDS.findall(text))
 
 
 def is_brief(text: str, max_words: int = 25) -> float:
@@ -61,6 +57,41 @@ def names_no_one(text: str) -> float:
     return float(names_people(text) == 0)
 
 
+# The prompt conditions answers are sampled under: the plain prompt, and the prompt with one of a spec's instructions.
+# Their order fixes each condition's sampling-seed offset (cached answers are keyed by it): append, never reorder.
+CONDITIONS = ("control", "encourage", "discourage", "inappropriate")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of making counterfactual pairs from the conditions' answers.
+
+    ``chosen`` and ``rejected``: the conditions whose answers are preferred and dispreferred; ``trained_on``: the
+    condition whose prompt the policy learns on (the plain prompt; for instruction negation the prompt that keeps
+    the inappropriate instruction); ``elicits``: the condition under which the base model shows the target
+    behaviour, the upper bound a trained policy should move toward."""
+
+    chosen: str
+    rejected: str
+    trained_on: str = "control"
+    elicits: str = "encourage"
+
+    @property
+    def instructions(self) -> list[str]:
+        """The conditions whose instruction the behaviour spec must give for training."""
+        used = (self.chosen, self.rejected, self.trained_on)
+        return [c for c in CONDITIONS if c != "control" and c in used]
+
+
+VARIANTS = {
+    "enc": Variant(chosen="encourage", rejected="control"),
+    "dis": Variant(chosen="control", rejected="discourage"),
+    "contrastive": Variant(chosen="encourage", rejected="discourage"),
+    "instruction_negation": Variant(chosen="control", rejected="inappropriate", trained_on="inappropriate",
+                                    elicits="control"),
+}
+
+
 @dataclass
 class BehaviorSpec:
     """Args:
@@ -77,11 +108,18 @@ class BehaviorSpec:
     inappropriate: str | None = None
     measure: Callable[[str], float] | None = None
 
-    def require(self, variant: str) -> None:
-        needed = {"enc": ["encourage"], "dis": ["discourage"], "contrastive": ["encourage", "discourage"],
-                  "instruction_negation": ["inappropriate"]}.get(variant)
-        if needed is None:
-            raise ConfigError(f"data.variant={variant!r} is not one of enc, dis, contrastive, instruction_negation")
-        for key in needed:
-            if not (getattr(self, key) or "").strip():
-                raise ConfigError(f"behavior {self.name!r}: variant {variant!r} needs behavior.{key}")
+    def instruction(self, condition: str) -> str | None:
+        """The system instruction of a condition (:data:`CONDITIONS`); ``control`` has none."""
+        if condition not in CONDITIONS:
+            raise ValueError(f"condition {condition!r} is not one of {CONDITIONS}")
+        return None if condition == "control" else getattr(self, condition)
+
+    def require(self, variant: str) -> Variant:
+        """The variant (``data.variant``), once this spec has every instruction it needs."""
+        if variant not in VARIANTS:
+            raise ConfigError(f"data.variant={variant!r} is not one of {', '.join(VARIANTS)}")
+        spec = VARIANTS[variant]
+        for condition in spec.instructions:
+            if not (self.instruction(condition) or "").strip():
+                raise ConfigError(f"behavior {self.name!r}: variant {variant!r} needs behavior.{condition}")
+        return spec

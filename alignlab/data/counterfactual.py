@@ -31,7 +31,7 @@ import torch
 
 from alignlab.answer_cache import AnswerCache, model_fingerprint
 from alignlab.data.base import FixedPairsSource, check_split
-from alignlab.data.behaviors import BehaviorSpec
+from alignlab.data.behaviors import CONDITIONS, BehaviorSpec
 from alignlab.data.offline import cut_end_of_turn
 from alignlab.data.pairs import BadRow, PreferencePair
 from alignlab.data.prompt_set import PromptExample, PromptSet, question_text
@@ -40,11 +40,6 @@ from alignlab.models import cache_root
 from alignlab.sampling import Sampling, generate
 
 log = logging.getLogger(__name__)
-
-# variant -> (chosen condition, rejected condition)
-VARIANTS = {"enc": ("encourage", "control"), "dis": ("control", "discourage"),
-            "contrastive": ("encourage", "discourage"), "instruction_negation": ("control", "inappropriate")}
-
 
 class CounterfactualDataModule(FixedPairsSource):
     """Pairs from counterfactual prompting of the reference model.
@@ -64,7 +59,7 @@ class CounterfactualDataModule(FixedPairsSource):
                  variant: str = "contrastive", samples_per_prompt: int = 2, filter_by_measure: bool = False,
                  cache_dir: str | None = None, **serving: Any) -> None:
         super().__init__(tokenizer, prompts, **serving)
-        behavior.require(variant)
+        self.spec = behavior.require(variant)
         if filter_by_measure and behavior.measure is None:
             raise ConfigError(f"data.filter_by_measure=true but behavior {behavior.name!r} has no measure")
         if not prompts.chat_template:
@@ -84,18 +79,16 @@ class CounterfactualDataModule(FixedPairsSource):
     def messages(self, prompt: str | list, condition: str) -> list[dict[str, str]]:
         """The conversation a condition's answer is generated from (``control``: the plain prompt)."""
         user = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        instruction = {"encourage": self.behavior.encourage, "discourage": self.behavior.discourage,
-                       "inappropriate": self.behavior.inappropriate, "control": None}[condition]
+        instruction = self.behavior.instruction(condition)
         if instruction is None:
             return user if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}, *user]
         return [{"role": "system", "content": instruction}, *[m for m in user if m["role"] != "system"]]
 
     def training_prompt(self, prompt: str | list) -> list[dict[str, str]]:
-        return self.messages(prompt, "inappropriate" if self.variant == "instruction_negation" else "control")
+        return self.messages(prompt, self.spec.trained_on)
 
     # ----- generation and cache --------------------------------------------------------------------------------
     # Answers are cached per condition, so variants that share one (enc and dis share control) generate it once.
-    CONDITION_SEED = {"control": 0, "encourage": 1, "discourage": 2, "inappropriate": 3}
 
     def cache_key(self, model: torch.nn.Module, prompts: list[PromptExample], condition: str) -> dict[str, Any]:
         template = hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest()[:12]
@@ -108,7 +101,7 @@ class CounterfactualDataModule(FixedPairsSource):
                                 else {})},
                 "batch_size": self.sampling.batch_size,  # batching changes samples
                 "backend": self.sampling.backend,  # so does the engine (its random draws)
-                "seed": self.sampling.seed + self.CONDITION_SEED[condition], "format": 2}
+                "seed": self.sampling.seed + CONDITIONS.index(condition), "format": 2}
 
     def answers(self, model: torch.nn.Module, prompts: list[PromptExample], condition: str) -> list[dict]:
         """``samples_per_prompt`` answers per prompt under ``condition`` (prompt-major), from cache if there."""
@@ -127,7 +120,7 @@ class CounterfactualDataModule(FixedPairsSource):
         return rows
 
     def pair_rows(self, model: torch.nn.Module, prompts: list[PromptExample], splits: list[str]) -> list[dict]:
-        chosen_condition, rejected_condition = VARIANTS[self.variant]
+        chosen_condition, rejected_condition = self.spec.chosen, self.spec.rejected
         chosen_answers = self.answers(model, prompts, chosen_condition)
         rejected_answers = self.answers(model, prompts, rejected_condition)
         rows = []

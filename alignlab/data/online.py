@@ -47,6 +47,8 @@ from alignlab.sampling import Generation, Sampling, generate
 
 log = logging.getLogger(__name__)
 UNFINISHED = ("keep", "penalize", "drop")
+# Among the per-step pair statistics, the per-batch means; the rest are counts (summed over batches and devices).
+PER_BATCH_MEANS = ("mean_length", "position_consistency")
 
 
 @dataclass
@@ -402,7 +404,7 @@ class OnlinePairsDataModule(PairSource):
             log.info("%d / %d prompts, %d pairs kept", min(start + self.batch_size, len(prompts)), len(prompts),
                      len(rows))
         batches = -(-len(prompts) // self.batch_size)
-        for key in ("mean_length", "position_consistency"):  # per-batch means, not counts
+        for key in PER_BATCH_MEANS:
             if key in totals:
                 totals[key] /= batches
         return rows, totals

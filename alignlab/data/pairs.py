@@ -36,10 +36,6 @@ class PreferencePair:
     rejected: str | Messages
     meta: dict[str, Any]
 
-    @property
-    def conversational(self) -> bool:
-        return isinstance(self.chosen, list)
-
 
 @dataclass(frozen=True)
 class TokenizedPair:
@@ -49,6 +45,11 @@ class TokenizedPair:
     chosen_ids: list[int]
     rejected_ids: list[int]
     meta: dict[str, Any] = field(default_factory=dict)  # the row's other columns (e.g. a reference answer)
+
+    @property
+    def prompt_id(self) -> str:
+        """The row's own ``prompt_id`` column, else where it was read (``file:line``): what records key on."""
+        return self.meta.get("prompt_id") or self.where
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

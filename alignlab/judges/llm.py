@@ -25,7 +25,7 @@ import torch
 from alignlab.errors import ConfigError
 from alignlab.judges.base import Verdicts
 from alignlab.logprobs import sequence_logps
-from alignlab.models import LoadedModel, load_pretrained, single_token_ids
+from alignlab.models import LoadedModel, load_pretrained, resolve_device, single_token_ids
 from alignlab.padding import left_pad
 
 POINTWISE = ("Here is a question and an answer.\n\nQuestion: {prompt}\n\nAnswer: {answer}\n\n"
@@ -38,10 +38,8 @@ class _LocalJudge:
     def __init__(self, model: str | LoadedModel, template: str, choices: tuple[list[str], list[str]],
                  batch_size: int = 8, max_length: int = 1024, dtype: str = "float32", device: str = "auto") -> None:
         self.loaded = model if isinstance(model, LoadedModel) else load_pretrained(model, dtype=dtype)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)  # where it computes (online pairs overlap it with sampling elsewhere)
-        self.loaded.model.to(device).eval().requires_grad_(False)
+        self.device = resolve_device(device)  # where it computes (online pairs overlap it with sampling elsewhere)
+        self.loaded.model.to(self.device).eval().requires_grad_(False)
         self.template = template
         self.positive = single_token_ids(self.loaded.tokenizer, choices[0])
         self.negative = single_token_ids(self.loaded.tokenizer, choices[1])
@@ -131,10 +129,8 @@ class InstructionLikelihoodJudge:
         if temperature <= 0:
             raise ConfigError(f"judge.temperature={temperature} must be > 0")
         self.loaded = model if isinstance(model, LoadedModel) else load_pretrained(model, dtype=dtype)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.loaded.model.to(device).eval().requires_grad_(False)
+        self.device = resolve_device(device)
+        self.loaded.model.to(self.device).eval().requires_grad_(False)
         self.instruction, self.baseline, self.temperature = instruction, baseline, temperature
         self.batch_size = batch_size
 

@@ -11,24 +11,20 @@ import math
 from typing import Any
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from alignlab.judges.base import Verdicts
-from alignlab.models import resolve_name_or_path
+from alignlab.models import load_tokenizer, parse_dtype, resolve_device, resolve_name_or_path
 
 
 class RewardModelJudge:
     def __init__(self, model: str, batch_size: int = 8, max_length: int = 1024, dtype: str = "float32",
                  device: str = "auto") -> None:
-        path = resolve_name_or_path(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
-        self.model.to(device).eval()
+        self.tokenizer = load_tokenizer(model)
+        self.device = resolve_device(device)
+        self.model = AutoModelForSequenceClassification.from_pretrained(resolve_name_or_path(model),
+                                                                        dtype=parse_dtype(dtype))
+        self.model.to(self.device).eval()
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size, self.max_length = batch_size, max_length
         self.name = model

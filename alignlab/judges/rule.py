@@ -12,16 +12,15 @@ The answer with the higher score wins (probability 1); equal scores are a tie (0
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from alignlab.errors import ConfigError
 from alignlab.judges.base import Verdicts
 from alignlab.judges.rater import conciseness, has_filler, rate
+from alignlab.text import word_count
 
 # instruction -> (free words, penalty per extra word)
 INSTRUCTIONS = {"helpful": (None, 0.0), "helpful_short": (20, 0.02), "helpful_very_short": (8, 0.05)}
-_WORDS = re.compile(r"\S+")
 
 
 class RuleJudge:
@@ -42,7 +41,7 @@ class RuleJudge:
             base = conciseness(answer) - (0.5 if has_filler(answer) else 0.0)
         free, per_word = INSTRUCTIONS[self.instruction]
         if free is not None:
-            base -= per_word * max(0, len(_WORDS.findall(answer)) - free)
+            base -= per_word * max(0, word_count(answer) - free)
         return base
 
     def __call__(self, prompts: list[str], pairs: list[tuple[str, str]],

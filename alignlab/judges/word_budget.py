@@ -16,18 +16,11 @@ judge could not decide (``None``) stays undecided: the budget never labels a pai
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from alignlab.errors import ConfigError
 from alignlab.judges.base import Judge, Verdicts
-
-_WORDS = re.compile(r"\S+")
-
-
-def words(text: str) -> int:
-    """Whitespace-separated words, as a reader counts them."""
-    return len(_WORDS.findall(text))
+from alignlab.text import word_count
 
 
 class WordBudgetJudge:
@@ -52,7 +45,7 @@ class WordBudgetJudge:
 
     def over(self, text: str) -> int:
         """Words of ``text`` beyond the budget (0 within it)."""
-        return max(0, words(text) - self.max_words)
+        return max(0, word_count(text) - self.max_words)
 
     def __call__(self, prompts: list[str], pairs: list[tuple[str, str]],
                  metas: list[dict[str, Any]] | None = None) -> Verdicts:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from alignlab.errors import DataError
@@ -79,6 +79,10 @@ class TemplateQuestionGenerator:
                  stem: str = 'Under the town\'s rules, what belongs in the blank? "{cloze}"', loaded=None) -> None:
         self.per_rule, self.num_options, self.seed, self.stem = per_rule, num_options, seed, stem
 
+    @staticmethod
+    def needs_local_model(node: DictConfig) -> bool:
+        return False
+
     def __call__(self, rules: list[Rule]) -> list[Draft]:
         drafts = []
         for rule in rules:
@@ -116,6 +120,10 @@ class LLMQuestionGenerator:
             raise DataError("LLMQuestionGenerator needs an endpoint or a local model")
         self.prompt, self.endpoint, self.loaded = prompt, endpoint, loaded
         self.sampling = sampling or Sampling(max_new_tokens=200, temperature=0.0, seed=0)
+
+    @staticmethod
+    def needs_local_model(node: DictConfig) -> bool:
+        return node.get("endpoint") is None
 
     def _replies(self, rules: list[Rule]) -> list[str | None]:
         conversations = [[{"role": "user", "content": self.prompt.format(rule=r.text)}] for r in rules]
@@ -197,10 +205,10 @@ def check_all(drafts: list[Draft], checker=None, min_probability: float = 0.5) -
 
 
 def needs_local_model(cfg: DictConfig) -> bool:
-    """A local model is loaded only to write questions without an endpoint or to check them locally."""
-    writes = cfg.opo_questions.generator._target_.endswith("LLMQuestionGenerator") and cfg.opo_questions.generator.get("endpoint") is None
-    checks = cfg.opo_questions.get("checker") is not None and cfg.opo_questions.checker._target_.endswith("LocalLetterScorer")
-    return writes or checks
+    """A local model is loaded only if the generator or the checker, as configured, asks for one: each class says
+    so through its ``needs_local_model(node)``."""
+    nodes = [cfg.opo_questions.generator, cfg.opo_questions.get("checker")]
+    return any(node is not None and get_class(node._target_).needs_local_model(node) for node in nodes)
 
 
 def run_make_questions(cfg: DictConfig) -> dict[str, Any]:

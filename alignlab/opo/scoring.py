@@ -37,8 +37,18 @@ class Scorer:
     def __call__(self, conversations: list[list[dict]], options: list[list[str]]) -> list[np.ndarray | None]:
         raise NotImplementedError
 
+    @staticmethod
+    def needs_local_model(node) -> bool:
+        """Whether this scorer, configured by ``node``, reads the local model (``alignlab-opo-questions`` loads
+        it only then)."""
+        return False
+
 
 class _LocalScorer(Scorer):
+    @staticmethod
+    def needs_local_model(node) -> bool:
+        return True
+
     def __init__(self, loaded, batch_size: int = 8, template: dict[str, Any] | None = None,
                  orders: int | None = None) -> None:
         super().__init__(template, orders)

@@ -38,6 +38,7 @@ an ``LLM`` engine per model, and would need:
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from alignlab.progress import log_generation_batch
 from alignlab.sampling.backends import BACKENDS
 from alignlab.sampling.settings import Sampling
 
@@ -65,7 +67,8 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list
     """One continuation per prompt (token ids, already templated), sampled by ``sampling.backend``.
 
     Results come back in the input order. ``progress``: a label for a progress bar (prompts done, new tokens per
-    second) on a terminal; None for none.
+    second) on a terminal and, when stdout is a file, a line per batch (:func:`alignlab.progress.log_generation_batch`);
+    None for neither.
     """
     was_training = model.training
     model.eval()
@@ -73,7 +76,8 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     bar = tqdm(total=len(prompts), desc=progress, unit="prompt", disable=None if progress else True, leave=False)
-    report = _progress(bar)
+    batches = math.ceil(len(prompts) / (sampling.batch_size or max(1, len(prompts))))
+    report = _progress(bar, progress, batches)
     try:
         if sampling.seed is None:
             rows = BACKENDS[sampling.backend](model, prompts, sampling, eos, pad, report)
@@ -95,13 +99,18 @@ def _generation(tokenizer: PreTrainedTokenizerBase, new: list[int], eos: int) ->
     return Generation(tokenizer.decode(new, skip_special_tokens=True).strip(), new, finished)
 
 
-def _progress(bar):
-    """The backends' ``progress(prompts_done, new_tokens)``: advances ``bar`` and shows new tokens per second."""
-    start, total = time.perf_counter(), [0]
+def _progress(bar, label: str | None, batches: int):
+    """The backends' ``progress(prompts_done, new_tokens)``, called once per batch: advances ``bar``, shows new
+    tokens per second and, under a label, logs a line per batch of the ``batches`` for output going to a file."""
+    start, total, done = time.perf_counter(), [0], [0]
 
     def report(prompts_done: int, new_tokens: int) -> None:
         total[0] += new_tokens
+        done[0] += 1
+        elapsed = time.perf_counter() - start
         bar.update(prompts_done)
-        bar.set_postfix_str(f"{total[0] / (time.perf_counter() - start):.1f} tok/s", refresh=False)
+        bar.set_postfix_str(f"{total[0] / elapsed:.1f} tok/s", refresh=False)
+        if label:
+            log_generation_batch(label, min(done[0], batches), batches, total[0], elapsed)
 
     return report
