@@ -80,7 +80,7 @@ def test_an_annotator_that_never_answers_usably_stops_the_run_in_one_line(letter
                      "validate_before_training=false", "trainer.max_steps=20", f"paths.root={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("alignlab: error: judge OpenAIJudge(model='small-chat', mode='pairwise', url="), last
+    assert last.startswith("alignlab: error: judge OpenAIPairwiseJudge(model='small-chat', url="), last
     assert "of the last 8 pairs it was asked about (data.max_judge_failure_fraction=0.5" in last
     assert last.endswith("last failure: unreadable reply 'Both answers are\\ngood.'"), last
     assert not list(tmp_path.rglob("summary.json"))  # the run did not finish as if it had trained

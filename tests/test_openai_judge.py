@@ -21,7 +21,7 @@ import torch
 
 from alignlab.errors import ConfigError
 from alignlab.judges.base import Verdicts
-from alignlab.judges.openai import ChatEndpoint, OpenAIJudge
+from alignlab.judges.openai import ChatEndpoint, OpenAIPairwiseJudge, OpenAIPointwiseJudge
 
 # Question marker -> a 200 response whose body is not a chat completion.
 MALFORMED = {
@@ -125,10 +125,10 @@ def server(tiny):
     httpd.shutdown()
 
 
-def judge(server, tmp_path, **kw):
+def judge(server, tmp_path, kind=OpenAIPairwiseJudge, **kw):
     # Timeouts well above a healthy reply's time on a loaded machine; the SLOW fault sleeps past them.
     options = dict(timeout=2.0, max_retries=2, backoff=0.01, concurrency=4, cache_dir=str(tmp_path / "cache"))
-    return OpenAIJudge("tiny", base_url=server.url, api_key="test", **(options | kw))
+    return kind("tiny", base_url=server.url, api_key="test", **(options | kw))
 
 
 def test_pairwise_both_orders_from_the_model(server, tmp_path):
@@ -145,7 +145,7 @@ def test_endpoint_and_key_come_from_the_environment(server, tmp_path, monkeypatc
     monkeypatch.setenv("OPENAI_BASE_URL", server.url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
     before = server.authorizations["Bearer sk-from-env"]
-    verdicts = OpenAIJudge("tiny", cache_dir=None, max_retries=0)(["Env question?"], [("a", "b")])
+    verdicts = OpenAIPairwiseJudge("tiny", cache_dir=None, max_retries=0)(["Env question?"], [("a", "b")])
     assert verdicts.prob_first == [0.5]  # "A" in both orders: position bias, a tie
     assert server.authorizations["Bearer sk-from-env"] == before + 2
 
@@ -163,7 +163,7 @@ def test_pairwise_direction_and_lenient_parsing(server, tmp_path, monkeypatch):
 
 def test_wrong_credentials_stop_the_run(server, tmp_path, monkeypatch):
     monkeypatch.setattr(server, "answer", lambda text: "A")
-    bad = OpenAIJudge("tiny", base_url=server.url.replace("/v1", "/missing"), timeout=1, max_retries=0)
+    bad = OpenAIPairwiseJudge("tiny", base_url=server.url.replace("/v1", "/missing"), timeout=1, max_retries=0)
     with pytest.raises(ConfigError, match="answered 404"):
         bad(["Q?"], [("a", "b")])
 
@@ -204,13 +204,23 @@ def test_replies_are_cached_on_disk(server, tmp_path):
 
 def test_pointwise_mode_and_config_errors(server, tmp_path, monkeypatch):
     monkeypatch.setattr(server, "answer", lambda text: "Yes" if "Answer: good" in text else "No")
-    verdicts = judge(server, tmp_path, mode="pointwise")(["Q?", "Q?"], [("good", "bad"), ("bad", "good")])
+    verdicts = judge(server, tmp_path, OpenAIPointwiseJudge)(["Q?", "Q?"], [("good", "bad"), ("bad", "good")])
     assert verdicts.prob_first == [1.0, 0.0]
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(ConfigError, match="base_url"):
-        OpenAIJudge("m")
-    with pytest.raises(ConfigError, match="mode"):
-        OpenAIJudge("m", base_url="http://127.0.0.1:1", mode="listwise")
+        OpenAIPairwiseJudge("m")
+
+
+@pytest.mark.parametrize("group, kind", [("openai", OpenAIPairwiseJudge), ("openai_pointwise", OpenAIPointwiseJudge)])
+def test_judge_groups_build_their_endpoint_judge(group, kind, tmp_path):
+    from hydra.utils import instantiate
+
+    from .conftest import compose_config
+
+    cfg = compose_config("train", ["objective=oaif", f"judge={group}", "judge.model=m",
+                                   "judge.base_url=http://127.0.0.1:1/v1", f"judge.cache_dir={tmp_path}"])
+    built = instantiate(cfg.judge)
+    assert type(built) is kind and built.template == kind.default_template
 
 
 # ----- verdicts from log-probabilities ---------------------------------------------------------------------------
@@ -241,7 +251,7 @@ def test_pointwise_verdict_from_logprobs(server, tmp_path, monkeypatch):
     bad = {"YES": 0.2, " No": 0.6, "Maybe": 0.2}  # P(yes) = 0.2 / 0.8 = 1/4
     monkeypatch.setattr(server, "logprobs",
                         lambda text: logprobs_field(good if "Answer: good" in text else bad))
-    verdicts = judge(server, tmp_path, mode="pointwise")(["Pointwise logprobs?"] * 2,
+    verdicts = judge(server, tmp_path, OpenAIPointwiseJudge)(["Pointwise logprobs?"] * 2,
                                                          [("good", "bad"), ("bad", "good")])
     # 0.5 + (P_a(yes) - P_b(yes)) / 2 = 0.5 +- (7/8 - 1/4) / 2 = 0.8125 | 0.1875
     assert verdicts.prob_first == [pytest.approx(0.8125), pytest.approx(0.1875)]
@@ -302,7 +312,7 @@ def test_text_only_endpoint_asks_for_no_logprobs(server, tmp_path, monkeypatch):
 
 def test_rate_limits_are_retried_and_the_key_is_never_logged(server, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(server, "answer", lambda text: "A")
-    j = OpenAIJudge("tiny", base_url=server.url, api_key="sk-very-secret-key", timeout=1, max_retries=2,
+    j = OpenAIPairwiseJudge("tiny", base_url=server.url, api_key="sk-very-secret-key", timeout=1, max_retries=2,
                     backoff=0.01, cache_dir=None)
     with caplog.at_level(logging.DEBUG):
         verdicts = j(["BUSY question", "REFUSE keyed question"], [("a", "b")] * 2)

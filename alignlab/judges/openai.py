@@ -21,8 +21,9 @@ Robust by construction, because a long run must not die with the network (HTTP b
   log-probabilities) are cached on disk under a hash of the request, so a resumed run or a re-evaluation does not
   pay twice.
 
-``mode=pairwise`` asks in both orders and averages (position consistency is reported); ``mode=pointwise`` asks
-about each answer alone and compares ``P(yes)``. The base URL and key come from config or ``OPENAI_BASE_URL`` /
+:class:`OpenAIPairwiseJudge` (``judge=openai``) asks in both orders and averages (position consistency is
+reported); :class:`OpenAIPointwiseJudge` (``judge=openai_pointwise``) asks about each answer alone and compares
+``P(yes)``. The base URL and key come from config or ``OPENAI_BASE_URL`` /
 ``OPENAI_API_KEY``; the key is sent as a bearer token and never logged. A server that refuses ``logprobs`` (a 400)
 needs ``top_logprobs: null``.
 """
@@ -261,76 +262,39 @@ _YES_OR_NO = _Choice("yes", "no", _YES_NO)
 
 
 class OpenAIJudge(ChatEndpoint):
-    """``top_logprobs``: how many first-token alternatives to ask for (20 is OpenAI's maximum); null reads the
-    reply text only, for servers that refuse ``logprobs``."""
+    """An endpoint as annotator; a subclass says how it asks (:meth:`verdicts`) and its default ``template``.
+    ``top_logprobs``: how many first-token alternatives to ask for (20 is OpenAI's maximum); null reads the reply
+    text only, for servers that refuse ``logprobs``."""
 
     runs_elsewhere = True  # it waits on a server: online pairs overlap its requests with sampling (overlap_judge)
+    default_template: str
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
-                 mode: str = "pairwise", template: str | None = None, system_prompt: str | None = None,
+                 template: str | None = None, system_prompt: str | None = None,
                  timeout: float = 30.0, max_retries: int = 3, backoff: float = 1.0, concurrency: int = 4,
                  max_tokens: int = 4, temperature: float = 0.0, cache_dir: str | None = None,
                  top_logprobs: int | None = 20) -> None:
-        if mode not in ("pairwise", "pointwise"):
-            raise ConfigError(f"judge.mode={mode!r} is not 'pairwise' or 'pointwise'")
         if not (base_url or os.environ.get("OPENAI_BASE_URL")):
             raise ConfigError("judge.base_url is not set (nor OPENAI_BASE_URL)")
         super().__init__(model, base_url, api_key, system_prompt=system_prompt, timeout=timeout,
                          max_retries=max_retries, backoff=backoff, concurrency=concurrency, max_tokens=max_tokens,
                          temperature=temperature, cache_dir=cache_dir, top_logprobs=top_logprobs)
-        self.mode = mode
-        self.template = template or (PAIRWISE if mode == "pairwise" else POINTWISE)
+        self.template = template or self.default_template
         self.verdict_sources: Counter[str] = Counter()  # over the run: how many verdicts each source decided
 
     def __repr__(self) -> str:
-        return f"OpenAIJudge(model={self.model!r}, mode={self.mode!r}, url={self.url!r})"
+        return f"{type(self).__name__}(model={self.model!r}, url={self.url!r})"
 
-    # ----- verdicts --------------------------------------------------------------------------------------------
     def __call__(self, prompts: list[str], pairs: list[tuple[str, str]],
                  metas: list[dict[str, Any]] | None = None) -> Verdicts:
-        verdicts = self._pointwise(prompts, pairs) if self.mode == "pointwise" else self._pairwise(prompts, pairs)
+        verdicts = self.verdicts(prompts, pairs)
         self.failures += sum(p is None for p in verdicts.prob_first)
         self._count_sources(verdicts.source_counts())
         return verdicts
 
-    def _pointwise(self, prompts: list[str], pairs: list[tuple[str, str]]) -> Verdicts:
-        """Each answer alone: ``P(yes)`` of each, compared as ``0.5 + (P_a(yes) - P_b(yes)) / 2``."""
-        texts = [self.template.format(prompt=p, answer=a) for p, (a, _) in zip(prompts, pairs, strict=True)]
-        texts += [self.template.format(prompt=p, answer=b) for p, (_, b) in zip(prompts, pairs, strict=True)]
-        replies = self.reply_all(texts)
-        reads = [_YES_OR_NO.read(r) for r in replies]
-        n = len(prompts)
-        probs, sources = [], []
-        for read_a, read_b in zip(reads[:n], reads[n:], strict=True):
-            if read_a is None or read_b is None:
-                probs.append(None)
-                sources.append(None)
-                continue
-            probs.append(0.5 + (read_a.prob - read_b.prob) / 2)
-            sources.append(_source(read_a, read_b))
-        return Verdicts(probs, sources=sources, last_failure=self._last_failure(replies, reads))
-
-    def _pairwise(self, prompts: list[str], pairs: list[tuple[str, str]]) -> Verdicts:
-        """Both orders: ``P(a better)`` is the mean of ``P(A)`` with ``a`` shown first and ``P(B)`` with it shown
-        second; the orders are consistent when both put ``a`` on the same side of 0.5."""
-        shown = [self.template.format(prompt=p, first=a, second=b) for p, (a, b) in zip(prompts, pairs, strict=True)]
-        swapped = [self.template.format(prompt=p, first=b, second=a) for p, (a, b) in zip(prompts, pairs, strict=True)]
-        replies = self.reply_all(shown + swapped)
-        reads = [_AB.read(r) for r in replies]
-        n = len(prompts)
-        probs, consistent, sources, orders = [], [], [], []
-        for read_shown, read_swapped in zip(reads[:n], reads[n:], strict=True):
-            orders.append((read_shown.prob if read_shown else None, 1.0 - read_swapped.prob if read_swapped else None))
-            if read_shown is None or read_swapped is None:
-                probs.append(None)
-                consistent.append(None)
-                sources.append(None)
-                continue
-            a_wins_shown, a_wins_swapped = read_shown.prob, 1.0 - read_swapped.prob  # swapped: "B" is a
-            probs.append((a_wins_shown + a_wins_swapped) / 2)
-            consistent.append((a_wins_shown > 0.5) == (a_wins_swapped > 0.5))
-            sources.append(_source(read_shown, read_swapped))
-        return Verdicts(probs, consistent, sources, orders, self._last_failure(replies, reads))
+    def verdicts(self, prompts: list[str], pairs: list[tuple[str, str]]) -> Verdicts:
+        """``P(first answer better)`` for each pair, from the endpoint's replies."""
+        raise NotImplementedError
 
     def _last_failure(self, replies: list[Reply | None], reads: list[_Read | None]) -> str | None:
         """Why the last reply of a batch that decided nothing failed: its text, or the failed request's error."""
@@ -351,6 +315,59 @@ class OpenAIJudge(ChatEndpoint):
             else:
                 log.info("judge %s: verdicts parsed from the reply text (judge.top_logprobs is off)", self.model)
         self.verdict_sources.update(counts)
+
+
+class OpenAIPairwiseJudge(OpenAIJudge):
+    """Both answers in one prompt, asked in both orders (``judge=openai``)."""
+
+    default_template = PAIRWISE
+
+    def verdicts(self, prompts: list[str], pairs: list[tuple[str, str]]) -> Verdicts:
+        """``P(a better)`` is the mean of ``P(A)`` with ``a`` shown first and ``P(B)`` with it shown
+        second; the orders are consistent when both put ``a`` on the same side of 0.5."""
+        shown = [self.template.format(prompt=p, first=a, second=b) for p, (a, b) in zip(prompts, pairs, strict=True)]
+        swapped = [self.template.format(prompt=p, first=b, second=a) for p, (a, b) in zip(prompts, pairs, strict=True)]
+        replies = self.reply_all(shown + swapped)
+        reads = [_AB.read(r) for r in replies]
+        n = len(prompts)
+        probs, consistent, sources, orders = [], [], [], []
+        for read_shown, read_swapped in zip(reads[:n], reads[n:], strict=True):
+            orders.append((read_shown.prob if read_shown else None, 1.0 - read_swapped.prob if read_swapped else None))
+            if read_shown is None or read_swapped is None:
+                probs.append(None)
+                consistent.append(None)
+                sources.append(None)
+                continue
+            a_wins_shown, a_wins_swapped = read_shown.prob, 1.0 - read_swapped.prob  # swapped: "B" is a
+            probs.append((a_wins_shown + a_wins_swapped) / 2)
+            consistent.append((a_wins_shown > 0.5) == (a_wins_swapped > 0.5))
+            sources.append(_source(read_shown, read_swapped))
+        return Verdicts(probs, consistent, sources, orders, self._last_failure(replies, reads))
+
+
+class OpenAIPointwiseJudge(OpenAIJudge):
+    """Each answer alone, asked whether it is good (``judge=openai_pointwise``).
+
+    Two answers are compared as ``0.5 + (P_a(yes) - P_b(yes)) / 2``, not by their log-odds as the local pointwise
+    judge does: a reply read from its text gives ``P(yes)`` of exactly 0 or 1, whose log-odds are infinite."""
+
+    default_template = POINTWISE
+
+    def verdicts(self, prompts: list[str], pairs: list[tuple[str, str]]) -> Verdicts:
+        texts = [self.template.format(prompt=p, answer=a) for p, (a, _) in zip(prompts, pairs, strict=True)]
+        texts += [self.template.format(prompt=p, answer=b) for p, (_, b) in zip(prompts, pairs, strict=True)]
+        replies = self.reply_all(texts)
+        reads = [_YES_OR_NO.read(r) for r in replies]
+        n = len(prompts)
+        probs, sources = [], []
+        for read_a, read_b in zip(reads[:n], reads[n:], strict=True):
+            if read_a is None or read_b is None:
+                probs.append(None)
+                sources.append(None)
+                continue
+            probs.append(0.5 + (read_a.prob - read_b.prob) / 2)
+            sources.append(_source(read_a, read_b))
+        return Verdicts(probs, sources=sources, last_failure=self._last_failure(replies, reads))
 
 
 def _source(*reads: _Read) -> str:

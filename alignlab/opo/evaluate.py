@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,31 @@ class Condition:
         return {"none": "no rules", "gold": "gold rule (oracle)"}.get(self.kind, f"{self.kind}-{self.k}")
 
 
-KINDS = ("none", "top", "gold", "random")
+def _no_rules(evaluator: OPOEvaluator, condition: Condition, question: MCQuestion) -> list[Rule]:
+    return []
+
+
+def _top_rules(evaluator: OPOEvaluator, condition: Condition, question: MCQuestion) -> list[Rule]:
+    """The retriever's ``k`` best for the question, within the metadata filter."""
+    return [rule for rule, _ in evaluator.retriever.search(question.query(), condition.k, evaluator.where(question))]
+
+
+def _gold_rules(evaluator: OPOEvaluator, condition: Condition, question: MCQuestion) -> list[Rule]:
+    """The rules the question was written from (the oracle)."""
+    return [evaluator.memory[i] for i in question.rule_ids if i in evaluator.memory]
+
+
+def _random_rules(evaluator: OPOEvaluator, condition: Condition, question: MCQuestion) -> list[Rule]:
+    """``k`` rules drawn by (seed, draw, question): the same draw for a question in every run."""
+    digest = hashlib.sha256(f"{evaluator.seed}:{condition.draw}:{question.id}".encode()).digest()
+    rules = evaluator.memory.rules
+    return random.Random(digest).sample(rules, min(condition.k, len(rules)))
+
+
+# condition kind -> (evaluator, condition, question) -> the rules shown
+RULE_PICKERS: dict[str, Callable[[OPOEvaluator, Condition, MCQuestion], list[Rule]]] = {
+    "none": _no_rules, "top": _top_rules, "gold": _gold_rules, "random": _random_rules}
+KINDS = tuple(RULE_PICKERS)
 
 
 def conditions(ks: list[int], random_k: int, kinds: list[str] = KINDS, random_draws: int = 1) -> list[Condition]:
@@ -93,17 +118,8 @@ class OPOEvaluator:
         return {self.filter_key: [question.meta[self.filter_key], "everywhere"]}
 
     def rules_for(self, condition: Condition, question: MCQuestion) -> list[Rule]:
-        if condition.kind == "none":
-            return []
-        if condition.kind == "top":
-            return [rule for rule, _ in self.retriever.search(question.query(), condition.k, self.where(question))]
-        if condition.kind == "gold":
-            return [self.memory[i] for i in question.rule_ids if i in self.memory]
-        if condition.kind == "random":
-            digest = hashlib.sha256(f"{self.seed}:{condition.draw}:{question.id}".encode()).digest()
-            rules = self.memory.rules
-            return random.Random(digest).sample(rules, min(condition.k, len(rules)))
-        raise ConfigError(f"unknown condition {condition.kind!r}")
+        """The rules shown with ``question`` under ``condition``, in the order they are packed."""
+        return RULE_PICKERS[condition.kind](self, condition, question)
 
     def score_unique(self, conversations: list[list[dict]], shown: list[list[str]]) -> list[np.ndarray | None]:
         """The scorer's answers, asking each distinct (conversation, options) once per run: conditions often show
