@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignlab.data.collate import PreferenceBatch
-from alignlab.padding import mask_rows, pad_rows
+from alignlab.padding import left_pad, mask_rows, pad_rows
 
 
 @dataclass
@@ -194,6 +194,29 @@ def sequence_logps(model: nn.Module, prompts: list[list[int]], responses: list[l
         values = response_logps(model, *(t.to(device) for t in tensors)).tolist()
         for (i, _, _), value in zip(chunk, values, strict=True):
             out[i] = value
+    return out
+
+
+@torch.no_grad()
+def next_token_logprobs(model: nn.Module, prompts: list[list[int]], pad_id: int, token_groups: list[list[int]],
+                        batch_size: int = 8) -> Tensor:
+    """``log P(next token in group g | prompt i)``, ``Tensor[N, G]`` on the CPU: how a judge or a letter scorer
+    reads a model's answer (a group is one answer's spelling variants, e.g. ``"A"`` and ``" A"``; their
+    probabilities add up).
+
+    Prompts go ``batch_size`` at a time, sorted by length so a batch pads little, left-padded so that every prompt
+    ends at the last column, and only that column's logits are computed: the output head over the whole prompt
+    would cost, by parameter count, about a fifth of the forward for nothing."""
+    device = next(model.parameters()).device
+    out = torch.empty(len(prompts), len(token_groups))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start: start + batch_size]
+        ids, mask = left_pad([prompts[i] for i in chunk], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       position_ids=_positions(mask).to(device), logits_to_keep=1).logits[:, -1].float()
+        logprobs = torch.log_softmax(logits, dim=-1).cpu()  # [b, V]
+        out[chunk] = torch.stack([logprobs[:, group].logsumexp(-1) for group in token_groups], dim=-1)
     return out
 
 

@@ -7,7 +7,7 @@ import torch
 
 from alignlab.data.collate import PreferenceCollator, mask_rows, pad_rows
 from alignlab.data.pairs import PairTokenizer, parse_row
-from alignlab.logprobs import LAYOUTS, pair_logps, response_logps
+from alignlab.logprobs import LAYOUTS, next_token_logprobs, pair_logps, response_logps
 
 
 def naive_logp(model, prompt, response):
@@ -64,3 +64,25 @@ def test_gradients_agree_across_layouts(tiny, pairs):
     tiny.model.zero_grad()
     assert torch.allclose(grads["packed"], grads["concatenated"], atol=1e-4)
     assert torch.allclose(grads["shared_prompt"], grads["concatenated"], atol=1e-4)
+
+
+def test_next_token_logprobs_sum_each_group_and_ignore_batching_and_padding():
+    """On a random Llama whose outputs depend on the whole prompt (weights of std 0.2, not the tiny model, which
+    repeats its last token whatever comes before), a prompt scored beside longer ones, left-padded, gets what it gets
+    alone; a group's value is the log of its tokens' summed probabilities."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, initializer_range=0.2)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).eval()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [20, 21], [30, 31, 32, 33]]
+    groups = [[3], [4, 40], [50, 51, 52]]
+    together = next_token_logprobs(model, prompts, pad_id=0, token_groups=groups, batch_size=3)  # [3, 3]
+    for i, prompt in enumerate(prompts):
+        with torch.no_grad():
+            alone = torch.log_softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1], dim=-1)
+        expected = torch.stack([alone[g].exp().sum().log() for g in groups])
+        assert together[i] == pytest.approx(expected, abs=1e-4)
+    assert not torch.allclose(together[0], together[1], atol=1e-2)  # prompts differ, so the rows can be told apart

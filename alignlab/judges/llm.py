@@ -20,13 +20,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
 from alignlab.errors import ConfigError
 from alignlab.judges.base import Verdicts
-from alignlab.logprobs import sequence_logps
+from alignlab.logprobs import next_token_logprobs, sequence_logps
 from alignlab.models import LoadedModel, load_pretrained, resolve_device, single_token_ids
-from alignlab.padding import left_pad
 
 POINTWISE = ("Here is a question and an answer.\n\nQuestion: {prompt}\n\nAnswer: {answer}\n\n"
              "Is this answer correct, helpful and concise? Reply with Yes or No.")
@@ -48,26 +45,15 @@ class _LocalJudge:
     def __repr__(self) -> str:  # the class says the mode: pointwise or pairwise
         return f"{type(self).__name__}(model={self.loaded.name!r})"
 
-    @torch.no_grad()
     def log_odds(self, texts: list[str]) -> list[float]:
-        """``log P(positive) - log P(negative)`` of the next token after each rendered judge prompt."""
-        tok, model = self.loaded.tokenizer, self.loaded.model
-        device = next(model.parameters()).device
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            rows = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                            return_dict=True)["input_ids"][-self.max_length:]
-                    for t in texts[start: start + self.batch_size]]
-            ids, mask = left_pad(rows, tok.pad_token_id)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            # Only the last position's logits are read: the output head over the whole prompt would cost, by
-            # parameter count, about a fifth of the forward for nothing.
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=positions.to(device), logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
-            pos = logits[:, self.positive].logsumexp(-1)
-            neg = logits[:, self.negative].logsumexp(-1)
-            out += (pos - neg).tolist()
-        return out
+        """``log P(positive) - log P(negative)`` of the next token after each rendered judge prompt (its last
+        ``max_length`` tokens)."""
+        tok = self.loaded.tokenizer
+        rows = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                        return_dict=True)["input_ids"][-self.max_length:] for t in texts]
+        logprobs = next_token_logprobs(self.loaded.model, rows, tok.pad_token_id, [self.positive, self.negative],
+                                       self.batch_size)  # [N, 2]
+        return (logprobs[:, 0] - logprobs[:, 1]).tolist()
 
 
 class PointwiseLLMJudge(_LocalJudge):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from alignlab.errors import ConfigError
+from alignlab.logprobs import next_token_logprobs
 from alignlab.models import single_token_ids
 from alignlab.opo.prompting import PromptTemplate
 from alignlab.opo.questions import LETTERS
@@ -79,20 +80,11 @@ class LocalLetterScorer(_LocalScorer):
         self.letter_ids = [single_token_ids(self.tokenizer, [letter]) for letter in LETTERS]
 
     def score(self, conversations, options, device) -> list[np.ndarray | None]:
+        """Each question's letter probabilities, renormalised over its options' letters."""
         prompts = [self.prompt_ids(c) for c in conversations]
-        results: list[np.ndarray | None] = [None] * len(prompts)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start: start + self.batch_size]
-            ids, mask = left_pad([prompts[i] for i in chunk], self.pad)  # every prompt ends at the last column
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                logits_to_keep=1).logits[:, -1].float()
-            logprobs = torch.log_softmax(logits, dim=-1).cpu()
-            for row, i in enumerate(chunk):
-                letters = torch.stack([torch.logsumexp(logprobs[row, self.letter_ids[j]], dim=0)
-                                       for j in range(len(options[i]))])
-                results[i] = torch.softmax(letters, dim=0).numpy()
-        return results
+        most = max((len(o) for o in options), default=0)
+        letters = next_token_logprobs(self.model, prompts, self.pad, self.letter_ids[:most], self.batch_size)
+        return [torch.softmax(letters[i, : len(o)], dim=0).numpy() for i, o in enumerate(options)]
 
 
 class OptionLikelihoodScorer(_LocalScorer):
