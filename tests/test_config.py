@@ -35,7 +35,8 @@ def test_every_yaml_parses(path):
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=lambda v: str(v))
 def test_every_group_option_composes(group, option):
-    overrides = [f"{group}={option}"]
+    # conf/prompts and conf/sampling hold nodes that other configs start from, not choices of alignlab-train: added.
+    overrides = [f"{'+' if group in ('prompts', 'sampling') else ''}{group}={option}"]
     overrides += ["model.name_or_path=some/model"] if (group, option) == ("model", "hf") else []
     # A group under conf/<tool>/ belongs to conf/<tool>.yaml; every other group to alignlab-train's.
     tool = group.split("/")[0]
