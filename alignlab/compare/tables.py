@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from alignlab.compare.per_prompt import markdown
 from alignlab.compare.runs import Run, group_key
 
 LOWER_IS_BETTER = ("loss", "kl", "length", "perplexity", "ppl", "nll")
@@ -60,10 +61,10 @@ def to_markdown(table: pd.DataFrame, metrics: list[str], by: list[str]) -> str:
     best_cols = [m for m in metrics if not table.empty and
                  (table[f"{m} best mean"].fillna(0) != table[f"{m} final mean"].fillna(0)).any()]
     header = [*keys, "n", "status", *(f"{m} (final)" for m in metrics), *(f"{m} (best)" for m in best_cols)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for _, row in table.iterrows():
         cells = [str(row[k]) for k in keys] + [str(row["n"]), row["status"]]
         cells += [_cell(row[f"{m} final mean"], row[f"{m} final std"], row[f"{m} final n"], row["n"]) for m in metrics]
         cells += [_cell(row[f"{m} best mean"], row[f"{m} best std"], row[f"{m} best n"], row["n"]) for m in best_cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown(header, rows)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from alignlab.compare.per_prompt import markdown
 from alignlab.stats import Interval, bootstrap_mean
 
 MODEL = "model"  # the ``answerer`` of the evaluated model's rows; baselines are named as in BASELINES
@@ -95,14 +96,11 @@ def results_markdown(results: dict[str, Any]) -> str:
     """One run's tables: per set, accuracy by condition and answerer, all / copyable / inference questions."""
     lines = []
     for set_name, entry in results["sets"].items():
+        rows = [[arm, answerer, *(cell(figures[s]) for s in SUBSETS), f"{by_answerer['mean_rules_shown']:.1f}"]
+                for arm, by_answerer in entry["conditions"].items()
+                for answerer, figures in by_answerer.items() if answerer != "mean_rules_shown"]
         lines += [f"### {set_name} ({entry['report']['questions']} questions, {entry['copyable']} copyable)", "",
-                  "| condition | answerer | all | copyable | inference | rules shown |", "|---|---|---|---|---|---|"]
-        for arm, by_answerer in entry["conditions"].items():
-            for answerer, figures in by_answerer.items():
-                if answerer == "mean_rules_shown":
-                    continue
-                lines.append(f"| {arm} | {answerer} | " + " | ".join(cell(figures[s]) for s in SUBSETS)
-                             + f" | {by_answerer['mean_rules_shown']:.1f} |")
+                  markdown(["condition", "answerer", "all", "copyable", "inference", "rules shown"], rows)]
         if entry["recall"]:
             lines += ["", "Retriever: " + ", ".join(f"{k} {v:.3f}" for k, v in entry["recall"].items())]
         lines.append("")
@@ -110,14 +108,11 @@ def results_markdown(results: dict[str, Any]) -> str:
     if demo:
         lines += [f"Edit demonstration: {demo['edits']} edits, one per rule ({len(demo['rules_not_edited'])} rules "
                   "without an edit), each applied alone and undone.", "",
-                  "| condition | answerer | before: original key | after: edited key | after: original key | followed |",
-                  "|---|---|---|---|---|---|"]
-        for c in demo["conditions"]:
-            for answerer, f in c.items():
-                if isinstance(f, dict):
-                    lines.append(f"| {c['condition']} | {answerer} | {cell(f['before_matches_old'])} | "
-                                 f"{cell(f['after_matches_new'])} | {cell(f['after_matches_old'])} | "
-                                 f"{cell(f['followed'])} |")
+                  markdown(["condition", "answerer", "before: original key", "after: edited key", "after: original key",
+                            "followed"],
+                           [[c["condition"], answerer, cell(f["before_matches_old"]), cell(f["after_matches_new"]),
+                             cell(f["after_matches_old"]), cell(f["followed"])]
+                            for c in demo["conditions"] for answerer, f in c.items() if isinstance(f, dict)])]
         lines += ["", "Weights unchanged: " + ", ".join(f"{c['condition']} {c['weights_unchanged']}"
                                                         for c in demo["conditions"]), ""]
     return "\n".join(lines)
