@@ -26,12 +26,15 @@ log = logging.getLogger(__name__)
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A short hash of a model's config and a sample of its weights: a different model gets another cache.
 
-    LoRA adapter weights are left out, so the base model under a disabled adapter (a reference) keeps one
-    fingerprint while the adapter trains."""
+    The config's ``_name_or_path`` is left out: it is where the weights were read from (for a GGUF model, a cache
+    folder named after the file's modification time), so the same model installed on another machine would
+    otherwise get another fingerprint and miss a committed cache. LoRA adapter weights are left out too, so the
+    base model under a disabled adapter (a reference) keeps one fingerprint while the adapter trains."""
     digest = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
-        digest.update(config.to_json_string(use_diff=False).encode())
+        fields = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+        digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
     params = [p for name, p in model.named_parameters() if "lora_" not in name]
     for param in params[:: max(1, len(params) // 8)]:
         digest.update(param.detach().flatten()[:4096].float().cpu().numpy().tobytes())

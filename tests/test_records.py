@@ -167,3 +167,21 @@ def test_eval_prompts_are_fixed_by_their_own_prompt_set(make_cfg, tmp_path, writ
         run_evaluate(eval_cfg(run["output_dir"], tmp_path / f"eval_{name}", "generate.num_prompts=4", node))
         ids.append(sorted(set(read_records(tmp_path / f"eval_{name}" / "records" / "eval.jsonl")["prompt_id"])))
     assert ids[0] == ids[1] and len(ids[0]) == 4 and all(i.startswith("q") for i in ids[0])
+
+
+def test_a_model_keeps_its_fingerprint_wherever_it_was_read_from(tiny, tmp_path):
+    """Committed answer caches are found by the model's fingerprint: the same weights read from another folder
+    (another machine's GGUF conversion) must get the same one, and other weights another."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.answer_cache import model_fingerprint
+
+    for name in ("here", "there"):
+        tiny.model.save_pretrained(tmp_path / name)
+    here, there = (AutoModelForCausalLM.from_pretrained(tmp_path / n) for n in ("here", "there"))
+    assert here.config._name_or_path != there.config._name_or_path
+    assert model_fingerprint(here) == model_fingerprint(there) == model_fingerprint(tiny.model)
+    with torch.no_grad():
+        next(there.parameters()).add_(1.0)
+    assert model_fingerprint(there) != model_fingerprint(here)
