@@ -90,18 +90,18 @@ class CounterfactualDataModule(FixedPairsSource):
     # ----- generation and cache --------------------------------------------------------------------------------
     # Answers are cached per condition, so variants that share one (enc and dis share control) generate it once.
 
+    def condition_sampling(self, condition: str) -> Sampling:
+        """``data.sampling`` with the condition's own seed (offset by its place in :data:`CONDITIONS`)."""
+        return self.sampling.replace(seed=self.sampling.seed + CONDITIONS.index(condition))
+
     def cache_key(self, model: torch.nn.Module, prompts: list[PromptExample], condition: str) -> dict[str, Any]:
+        """Everything the condition's answers depend on; the sampling settings whole (batching and the engine
+        change the samples too)."""
         template = hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest()[:12]
         return {"model": model_fingerprint(model), "chat_template": template, "name": condition,
                 "prompts": [p.meta["prompt"] for p in prompts], "condition": condition,
                 "messages": self.messages("{prompt}", condition), "samples_per_prompt": self.samples_per_prompt,
-                "sampling": {"temperature": self.sampling.temperature, "top_p": self.sampling.top_p,
-                             "max_new_tokens": self.sampling.max_new_tokens,
-                             **({"min_new_tokens": self.sampling.min_new_tokens} if self.sampling.min_new_tokens
-                                else {})},
-                "batch_size": self.sampling.batch_size,  # batching changes samples
-                "backend": self.sampling.backend,  # so does the engine (its random draws)
-                "seed": self.sampling.seed + CONDITIONS.index(condition), "format": 2}
+                "sampling": self.condition_sampling(condition).as_dict(), "format": 3}
 
     def answers(self, model: torch.nn.Module, prompts: list[PromptExample], condition: str) -> list[dict]:
         """``samples_per_prompt`` answers per prompt under ``condition`` (prompt-major), from cache if there."""
@@ -113,7 +113,7 @@ class CounterfactualDataModule(FixedPairsSource):
         log.info("generating %d answers under the %s condition (%s)", expected, condition, self.behavior.name)
         ids = [self.pair_tokenizer.prompt_ids(self.messages(p.meta["prompt"], condition))
                for p in prompts for _ in range(self.samples_per_prompt)]
-        gens = generate(model, self.tokenizer, ids, self.sampling.replace(seed=key["seed"]),
+        gens = generate(model, self.tokenizer, ids, self.condition_sampling(condition),
                         progress=f"generating ({condition})")
         rows = [{"text": g.text, "finished": g.finished} for g in gens]
         self.report.setdefault("cache", []).append(str(self.cache.put(key, rows)))
