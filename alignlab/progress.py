@@ -108,19 +108,19 @@ class ProgressLog(pl.Callback):
         return float(trainer.estimated_stepping_batches)
 
 
-def log_generation_batch(label: str, done: int, total: int, new_tokens: int, elapsed: float,
-                         enabled: bool | str | None = "auto") -> str | None:
-    """For sampling code: call after each generation batch of a sampling of ``total`` batches.
+def log_generation_progress(label: str, done: int, total: int, new_tokens: int, elapsed: float,
+                            enabled: bool | str | None = "auto") -> str | None:
+    """For sampling code: call after each generation batch of a sampling of ``total`` prompts.
 
-    ``done`` batches, ``new_tokens`` generated and ``elapsed`` seconds so far (all counted since the sampling
-    started). Logs and returns ``generation <label>: batch 3/8 | 250 new tokens/s | elapsed 0:00:40 | ETA 0:01:07``
-    on rank 0 when stdout is not a terminal (or ``enabled`` forces it); a one-batch sampling logs nothing, its end
-    being the next line anyway. Returns ``None`` when nothing is logged.
+    ``done`` prompts, ``new_tokens`` generated and ``elapsed`` seconds so far (all counted since the sampling
+    started). Logs and returns ``generation <label>: 64/192 prompts | 250 new tokens/s | elapsed 0:00:40 | ETA
+    0:01:20`` on rank 0 when stdout is not a terminal (or ``enabled`` forces it). Returns ``None`` when nothing is
+    logged.
     """
-    if total <= 1 or rank_zero_only.rank != 0 or not progress_wanted(enabled):
+    if rank_zero_only.rank != 0 or not progress_wanted(enabled):
         return None
     rate = f"{new_tokens / elapsed:.0f} new tokens/s" if elapsed > 0 else "? new tokens/s"
-    line = (f"generation {label}: batch {done}/{total} | {rate} | elapsed {clock(elapsed)} | "
+    line = (f"generation {label}: {done}/{total} prompts | {rate} | elapsed {clock(elapsed)} | "
             f"ETA {clock(eta(done, total, elapsed))}")
     log.info(line)
     return line

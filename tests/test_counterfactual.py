@@ -230,3 +230,14 @@ def test_variants_share_the_answers_of_a_common_condition(tiny, write_jsonl, tmp
     dis = make(tiny, path, tmp_path, variant="dis")
     assert len(list((tmp_path / "cache").rglob("*.jsonl"))) == 3  # control, encourage, discourage
     assert [r["rejected"] for r in enc.rows] == [r["chosen"] for r in dis.rows]  # the same control answers
+
+
+def test_each_condition_samples_with_its_own_fixed_seed_and_key(tiny, write_jsonl, tmp_path):
+    """The seed offsets (control 0, encourage 1, discourage 2, inappropriate 3) and the cache key's sampling
+    settings are part of what committed answers were made with: a reordering of CONDITIONS must fail here."""
+    dm = make(tiny, prompts_file(write_jsonl), tmp_path)
+    seeds = {c: dm.condition_sampling(c).seed for c in ("control", "encourage", "discourage", "inappropriate")}
+    assert seeds == {"control": 0, "encourage": 1, "discourage": 2, "inappropriate": 3}
+    key = dm.cache_key(tiny.model, dm.examples("train"), "discourage")
+    assert key["sampling"] == {"max_new_tokens": 6, "temperature": 0.7, "top_p": 1.0, "batch_size": 16, "seed": 2,
+                               "backend": "hf"} and key["format"] == 3

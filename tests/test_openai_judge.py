@@ -21,7 +21,7 @@ import torch
 
 from alignlab.errors import ConfigError
 from alignlab.judges.base import Verdicts
-from alignlab.judges.openai import ChatEndpoint, OpenAIPairwiseJudge, OpenAIPointwiseJudge
+from alignlab.judges.openai import ChatEndpoint, OpenAIJudge, OpenAIPairwiseJudge, OpenAIPointwiseJudge
 
 # Question marker -> a 200 response whose body is not a chat completion.
 MALFORMED = {
@@ -209,6 +209,8 @@ def test_pointwise_mode_and_config_errors(server, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(ConfigError, match="base_url"):
         OpenAIPairwiseJudge("m")
+    with pytest.raises(ConfigError, match="judge=openai_pointwise"):  # the base class does not know how to ask
+        OpenAIJudge("m", base_url="http://127.0.0.1:1")
 
 
 @pytest.mark.parametrize("group, kind", [("openai", OpenAIPairwiseJudge), ("openai_pointwise", OpenAIPointwiseJudge)])

@@ -525,3 +525,8 @@ def test_run_make_questions_writes_kept_questions(tmp_path):
 ])
 def test_local_model_is_loaded_only_when_a_part_reads_it(overrides, needed):
     assert needs_local_model(compose_config("opo_questions", ["model=tiny", *overrides])) is needed
+
+
+def test_a_checker_that_does_not_say_gets_the_local_model():
+    cfg = compose_config("opo_questions", ["model=tiny", "+opo_questions.checker={_target_: collections.Counter}"])
+    assert needs_local_model(cfg)

@@ -185,3 +185,22 @@ def test_a_model_keeps_its_fingerprint_wherever_it_was_read_from(tiny, tmp_path)
     with torch.no_grad():
         next(there.parameters()).add_(1.0)
     assert model_fingerprint(there) != model_fingerprint(here)
+
+
+def test_committed_answer_caches_are_found_by_smollm2s_fingerprint():
+    """The reproductions commit the answers they train on and compare with (experiments/*/reference_answers,
+    experiments/*/answers), filed under the fingerprint of the model that sampled them: SmolLM2, whose
+    fingerprint here must name every such folder, and every key in it, or runs would resample them."""
+    from alignlab.answer_cache import model_fingerprint
+    from alignlab.models import load_pretrained
+
+    from .conftest import SMOLLM2
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    folders = [f for pattern in ("*/reference_answers/*", "*/answers/*") for f in root.glob(pattern) if f.is_dir()]
+    assert folders, "no committed answer cache found"
+    fingerprint = model_fingerprint(load_pretrained(SMOLLM2).model)
+    for folder in folders:
+        assert folder.name == fingerprint, f"{folder} is not under SmolLM2's fingerprint {fingerprint}"
+        for key_file in folder.glob("*.key.json"):
+            assert json.loads(key_file.read_text())["model"] == fingerprint, key_file

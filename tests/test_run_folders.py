@@ -16,7 +16,7 @@ import yaml
 from omegaconf import open_dict
 
 from alignlab.errors import ConfigError
-from alignlab.progress import ProgressLog, log_generation_batch, progress_wanted
+from alignlab.progress import ProgressLog, log_generation_progress, progress_wanted
 from alignlab.run_dir import changed_keys
 from alignlab.train import run_train
 
@@ -195,11 +195,11 @@ def test_progress_follows_the_terminal_unless_forced(monkeypatch):
 
 def test_generation_batches_are_logged_with_rate_and_eta(caplog):
     caplog.set_level("INFO", logger="alignlab.progress")
-    line = log_generation_batch("counterfactual pairs", done=2, total=5, new_tokens=400, elapsed=20.0, enabled=True)
-    assert line == "generation counterfactual pairs: batch 2/5 | 20 new tokens/s | elapsed 0:00:20 | ETA 0:00:30"
+    line = log_generation_progress("counterfactual pairs", done=32, total=80, new_tokens=400, elapsed=20.0,
+                                   enabled=True)
+    assert line == "generation counterfactual pairs: 32/80 prompts | 20 new tokens/s | elapsed 0:00:20 | ETA 0:00:30"
     assert caplog.messages == [line]
-    assert log_generation_batch("one batch", done=1, total=1, new_tokens=50, elapsed=9.0, enabled=True) is None
-    assert log_generation_batch("forced off", done=1, total=5, new_tokens=50, elapsed=9.0, enabled=False) is None
+    assert log_generation_progress("forced off", done=1, total=5, new_tokens=50, elapsed=9.0, enabled=False) is None
 
 
 def test_the_cli_prints_progress_lines_into_a_file(tmp_path):

@@ -345,14 +345,18 @@ def test_fused_backend_refuses_a_model_it_does_not_cover(tiny):
         generate(model, tiny.tokenizer, PROMPTS[:2], Sampling(max_new_tokens=3, backend="fused"))
 
 
-def test_a_labelled_sampling_logs_a_line_per_batch_into_a_file(lively, caplog):
-    """Output going to a file (pytest's captured stdout is not a terminal) gets one line per batch: 4 batches of at
-    most 3 of the 11 prompts. An unlabelled sampling logs nothing."""
+def test_a_labelled_sampling_logs_a_line_per_batch_off_a_terminal(lively, caplog, monkeypatch):
+    """Off a terminal, one line per batch: 4 batches of at most 3 of the 11 prompts. An unlabelled sampling, and a
+    sampling done in one batch, log nothing."""
+    import alignlab.progress
+
+    monkeypatch.setattr(alignlab.progress, "progress_wanted", lambda enabled="auto": True)  # as if stdout were a file
     model, tok = lively
     caplog.set_level("INFO", logger="alignlab.progress")
     sampling = Sampling(max_new_tokens=4, temperature=0.0, batch_size=3, backend="loop")
     generate(model, tok, PROMPTS, sampling)
+    generate(model, tok, PROMPTS, sampling.replace(batch_size=None), progress="one batch")
     assert caplog.messages == []
     generate(model, tok, PROMPTS, sampling, progress="held-out answers")
-    batches = [m.split("|")[0].strip() for m in caplog.messages]
-    assert batches == [f"generation held-out answers: batch {n}/4" for n in range(1, 5)]
+    done = [m.split("|")[0].strip() for m in caplog.messages]
+    assert done == [f"generation held-out answers: {n}/11 prompts" for n in (3, 6, 9, 11)]

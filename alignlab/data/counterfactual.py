@@ -59,7 +59,7 @@ class CounterfactualDataModule(FixedPairsSource):
                  variant: str = "contrastive", samples_per_prompt: int = 2, filter_by_measure: bool = False,
                  cache_dir: str | None = None, **serving: Any) -> None:
         super().__init__(tokenizer, prompts, **serving)
-        self.spec = behavior.require(variant)
+        self.pairing = behavior.require(variant)
         if filter_by_measure and behavior.measure is None:
             raise ConfigError(f"data.filter_by_measure=true but behavior {behavior.name!r} has no measure")
         if not prompts.chat_template:
@@ -85,7 +85,7 @@ class CounterfactualDataModule(FixedPairsSource):
         return [{"role": "system", "content": instruction}, *[m for m in user if m["role"] != "system"]]
 
     def training_prompt(self, prompt: str | list) -> list[dict[str, str]]:
-        return self.messages(prompt, self.spec.trained_on)
+        return self.messages(prompt, self.pairing.trained_on)
 
     # ----- generation and cache --------------------------------------------------------------------------------
     # Answers are cached per condition, so variants that share one (enc and dis share control) generate it once.
@@ -120,7 +120,7 @@ class CounterfactualDataModule(FixedPairsSource):
         return rows
 
     def pair_rows(self, model: torch.nn.Module, prompts: list[PromptExample], splits: list[str]) -> list[dict]:
-        chosen_condition, rejected_condition = self.spec.chosen, self.spec.rejected
+        chosen_condition, rejected_condition = self.pairing.chosen, self.pairing.rejected
         chosen_answers = self.answers(model, prompts, chosen_condition)
         rejected_answers = self.answers(model, prompts, rejected_condition)
         rows = []

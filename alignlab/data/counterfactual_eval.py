@@ -31,7 +31,7 @@ def behavior_rates(policy, reference: Reference, datamodule, sampling: Sampling,
     this is also the mean over all answers)."""
     measure = datamodule.behavior.measure
     held_out = datamodule.examples("val")[:num_prompts]
-    target = datamodule.spec.elicits
+    target = datamodule.pairing.elicits
     tokenize = datamodule.pair_tokenizer.prompt_ids
     elicited = [tokenize(datamodule.messages([m for m in e.meta["prompt"] if m["role"] == "user"], target))
                 for e in held_out]

@@ -274,6 +274,9 @@ class OpenAIJudge(ChatEndpoint):
                  timeout: float = 30.0, max_retries: int = 3, backoff: float = 1.0, concurrency: int = 4,
                  max_tokens: int = 4, temperature: float = 0.0, cache_dir: str | None = None,
                  top_logprobs: int | None = 20) -> None:
+        if not hasattr(self, "default_template"):
+            raise ConfigError(f"{type(self).__name__} does not say how to ask: use OpenAIPairwiseJudge (judge=openai) "
+                              "or OpenAIPointwiseJudge (judge=openai_pointwise)")
         if not (base_url or os.environ.get("OPENAI_BASE_URL")):
             raise ConfigError("judge.base_url is not set (nor OPENAI_BASE_URL)")
         super().__init__(model, base_url, api_key, system_prompt=system_prompt, timeout=timeout,

@@ -23,6 +23,8 @@ FILLER_PHRASES = (
 )
 CONCISE_WORDS, VERBOSE_WORDS = 25, 75
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# The rater's own words: letters, digits and apostrophes of the lower-cased answer (so "4." and "—" are not words),
+# unlike alignlab.text.word_count's whitespace-separated ones: changing it would change every reward it gives.
 _WORDS = re.compile(r"[a-z0-9']+")
 
 

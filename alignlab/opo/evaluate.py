@@ -119,6 +119,8 @@ class OPOEvaluator:
 
     def rules_for(self, condition: Condition, question: MCQuestion) -> list[Rule]:
         """The rules shown with ``question`` under ``condition``, in the order they are packed."""
+        if condition.kind not in RULE_PICKERS:
+            raise ConfigError(f"condition kind {condition.kind!r} is not among {list(RULE_PICKERS)}")
         return RULE_PICKERS[condition.kind](self, condition, question)
 
     def score_unique(self, conversations: list[list[dict]], shown: list[list[str]]) -> list[np.ndarray | None]:

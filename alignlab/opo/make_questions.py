@@ -206,9 +206,14 @@ def check_all(drafts: list[Draft], checker=None, min_probability: float = 0.5) -
 
 def needs_local_model(cfg: DictConfig) -> bool:
     """A local model is loaded only if the generator or the checker, as configured, asks for one: each class says
-    so through its ``needs_local_model(node)``."""
-    nodes = [cfg.opo_questions.generator, cfg.opo_questions.get("checker")]
-    return any(node is not None and get_class(node._target_).needs_local_model(node) for node in nodes)
+    so through a static ``needs_local_model(node)``; a class that does not say gets the model (``loaded``)."""
+    for node in (cfg.opo_questions.generator, cfg.opo_questions.get("checker")):
+        if node is None:
+            continue
+        ask = getattr(get_class(node._target_), "needs_local_model", None)
+        if ask is None or ask(node):
+            return True
+    return False
 
 
 def run_make_questions(cfg: DictConfig) -> dict[str, Any]:

@@ -38,7 +38,6 @@ an ``LLM`` engine per model, and would need:
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -47,7 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from alignlab.progress import log_generation_batch
+from alignlab.progress import log_generation_progress
 from alignlab.sampling.backends import BACKENDS
 from alignlab.sampling.settings import Sampling
 
@@ -67,8 +66,8 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list
     """One continuation per prompt (token ids, already templated), sampled by ``sampling.backend``.
 
     Results come back in the input order. ``progress``: a label for a progress bar (prompts done, new tokens per
-    second) on a terminal and, when stdout is a file, a line per batch (:func:`alignlab.progress.log_generation_batch`);
-    None for neither.
+    second) on a terminal and, when stdout is not one, a line per batch of a sampling that takes several
+    (:func:`alignlab.progress.log_generation_progress`); None for neither.
     """
     was_training = model.training
     model.eval()
@@ -76,8 +75,7 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     bar = tqdm(total=len(prompts), desc=progress, unit="prompt", disable=None if progress else True, leave=False)
-    batches = math.ceil(len(prompts) / (sampling.batch_size or max(1, len(prompts))))
-    report = _progress(bar, progress, batches)
+    report = _progress(bar, progress, len(prompts))
     try:
         if sampling.seed is None:
             rows = BACKENDS[sampling.backend](model, prompts, sampling, eos, pad, report)
@@ -99,18 +97,20 @@ def _generation(tokenizer: PreTrainedTokenizerBase, new: list[int], eos: int) ->
     return Generation(tokenizer.decode(new, skip_special_tokens=True).strip(), new, finished)
 
 
-def _progress(bar, label: str | None, batches: int):
-    """The backends' ``progress(prompts_done, new_tokens)``, called once per batch: advances ``bar``, shows new
-    tokens per second and, under a label, logs a line per batch of the ``batches`` for output going to a file."""
-    start, total, done = time.perf_counter(), [0], [0]
+def _progress(bar, label: str | None, prompts: int):
+    """The backends' ``progress(prompts_done, new_tokens)``, called as batches finish: advances ``bar``, shows new
+    tokens per second and, under a label, logs a line per batch for output that is not a terminal, unless the
+    first batch held all ``prompts`` (its end is the next line anyway)."""
+    start, tokens, done, calls = time.perf_counter(), [0], [0], [0]
 
     def report(prompts_done: int, new_tokens: int) -> None:
-        total[0] += new_tokens
-        done[0] += 1
+        tokens[0] += new_tokens
+        done[0] += prompts_done
+        calls[0] += 1
         elapsed = time.perf_counter() - start
         bar.update(prompts_done)
-        bar.set_postfix_str(f"{total[0] / elapsed:.1f} tok/s", refresh=False)
-        if label:
-            log_generation_batch(label, min(done[0], batches), batches, total[0], elapsed)
+        bar.set_postfix_str(f"{tokens[0] / elapsed:.1f} tok/s", refresh=False)
+        if label and not (calls[0] == 1 and done[0] >= prompts):
+            log_generation_progress(label, done[0], prompts, tokens[0], elapsed)
 
     return report
