@@ -366,6 +366,8 @@ def test_oaif_report_length_control_orders_the_instructions_by_length(tmp_path):
     assert "| trend: slope per instruction step (helpful -> short -> very short) | -5 [-5, -5] | p<0.001 |" in text
     assert "| helpful and very short minus helpful and short | -5 [-5, -5] |" in text
     assert "| helpful and short | 35.0 | 34.0 |" in text
+    seed_row = next(line for line in text.split("Each seed alone")[1].splitlines() if line.startswith("| 0 |"))
+    assert seed_row.endswith("| -5 [-5, -5] (p<0.001) | -5 [-5, -5] (p<0.001) |")  # seed 0 alone, paired
     assert "WordBudgetJudge(max_words=20, ReferenceSimilarityJudge(temperature=0.05))" in text
     assert set(curve["arm"]) == {"helpful", "short", "very_short"} and parts["final"] == 28
 

@@ -48,6 +48,7 @@ from alignlab.stats import (
     prompt_means,
     win_outcomes,
 )
+from alignlab.text import word_count
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -376,6 +377,21 @@ def length_control(root: Path) -> tuple[list[str], pd.DataFrame, dict]:
     trend = ordered_trend([ends[a] for a in order], "length", RESAMPLES, SEED)
     steps.append(["trend: slope per instruction step (helpful -> short -> very short)",
                   interval_text(trend.mean, trend.low, trend.high, signed=True), p_text(trend.p_value), trend.n])
+    seed_rows = []  # each seed alone: does its ordering hold, and with what spread?
+    for seed in found:
+        alone = {arm: part[part["seed"] == seed] for arm, part in ends.items()}
+        cells = [str(seed)]
+        for arm in order:
+            iv = bootstrap_mean(alone[arm], "length", RESAMPLES, SEED)
+            cells.append(interval_text(iv.mean, iv.low, iv.high))
+        for a, b in zip(order, order[1:], strict=False):
+            d = paired_difference(alone[a], alone[b], "length", RESAMPLES, SEED)
+            cells.append(f"{interval_text(d.mean, d.low, d.high, signed=True)} ({p_text(d.p_value)})")
+        seed_rows.append(cells)
+    budget_rows = [[LENGTH_ARMS[arm], str(seed), f"{words.mean():.2f}", f"{(words > 8).mean():.3f}",
+                    f"{(words > 20).mean():.3f}", len(words)]
+                   for arm in order for seed in found
+                   for words in [ends[arm][ends[arm]["seed"] == seed]["answer"].map(word_count)]]
     train = {arm: training_lengths(root, arm, found) for arm in LENGTH_ARMS}
     train_rows = []
     for arm, t in train.items():
@@ -391,6 +407,15 @@ def length_control(root: Path) -> tuple[list[str], pd.DataFrame, dict]:
              "ordered trend: each prompt's least-squares slope of its mean length over the three instructions in "
              "order, alignlab.stats.ordered_trend)", "",
              markdown(["", "tokens [95% CI]", "p (sign-flip)", "prompts"], steps), "",
+             f"**Each seed alone**, held-out length at step {final} (tokens [95% CI] over its 64 prompts; paired "
+             "steps with their sign-flip p, not corrected for the seeds)", "",
+             markdown(["seed", *(LENGTH_ARMS[a] for a in order),
+                       *(f"{LENGTH_ARMS[b]} minus {LENGTH_ARMS[a]}" for a, b in zip(order, order[1:], strict=False))],
+                      seed_rows), "",
+             f"**Held-out answers beyond the word budgets** at step {final} (words as the word-budget annotator counts "
+             "them, alignlab.text.word_count; \"short\" penalises words beyond 20, \"very short\" beyond 8)", "",
+             markdown(["instruction", "seed", "mean words", "share over 8 words", "share over 20 words", "answers"],
+                      budget_rows), "",
              "**Length of the answers sampled for training**, mean per epoch (tokens; from each run's "
              f"`train/online/mean_length`, {len(found)} seed(s) averaged)", "",
              markdown(["instruction", *(f"epoch {e + 1}" for e in range(epochs))], train_rows), ""]
