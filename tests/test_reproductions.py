@@ -323,7 +323,7 @@ run_each runs.txt "$ROOT" eval/eval.json train_then_eval
 def test_oaif_report_pairs_an_extra_online_arm_with_the_online_arm(tmp_path):
     """An extra arm (runs.txt section 2) is found by its folder name and paired with online_seed<s> by prompt: a
     copy of the online run's records with every answer one token longer differs from it by exactly +1 in length
-    and 0 in win rate and reward; an extra arm without an online run of its seed is left unpaired."""
+    and 0 in win rate, reward and correct answers; an extra arm without an online run of its seed is left unpaired."""
     report = _load_report("oaif")
     records = read_records(OAIF_EARLIER / "online_seed0" / "records" / "monitor.jsonl")
     for name, longer in (("online_seed0", 0), ("online_ipo_seed0", 1), ("online_other_seed7", 0)):
@@ -336,9 +336,9 @@ def test_oaif_report_pairs_an_extra_online_arm_with_the_online_arm(tmp_path):
     lines = report.extra_arm_lines(tmp_path, frames, 28)
     row = next(line for line in lines[2].splitlines() if line.startswith("| online_ipo | 0 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[3] == cells[5] == "+0 [0, 0] (p=1)" and cells[7].startswith("+1 [1, 1] (p<0.001)")
+    assert cells[3] == cells[5] == cells[7] == "+0 [0, 0] (p=1)" and cells[9].startswith("+1 [1, 1] (p<0.001)")
     other = next(line for line in lines[2].splitlines() if line.startswith("| online_other | 7 |"))
-    assert other.count("| - ") == 3
+    assert other.count("| - ") == 4
 
 
 def test_oaif_report_length_control_orders_the_instructions_by_length(tmp_path):

@@ -293,14 +293,14 @@ def extra_arm_lines(root: Path, frames: dict[tuple[str, int], pd.DataFrame], fin
         online = [f[f["step"] == final] for (a, s), f in frames.items() if a == "online" and s in arm_seeds]
         online = pd.concat(online, ignore_index=True) if online else pd.DataFrame()
         cells = []
-        for metric in ("win", "reward", "length"):
+        for metric in ("win", "reward", "correct", "length"):
             iv = bootstrap_mean(mine, metric, RESAMPLES, SEED)
             d = paired_difference(online, mine, metric, RESAMPLES, SEED) if len(online) else None
             cells += [interval_text(iv.mean, iv.low, iv.high),
                       f"{interval_text(d.mean, d.low, d.high, signed=True)} ({p_text(d.p_value)})" if d else "-"]
         rows.append([arm, ", ".join(map(str, arm_seeds)), *cells])
-    header = ["arm", "seeds", "win rate vs initial", "minus online (DPO)", "reward", "minus online", "length",
-              "minus online"]
+    header = ["arm", "seeds", "win rate vs initial", "minus online (DPO)", "reward", "minus online", "correct",
+              "minus online", "length", "minus online"]
     return [f"**Other online arms at step {final}** (paired by prompt with the online DPO arm of the same seeds)", "",
             markdown(header, rows), ""]
 
