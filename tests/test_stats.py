@@ -13,7 +13,14 @@ import pandas as pd
 import pytest
 
 from alignlab.compare import Run, head_to_head, main, plot, plot_records
-from alignlab.compare.per_prompt import Resampling, curve_table, group_intervals, wall_time_lines, with_metric
+from alignlab.compare.per_prompt import (
+    Resampling,
+    curve_table,
+    group_intervals,
+    interval_text,
+    wall_time_lines,
+    with_metric,
+)
 from alignlab.judges.base import Verdicts
 from alignlab.records import append_records, record, records_path
 from alignlab.stats import (
@@ -438,3 +445,9 @@ def test_head_to_head_names_an_unknown_evaluator_a_missing_group_and_missing_met
     assert main([*common, "--head-to-head", "objective=oaif,dpo", "--prompts", str(questions)]) == 2
     assert (f"prompt questions.jsonl:2: the evaluator needs its 'answer'; --prompts {questions} has no row for it"
             in capsys.readouterr().err)
+
+
+def test_interval_text_writes_cancelled_rounding_as_zero():
+    assert interval_text(3.47e-18, -0.0286, 0.0286, signed=True) == "+0 [-0.0286, 0.0286]"
+    assert interval_text(0.7114, 0.6561, 0.7663) == "0.711 [0.656, 0.766]"
+    assert interval_text(-1.77, -3.02, -0.628, signed=True) == "-1.77 [-3.02, -0.628]"

@@ -375,8 +375,11 @@ def head_to_head_markdown(row: dict[str, Any], level: float) -> str:
 # --- Markdown --------------------------------------------------------------------------------------------------
 
 def interval_text(mean: float, low: float, high: float, signed: bool = False) -> str:
+    """``0.711 [0.656, 0.766]`` (3 significant digits; ``signed``: ``+0.0104 [...]``). A mean within 1e-12 of zero,
+    the rounding left by averaging differences that cancel, is written 0."""
     if math.isnan(mean):
         return "-"
+    mean = 0.0 if abs(mean) < 1e-12 else mean
     text = f"{mean:+.3g}" if signed else f"{mean:.3g}"
     return text + ("" if math.isnan(low) else f" [{low:.3g}, {high:.3g}]")
 
