@@ -250,8 +250,10 @@ def _fake_dpo_run(root: Path, name: str, loss: str, beta: float, seed: int, poli
     run = root / name
     (run / "eval" / "records").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"seed": seed, "loss": {"name": loss, "beta": beta}}), run / "config.yaml")
-    (run / "metrics.csv").write_text("step,train/rewards/margins\n" +
-                                     "".join(f"{s},{beta * (s + 1)}\n" for s in range(6)))
+    (run / "metrics.csv").write_text(  # as Lightning's CSV logger: training rows, then validation rows (the
+        "epoch,step,train/rewards/margins,val/rewards/margins\n"  # sanity check's at step 0, then each epoch's end)
+        + "".join(f"{s // 3},{s},{beta * (s + 1)},\n" for s in range(6))
+        + f"0,0,,{beta * 9}\n0,2,,{beta * 1.5}\n1,5,,{beta * 3}\n")
     (run / "eval" / "eval.json").write_text("{}")
     with (run / "eval" / "records" / "eval.jsonl").open("w") as f:
         for i in range(3):
@@ -288,6 +290,7 @@ def test_dpo_family_report_pairs_questions_pools_seeds_and_compares_betas(tmp_pa
     beta = next(line for line in lines if line.startswith("| ipo | 0.1 -> 0.5 | 0 |"))
     assert "| +0.5 [" in beta  # seed 0 only: 1 - 0.5 on every question
     assert "| ipo | 0.5 | 1 | +0 [" in text  # seed 1 alone equals the reference
+    assert "| 1.50, 3.00 |" in text  # held-out h after each epoch, the sanity check's step-0 row left out
     assert (tmp_path / "results.png").is_file()
 
 

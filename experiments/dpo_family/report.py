@@ -12,8 +12,11 @@ Intervals: 95% percentile bootstrap over questions (a question's samples and see
 differences pair the same questions and carry a two-sided sign-flip permutation p-value (:mod:`alignlab.stats`).
 They say how sure a difference is for the trained policies at hand, not over training runs: with two seeds, the
 seed-to-seed spread is shown beside them (the per-seed column and table), not folded into the interval.
-The reference's answers are the same for every run (sampled once with a fixed seed and cached), so every policy is
-paired with the same reference answers.
+The reference's answers are sampled once with a fixed seed and cached, so every policy is paired with the same
+reference answers, except that the first five runs (seed 0: sigmoid and IPO at both betas, hinge at 0.1) were
+evaluated on an earlier machine whose cache differs from the committed ``reference_answers/`` in 5 of 400 answers
+(last-bit differences of the arithmetic turning a few draws). Each difference pairs a run with the reference answers
+its own evaluation read; the reference's own row is the first run's (in table order).
 """
 
 from __future__ import annotations
@@ -60,6 +63,14 @@ def training_h(metrics: Path, beta: float) -> pd.DataFrame:
     return pd.DataFrame({"step": frame["step"].astype(int), "h": frame["train/rewards/margins"] / beta})
 
 
+def validation_h(metrics: Path, beta: float) -> pd.DataFrame:
+    """h = margin / beta on the held-out pairs at each epoch's end (``val/rewards/margins``; the sanity check's
+    step-0 row, before any update, left out), by epoch."""
+    frame = pd.read_csv(metrics).dropna(subset=["val/rewards/margins"])
+    frame = frame[frame["step"] > 0]
+    return pd.DataFrame({"epoch": frame["epoch"].astype(int), "h": frame["val/rewards/margins"] / beta})
+
+
 def load(root: Path) -> pd.DataFrame:
     """One row per evaluated run: name, loss, beta, seed, its record frames and its training h."""
     runs = []
@@ -72,7 +83,8 @@ def load(root: Path) -> pd.DataFrame:
                      "samples": samples, "policy": with_wins(samples),
                      "reference": samples[samples["arm"] == "reference"],
                      "pairs": read_records(run / "eval" / "records" / "pairs.jsonl"),
-                     "training_h": training_h(run / "metrics.csv", beta)})
+                     "training_h": training_h(run / "metrics.csv", beta),
+                     "validation_h": validation_h(run / "metrics.csv", beta)})
     if not runs:
         sys.exit(f"no evaluated runs under {root}: run experiments/dpo_family/run.sh")
     frame = pd.DataFrame(runs)
@@ -128,11 +140,19 @@ def sample_lines(runs: pd.DataFrame) -> list[str]:
 
 
 def per_seed_lines(runs: pd.DataFrame) -> list[str]:
-    header = ["loss", "beta", "seed", "policy - reference reward", "KL to reference", "held-out pair accuracy"]
+    header = ["loss", "beta", "seed", "policy - reference reward", "correct - reference", "concise bonus - reference",
+              "win rate vs reference",
+              "KL to reference", "mean tokens", "held-out pair accuracy", "held-out h",
+              "held-out h after each epoch (metrics.csv)"]
     rows = []
     for _, run in runs.iterrows():
-        rows.append([run["loss"], f"{run['beta']:g}", run["seed"], diff_cell(run["reference"], run["policy"], "reward"),
-                     cell(bootstrap_mean(run["policy"], "log_ratio")), f"{run['pairs']['ranked'].mean():.3f}"])
+        policy, reference = run["policy"], run["reference"]
+        rows.append([run["loss"], f"{run['beta']:g}", run["seed"], diff_cell(reference, policy, "reward"),
+                     diff_cell(reference, policy, "correct"), diff_cell(reference, policy, "reward_parts.concise"),
+                     win_cell(policy),
+                     cell(bootstrap_mean(policy, "log_ratio")), f"{policy['length'].mean():.1f}",
+                     f"{run['pairs']['ranked'].mean():.3f}", cell(bootstrap_mean(run["pairs"], "h")),
+                     ", ".join(f"{h:.2f}" for h in run["validation_h"]["h"])])
     return ["", markdown(header, rows), ""]
 
 
