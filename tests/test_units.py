@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from alignlab.data.base import EpochShuffleSampler
+from alignlab.environment import source_commit
 from alignlab.optim import warmup_factor
 from alignlab.sampling import Sampling, generate
 
@@ -54,3 +55,13 @@ def test_seeded_sampling_repeats_and_leaves_global_rng_alone(tiny):
     assert torch.equal(state, torch.random.get_rng_state())
     unseeded = [generate(tiny.model, tok, prompts, Sampling(max_new_tokens=8, temperature=1.0))[0].token_ids for _ in range(3)]
     assert len({tuple(u) for u in unseeded}) > 1  # unseeded calls keep drawing fresh samples
+
+
+def test_source_commit_names_this_checkout_and_none_outside_one(tmp_path):
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if not head:
+        pytest.skip("not a git checkout")
+    assert source_commit().split()[0] == head
+    assert source_commit(tmp_path) is None
