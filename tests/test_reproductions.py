@@ -276,6 +276,7 @@ def test_dpo_family_report_pairs_questions_pools_seeds_and_compares_betas(tmp_pa
     _fake_dpo_run(root, "ipo_b0.5_seed0", "ipo", 0.5, 0, [1.0, 1.0, 1.0])
     _fake_dpo_run(root, "ipo_b0.5_seed1", "ipo", 0.5, 1, [0.0, 0.5, 1.0])
     _fake_dpo_run(root, "ipo_b0.1_seed0", "ipo", 0.1, 0, [0.5, 0.5, 0.5])
+    _fake_dpo_run(root, "ipo_b1.0_seed0", "ipo", 1.0, 0, [0.25, 0.25, 0.25])
     text = report.main(root, tmp_path)
     lines = text.splitlines()
     row = next(line for line in lines if line.startswith("| ipo | 0.5 | 0, 1 |"))
@@ -289,6 +290,9 @@ def test_dpo_family_report_pairs_questions_pools_seeds_and_compares_betas(tmp_pa
     assert "| 1 [" in h_row and "| 1 |" in h_row and "5.50, 5.50" in h_row  # h 4 and -2; target 1; steps 4, 5 -> h 5, 6
     beta = next(line for line in lines if line.startswith("| ipo | 0.1 -> 0.5 | 0 |"))
     assert "| +0.5 [" in beta  # seed 0 only: 1 - 0.5 on every question
+    assert "| -0.75 [" in next(line for line in lines if line.startswith("| ipo | 0.5 -> 1 | 0 |"))
+    widest = next(line for line in lines if line.startswith("| ipo | 0.1 -> 1 | 0 |"))  # three betas: the ends too
+    assert "| -0.25 [" in widest  # 0.25 - 0.5 on every question
     assert "| ipo | 0.5 | 1 | +0 [" in text  # seed 1 alone equals the reference
     assert "| 1.50, 3.00 |" in text  # held-out h after each epoch, the sanity check's step-0 row left out
     assert (tmp_path / "results.png").is_file()

@@ -171,12 +171,14 @@ def h_lines(runs: pd.DataFrame) -> list[str]:
 
 
 def beta_lines(runs: pd.DataFrame) -> list[str]:
-    """Each loss's adjacent betas compared on the same questions: does the smaller beta's extra KL buy reward?"""
+    """Each loss's adjacent betas compared on the same questions: does the smaller beta's extra KL buy reward? With
+    three betas or more, also the smallest against the largest (the widest span, where a trade shows most)."""
     header = ["loss", "beta a -> beta b", "seeds", "KL b - a", "reward b - a", "correct b - a", "mean tokens a / b"]
     rows = []
     for loss, by_loss in runs.groupby("loss", sort=False):
         betas = sorted(by_loss["beta"].unique())
-        for a, b in zip(betas, betas[1:], strict=False):
+        spans = list(zip(betas, betas[1:], strict=False)) + ([(betas[0], betas[-1])] if len(betas) >= 3 else [])
+        for a, b in spans:
             group_a, group_b = by_loss[by_loss["beta"] == a], by_loss[by_loss["beta"] == b]
             shared = sorted(set(group_a["seed"]) & set(group_b["seed"]))
             pa = stacked(group_a[group_a["seed"].isin(shared)], "policy")
