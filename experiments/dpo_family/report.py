@@ -229,7 +229,7 @@ def main(root: Path, out: Path = HERE) -> str:
              "## Sampled answers against the reference's, rated by the program (alignlab/judges/rater.py)",
              *sample_lines(runs),
              "## Held-out pairs and h (the log-ratio margin; margin = beta * h)", *h_lines(runs),
-             "## Beta: the KL each loss spends and the reward it buys (adjacent betas, same questions and seeds)",
+             "## Beta: the KL each loss spends and the reward it buys (adjacent betas, and the smallest against the largest where three or more ran; same questions and seeds)",
              *beta_lines(runs), "## Per seed", *per_seed_lines(runs), *wall_time_lines(root)]
     text = "\n".join(lines)
     (out / "results.md").write_text(text)
