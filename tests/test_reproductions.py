@@ -179,8 +179,9 @@ def _fake_counterfactual_run(root: Path, name: str, seed: int, trained: list[flo
     with (run / "eval" / "records" / "behavior.jsonl").open("w") as f:
         for arm, measures in arms.items():
             for i, m in enumerate(measures):
-                f.write(json.dumps({"prompt_id": f"q{i}", "arm": arm, "measure": m, "length": 10 + i,
-                                    "finished": arm == "policy" or i == 0}) + "\n")
+                answer = f"{arm} answer {i}" + (" (resampled)" if arm != "policy" and i == 3 and seed else "")
+                f.write(json.dumps({"prompt_id": f"q{i}", "sample": 0, "arm": arm, "measure": m, "length": 10 + i,
+                                    "answer": answer, "finished": arm == "policy" or i == 0}) + "\n")
     with (run / "eval" / "records" / "capability.jsonl").open("w") as f:
         for arm, correct in (("policy", [1, 1, 0, 1]), ("reference", [1, 0, 0, 1])):
             for i, c in enumerate(correct):
@@ -209,6 +210,9 @@ def test_counterfactual_report_pools_seeds_and_pairs_prompts(tmp_path):
     capability = next(line for line in text.splitlines() if line.startswith("| spanish | enc | neutral |"))
     assert "0.75 [" in capability and "+0.25 [" in capability
     assert "| spanish_enc_seed0 | 10.0 |" in text and (tmp_path / "results.png").is_file()
+    # seed 1's base answer to the last prompt differs from seed 0's, in both base arms
+    assert "| spanish | enc | neutral | reference | 0, 1 | 3 of 4 | 13.0 / 13.0 |" in text
+    assert "| spanish | enc | neutral | reference_encourage | 0, 1 | 3 of 4 |" in text
 
 
 def test_run_each_resumes_moves_an_interrupted_run_aside_and_times_each_run(tmp_path):

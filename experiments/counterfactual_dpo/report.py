@@ -136,6 +136,30 @@ def confound_lines(runs: pd.DataFrame) -> list[str]:
     return ["", markdown(header, rows), ""] if rows else ["", "(no confound-check run has finished yet)", ""]
 
 
+def same_answer_lines(runs: pd.DataFrame) -> list[str]:
+    """The base model's held-out answers, which every seed of a configuration samples with the same sampling seed:
+    how many of a later seed's are identical to the first seed's, prompt by prompt. They differ only where the
+    arithmetic differs (another machine, another library build) and turns a draw; seed 0's came from a machine whose
+    cache was lost, so this is how far the seeds' base answers, and the training answers sampled the same way,
+    can differ."""
+    header = ["behaviour", "variant", "control", "arm", "seeds", "identical answers", "differing: mean length a / b"]
+    rows = []
+    for control, behavior, variant, group in groups(runs):
+        first, *later = list(group.itertuples())
+        base_arms = [a for a in first.behavior_records["arm"].unique() if a != "policy"]
+        for other in later:
+            for name in base_arms:
+                a, b = (r[r["arm"] == name].set_index(["prompt_id", "sample"])
+                        for r in (first.behavior_records, other.behavior_records))
+                joined = a.join(b, how="inner", lsuffix="_a", rsuffix="_b")
+                differing = joined[joined["answer_a"] != joined["answer_b"]]
+                lengths = (f"{differing['length_a'].mean():.1f} / {differing['length_b'].mean():.1f}"
+                           if len(differing) else "-")
+                rows.append([behavior, variant, control, name, f"{first.seed}, {other.seed}",
+                             f"{len(joined) - len(differing)} of {len(joined)}", lengths])
+    return ["", markdown(header, rows), ""] if rows else ["", "(no configuration has two seeds yet)", ""]
+
+
 def plot(bars: list[dict], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(bars)), 4.5))
     width = 0.27
@@ -168,7 +192,9 @@ def main(root: Path, out: Path = HERE) -> str:
              "## Behaviour rate on the held-out prompts (control: neutral system prompt)", *behavior_text,
              "## The system-prompt confound: control with SmolLM2's default system prompt instead", *confound_lines(runs),
              "## Capability: true vs false statements of the same form (302 short_facts questions)",
-             *capability_lines(runs), *wall_time_lines(root)]
+             *capability_lines(runs),
+             "## The base model's answers: the same in every seed? (same sampling seed, possibly another machine)",
+             *same_answer_lines(runs), *wall_time_lines(root)]
     text = "\n".join(lines)
     (out / "results.md").write_text(text)
     if bars:
