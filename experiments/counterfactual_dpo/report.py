@@ -151,7 +151,7 @@ def same_answer_lines(runs: pd.DataFrame) -> list[str]:
             for name in base_arms:
                 a, b = (r[r["arm"] == name].set_index(["prompt_id", "sample"])
                         for r in (first.behavior_records, other.behavior_records))
-                joined = a.join(b, how="inner", lsuffix="_a", rsuffix="_b")
+                joined = a.merge(b, left_index=True, right_index=True, how="inner", suffixes=("_a", "_b"))
                 differing = joined[joined["answer_a"] != joined["answer_b"]]
                 lengths = (f"{differing['length_a'].mean():.1f} / {differing['length_b'].mean():.1f}"
                            if len(differing) else "-")
