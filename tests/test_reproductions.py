@@ -210,6 +210,8 @@ def test_counterfactual_report_pools_seeds_and_pairs_prompts(tmp_path):
     capability = next(line for line in text.splitlines() if line.startswith("| spanish | enc | neutral |"))
     assert "0.75 [" in capability and "+0.25 [" in capability
     assert "| spanish_enc_seed0 | 10.0 |" in text and (tmp_path / "results.png").is_file()
+    # each run alone: seed 1's trained rate 0.75, +0.75 over the base, capability +0.25
+    assert "| spanish | enc | neutral | 1 | 0.75 [" in text and "| 0.900 | +0.25 [" in text
     # seed 1's base answer to the last prompt differs from seed 0's, in both base arms
     assert "| spanish | enc | neutral | reference | 0, 1 | 3 of 4 | 13.0 / 13.0 |" in text
     assert "| spanish | enc | neutral | reference_encourage | 0, 1 | 3 of 4 |" in text

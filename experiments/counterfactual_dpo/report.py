@@ -104,6 +104,24 @@ def behavior_lines(runs: pd.DataFrame, control: str) -> tuple[list[str], list[di
     return ["", markdown(header, rows), ""] if rows else [], bars
 
 
+def per_seed_lines(runs: pd.DataFrame) -> list[str]:
+    """Every run alone: the figures a single seed gives, beside which the pooled rows are read."""
+    header = ["behaviour", "variant", "control", "seed", "trained, training prompt", "trained - base",
+              "trained - base eliciting", "mean tokens trained", "held-out pair accuracy", "capability, trained - base"]
+    rows = []
+    for run in runs.itertuples():
+        records, capability = run.behavior_records, run.capability_records
+        trained, base = records[records["arm"] == "policy"], records[records["arm"] == "reference"]
+        told = records[records["arm"] == elicited_arm(records)]
+        rows.append([run.behavior, run.variant, run.control, run.seed, cell(bootstrap_mean(trained, "measure")),
+                     diff_cell(base, trained, "measure"), diff_cell(told, trained, "measure"),
+                     f"{trained['length'].mean():.0f}",
+                     f"{run.pair_accuracy:.3f}" if run.pair_accuracy is not None else "-",
+                     diff_cell(capability[capability["arm"] == "reference"], capability[capability["arm"] == "policy"],
+                               "correct")])
+    return ["", markdown(header, rows), ""]
+
+
 def capability_lines(runs: pd.DataFrame) -> list[str]:
     header = ["behaviour", "variant", "control", "seeds", "trained: share true > false", "base", "trained - base",
               "mean log-prob margin trained / base"]
@@ -193,6 +211,7 @@ def main(root: Path, out: Path = HERE) -> str:
              "## The system-prompt confound: control with SmolLM2's default system prompt instead", *confound_lines(runs),
              "## Capability: true vs false statements of the same form (302 short_facts questions)",
              *capability_lines(runs),
+             "## Per seed", *per_seed_lines(runs),
              "## The base model's answers: the same in every seed? (same sampling seed, possibly another machine)",
              *same_answer_lines(runs), *wall_time_lines(root)]
     text = "\n".join(lines)
