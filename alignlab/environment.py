@@ -42,14 +42,15 @@ def source_commit(folder: Path = SOURCE) -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    """The machine and software a run used: host name, CPU model, CPUs this process may use, torch threads, accelerator,
-    Python, torch, transformers and Lightning versions, and the alignlab source commit."""
+    """The machine and software a run used: host name, CPU model, CPUs this process may use, torch threads,
+    accelerator, Python, torch, transformers and Lightning versions, and the alignlab source commit."""
     import pytorch_lightning
     import torch
     import transformers
 
-    return {"host": platform.node(), "cpu": cpu_model(), "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"host": platform.node(), "cpu": cpu_model(), "cpus_available": cpus,
+            "torch_threads": torch.get_num_threads(),
             "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "pytorch_lightning": pytorch_lightning.__version__,

