@@ -205,6 +205,8 @@ def test_counterfactual_report_pools_seeds_and_pairs_prompts(tmp_path):
     assert cells[4].startswith("0 ") and cells[5].startswith("0.75 ") and cells[6].startswith("0.625 ")
     assert cells[7].startswith("+0.625 ") and cells[10] == "0.50, 0.75"  # each seed's own rate
     assert cells[11] == "1.00 / 0.25"  # every trained answer ended, one of the base model's four
+    # interval excludes 0 and both seeds agree, but 4 prompts cannot give a sign-flip p below 0.05
+    assert cells[12] == "no: p >= 0.05/1"
     confound = next(line for line in text.splitlines() if line.startswith("| spanish | enc | 0 |"))
     assert "-0.5 " in confound  # default (0) minus neutral seed 0 (0.5) on the same prompts
     capability = next(line for line in text.splitlines() if line.startswith("| spanish | enc | neutral |"))
@@ -215,6 +217,18 @@ def test_counterfactual_report_pools_seeds_and_pairs_prompts(tmp_path):
     # seed 1's base answer to the last prompt differs from seed 0's, in both base arms
     assert "| spanish | enc | neutral | reference | 0, 1 | 3 of 4 | 13.0 / 13.0 |" in text
     assert "| spanish | enc | neutral | reference_encourage | 0, 1 | 3 of 4 |" in text
+
+
+def test_counterfactual_claim_rule_names_what_fails():
+    from alignlab.stats import PairedDifference
+    claim = _load_report("counterfactual_dpo").claim
+    resolved = PairedDifference(0.07, 0.035, 0.115, 0.001, 100, 0, 0)
+    assert claim(resolved, [0.02, 0.12], 8) == "yes"
+    assert claim(resolved, [0.12], 8) == "no: one seed"
+    assert claim(resolved, [0.0, 0.14], 8) == "no: a seed disagrees in sign"
+    assert claim(resolved, [0.02, 0.12], 100) == "no: p >= 0.05/100"
+    unresolved = PairedDifference(0.02, -0.01, 0.05, 0.51, 100, 0, 0)
+    assert claim(unresolved, [-0.01, 0.05], 8) == "no: interval holds 0, a seed disagrees in sign, p >= 0.05/8"
 
 
 def test_run_each_resumes_moves_an_interrupted_run_aside_and_times_each_run(tmp_path):
