@@ -225,10 +225,10 @@ def test_counterfactual_claim_rule_names_what_fails():
     resolved = PairedDifference(0.07, 0.035, 0.115, 0.001, 100, 0, 0)
     assert claim(resolved, [0.02, 0.12], 8) == "yes"
     assert claim(resolved, [0.12], 8) == "no: one seed"
-    assert claim(resolved, [0.0, 0.14], 8) == "no: a seed disagrees in sign"
+    assert claim(resolved, [0.0, 0.14], 8) == "no: not every seed shares its sign"
     assert claim(resolved, [0.02, 0.12], 100) == "no: p >= 0.05/100"
     unresolved = PairedDifference(0.02, -0.01, 0.05, 0.51, 100, 0, 0)
-    assert claim(unresolved, [-0.01, 0.05], 8) == "no: interval holds 0, a seed disagrees in sign, p >= 0.05/8"
+    assert claim(unresolved, [-0.01, 0.05], 8) == "no: interval holds 0, not every seed shares its sign, p >= 0.05/8"
 
 
 def test_run_each_resumes_moves_an_interrupted_run_aside_and_times_each_run(tmp_path):

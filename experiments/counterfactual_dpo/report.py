@@ -88,7 +88,7 @@ def claim(pooled, seed_differences: list[float], tests: int) -> str:
     if pooled.low <= 0 <= pooled.high:
         failed.append("interval holds 0")
     if pooled.mean != 0 and any(d * pooled.mean <= 0 for d in seed_differences):
-        failed.append("a seed disagrees in sign")
+        failed.append("not every seed shares its sign")
     if len(seed_differences) < 2:
         failed.append("one seed")
     if pooled.p_value >= 0.05 / tests:
