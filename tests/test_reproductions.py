@@ -211,6 +211,8 @@ def test_counterfactual_report_pools_seeds_and_pairs_prompts(tmp_path):
     assert "-0.5 " in confound  # default (0) minus neutral seed 0 (0.5) on the same prompts
     capability = next(line for line in text.splitlines() if line.startswith("| spanish | enc | neutral |"))
     assert "0.75 [" in capability and "+0.25 [" in capability
+    every_run = next(line for line in text.splitlines() if line.startswith("| every run |"))
+    assert "| 3 runs | 0.75 [" in every_run and "| 0.5 [" in every_run and "+0.25 [" in every_run
     assert "| spanish_enc_seed0 | 10.0 |" in text and (tmp_path / "results.png").is_file()
     # each run alone: seed 1's trained rate 0.75, +0.75 over the base, capability +0.25
     assert "| spanish | enc | neutral | 1 | 0.75 [" in text and "| 0.900 | +0.25 [" in text
