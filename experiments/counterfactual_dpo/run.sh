@@ -17,7 +17,7 @@ EXPERIMENT=counterfactual_dpo
 # The answers the pairs are made of (data.cache_dir) and the base model's answers the evaluation measures
 # (generate.reference_cache) are kept in committed folders, so that every run, on any machine, trains on and is
 # compared with the very same answers (a machine's own cache would resample them, and last-bit differences of the
-# arithmetic change a few draws). Filled by the first run that needs each file (seed 1's, 2026-12-06).
+# arithmetic change a few draws). Filled by the first run that needs each file (seed 1's, 2026-12-07).
 TRAIN_EXTRA=(data.cache_dir=$HERE/answers)
 EVAL=(generate.num_prompts=100 sampling.batch_size=32 sampling.max_new_tokens=80
       generate.reference_cache=$HERE/reference_answers)
