@@ -208,7 +208,9 @@ def test_counterfactual_report_pools_seeds_and_pairs_prompts(tmp_path):
     # interval excludes 0 and both seeds agree, but 4 prompts cannot give a sign-flip p below 0.05
     assert cells[12] == "no: p >= 0.05/1"
     confound = next(line for line in text.splitlines() if line.startswith("| spanish | enc | 0 |"))
-    assert "-0.5 " in confound  # default (0) minus neutral seed 0 (0.5) on the same prompts
+    cells = [c.strip() for c in confound.strip("|").split("|")]
+    assert cells[5].startswith("-0.5 ")  # default (0) minus neutral seed 0 (0.5) on the same prompts
+    assert cells[6] == "-0.50" and cells[8] == "no: interval holds 0, one seed, p >= 0.05/1"  # 4 prompts; no seed-1 default run
     capability = next(line for line in text.splitlines() if line.startswith("| spanish | enc | neutral |"))
     assert "0.75 [" in capability and "+0.25 [" in capability
     every_run = next(line for line in text.splitlines() if line.startswith("| every run |"))

@@ -114,13 +114,10 @@ def behavior_lines(runs: pd.DataFrame, control: str) -> tuple[list[str], list[di
                      f"{accuracy.mean():.3f}" if len(accuracy) else "-", *(cell(e) for e in estimates),
                      diff_cell(base, trained, "measure"), diff_cell(told, trained, "measure"),
                      f"{trained['length'].mean():.0f} / {base['length'].mean():.0f}",
-                     ", ".join(f"{records[records['arm'] == 'policy']['measure'].mean():.2f}"
-                               for records in group["behavior_records"]),
+                     ", ".join(f"{rate(records, 'policy'):.2f}" for records in group["behavior_records"]),
                      f"{trained['finished'].mean():.2f} / {base['finished'].mean():.2f}"])
         moves.append((paired_difference(base, trained, "measure"),
-                      [records[records["arm"] == "policy"]["measure"].mean()
-                       - records[records["arm"] == "reference"]["measure"].mean()
-                       for records in group["behavior_records"]]))
+                      [rate(records, "policy") - rate(records, "reference") for records in group["behavior_records"]]))
         bars.append({"label": f"{behavior}\n{variant}", "estimates": estimates})
     for row, (pooled, seed_differences) in zip(rows, moves, strict=True):
         row.append(claim(pooled, seed_differences, len(rows)))
@@ -166,21 +163,36 @@ def capability_lines(runs: pd.DataFrame) -> list[str]:
 
 def confound_lines(runs: pd.DataFrame) -> list[str]:
     """The same behaviour and variant with the neutral and with the default control system prompt, on the seeds
-    both have: trained rates side by side and their paired difference."""
+    both have: trained rates side by side, their paired difference pooled and per seed, and whether it is claimed
+    by the rule of ``claim``."""
     header = ["behaviour", "variant", "seeds", "trained, neutral control", "trained, default control",
-              "default - neutral", "base (default system prompt) on the plain prompt"]
-    rows = []
+              "default - neutral", "default - neutral, per seed", "base (default system prompt) on the plain prompt",
+              "claimed (default - neutral)"]
+    rows, moves = [], []
     default_runs = runs[runs["control"] == "default"]
     for _, behavior, variant, group in groups(default_runs):
         neutral = runs[(runs["control"] == "neutral") & (runs["behavior"] == behavior) &
                        (runs["variant"] == variant) & runs["seed"].isin(group["seed"])]
-        if neutral.empty:
+        group = group[group["seed"].isin(neutral["seed"])]
+        if group.empty:
             continue
         a, b = arm(neutral, "behavior", "policy"), arm(group, "behavior", "policy")
+        per_seed = [rate(group[group["seed"] == seed]["behavior_records"].iloc[0], "policy")
+                    - rate(neutral[neutral["seed"] == seed]["behavior_records"].iloc[0], "policy")
+                    for seed in group["seed"]]
         rows.append([behavior, variant, ", ".join(map(str, group["seed"])), cell(bootstrap_mean(a, "measure")),
                      cell(bootstrap_mean(b, "measure")), diff_cell(a, b, "measure"),
+                     ", ".join(f"{d:+.2f}" for d in per_seed),
                      cell(bootstrap_mean(arm(group, "behavior", "reference"), "measure"))])
+        moves.append((paired_difference(a, b, "measure"), per_seed))
+    for row, (pooled, seed_differences) in zip(rows, moves, strict=True):
+        row.append(claim(pooled, seed_differences, len(rows)))
     return ["", markdown(header, rows), ""] if rows else ["", "(no confound-check run has finished yet)", ""]
+
+
+def rate(records: pd.DataFrame, name: str) -> float:
+    """One arm's behaviour rate in one run's behaviour records."""
+    return records[records["arm"] == name]["measure"].mean()
 
 
 def same_answer_lines(runs: pd.DataFrame) -> list[str]:
