@@ -300,6 +300,7 @@ def test_dpo_family_report_pairs_questions_pools_seeds_and_compares_betas(tmp_pa
     _fake_dpo_run(root, "ipo_b0.5_seed0", "ipo", 0.5, 0, [1.0, 1.0, 1.0])
     _fake_dpo_run(root, "ipo_b0.5_seed1", "ipo", 0.5, 1, [0.0, 0.5, 1.0])
     _fake_dpo_run(root, "ipo_b0.1_seed0", "ipo", 0.1, 0, [0.5, 0.5, 0.5])
+    _fake_dpo_run(root, "ipo_b0.1_seed1", "ipo", 0.1, 1, [1.0, 1.0, 1.0])
     _fake_dpo_run(root, "ipo_b1.0_seed0", "ipo", 1.0, 0, [0.25, 0.25, 0.25])
     text = report.main(root, tmp_path)
     lines = text.splitlines()
@@ -312,8 +313,11 @@ def test_dpo_family_report_pairs_questions_pools_seeds_and_compares_betas(tmp_pa
     assert cells[8].startswith("0.667 [") and cells[9].startswith("3 [")  # wins 1, 0.75, 0.5; KL (2 + 4) / 2
     h_row = next(line for line in lines if line.startswith("| ipo | 0.5 | 0, 1 | 0.5 ["))
     assert "| 1 [" in h_row and "| 1 |" in h_row and "5.50, 5.50" in h_row  # h 4 and -2; target 1; steps 4, 5 -> h 5, 6
-    beta = next(line for line in lines if line.startswith("| ipo | 0.1 -> 0.5 | 0 |"))
-    assert "| +0.5 [" in beta  # seed 0 only: 1 - 0.5 on every question
+    beta = next(line for line in lines if line.startswith("| ipo | 0.1 -> 0.5 | 0, 1 |"))
+    cells = [c.strip() for c in beta.strip("|").split("|")]
+    # seed 0: 1 - 0.5, seed 1: 0.5 - 1; pooled per question: 0.5 - 0.75, 0.75 - 0.75, 1 - 0.75
+    assert cells[5].startswith("+0 [") and cells[6] == "+0.5, -0.5"
+    assert cells[3].startswith("+0 [") and cells[4] == "+0, +0"  # every policy's log-ratio is the same
     assert "| -0.75 [" in next(line for line in lines if line.startswith("| ipo | 0.5 -> 1 | 0 |"))
     widest = next(line for line in lines if line.startswith("| ipo | 0.1 -> 1 | 0 |"))  # three betas: the ends too
     assert "| -0.25 [" in widest  # 0.25 - 0.5 on every question

@@ -172,7 +172,8 @@ def h_lines(runs: pd.DataFrame) -> list[str]:
 def beta_lines(runs: pd.DataFrame) -> list[str]:
     """Each loss's adjacent betas compared on the same questions: does the smaller beta's extra KL buy reward? With
     three betas or more, also the smallest against the largest (the widest span, where a trade shows most)."""
-    header = ["loss", "beta a -> beta b", "seeds", "KL b - a", "reward b - a", "correct b - a", "mean tokens a / b"]
+    header = ["loss", "beta a -> beta b", "seeds", "KL b - a", "KL b - a, per seed", "reward b - a",
+              "reward b - a, per seed", "correct b - a", "mean tokens a / b"]
     rows = []
     for loss, by_loss in runs.groupby("loss", sort=False):
         betas = sorted(by_loss["beta"].unique())
@@ -183,9 +184,18 @@ def beta_lines(runs: pd.DataFrame) -> list[str]:
             pa = stacked(group_a[group_a["seed"].isin(shared)], "policy")
             pb = stacked(group_b[group_b["seed"].isin(shared)], "policy")
             rows.append([loss, f"{a:g} -> {b:g}", ", ".join(map(str, shared)), diff_cell(pa, pb, "log_ratio"),
-                         diff_cell(pa, pb, "reward"), diff_cell(pa, pb, "correct"),
+                         seed_differences(group_a, group_b, shared, "log_ratio"), diff_cell(pa, pb, "reward"),
+                         seed_differences(group_a, group_b, shared, "reward"),
+                         diff_cell(pa, pb, "correct"),
                          f"{pa['length'].mean():.1f} / {pb['length'].mean():.1f}"])
     return ["", markdown(header, rows), ""] if rows else ["", "(no loss has finished runs at two betas yet)", ""]
+
+
+def seed_differences(group_a: pd.DataFrame, group_b: pd.DataFrame, seeds: list[int], metric: str) -> str:
+    """Each seed's own mean of ``metric`` under b minus under a: whether the seeds agree with the pooled row."""
+    def mean(group: pd.DataFrame, seed: int) -> float:
+        return stacked(group[group["seed"] == seed], "policy")[metric].mean()
+    return ", ".join(f"{mean(group_b, seed) - mean(group_a, seed):+.3g}" for seed in seeds)
 
 
 def plot(runs: pd.DataFrame, out: Path) -> None:
