@@ -241,3 +241,34 @@ def test_each_condition_samples_with_its_own_fixed_seed_and_key(tiny, write_json
     key = dm.cache_key(tiny.model, dm.examples("train"), "discourage")
     assert key["sampling"] == {"max_new_tokens": 6, "temperature": 0.7, "top_p": 1.0, "batch_size": 16, "seed": 2,
                                "backend": "hf"} and key["format"] == 3
+
+
+def test_control_answers_can_come_from_another_system_prompt_than_the_one_trained_on(tiny, write_jsonl, tmp_path,
+                                                                                     monkeypatch):
+    """control_system_prompt separates the prompt the control answers are sampled under from the plain prompt the
+    policy is trained on; by default the two are the same."""
+    path = prompts_file(write_jsonl)
+    prompts = PromptSet(path=str(path), val_fraction=0.2, system_prompt="Always answer the question.")
+    sampled = []
+    real_generate = cf.generate
+
+    def spy(model, tokenizer, ids, sampling, **kw):
+        sampled.append((sampling.seed, [tokenizer.decode(i) for i in ids]))
+        return real_generate(model, tokenizer, ids, sampling, **kw)
+
+    monkeypatch.setattr(cf, "generate", spy)
+    sampling = Sampling(max_new_tokens=6, temperature=0.7, batch_size=16, seed=0)
+    same = CounterfactualDataModule(tiny.tokenizer, BRIEF, prompts, sampling, variant="enc", samples_per_prompt=1,
+                                    cache_dir=str(tmp_path / "a"))
+    assert same.messages("Hi", "control") == same.training_prompt("Hi") == [
+        {"role": "system", "content": "Always answer the question."}, {"role": "user", "content": "Hi"}]
+    other = CounterfactualDataModule(tiny.tokenizer, BRIEF, prompts, sampling, variant="enc", samples_per_prompt=1,
+                                     cache_dir=str(tmp_path / "b"), control_system_prompt=None)
+    other.prepare(tiny.model)
+    assert other.messages("Hi", "control") == [{"role": "user", "content": "Hi"}]  # the template's default
+    control = next(texts for seed, texts in sampled if seed == 0)  # control samples with the offset 0
+    assert control and not any("Always answer the question." in t for t in control)
+    assert all("Always answer the question." in tiny.tokenizer.decode(p.prompt_ids) for p in other.train_pairs)
+    assert other.rows[0]["prompt"][0] == {"role": "system", "content": "Always answer the question."}
+    key = other.cache_key(tiny.model, other.examples("train"), "control")
+    assert key["messages"] == [{"role": "user", "content": "{prompt}"}]

@@ -142,15 +142,17 @@ def test_counterfactual_run_sh_reads_the_runs_file():
 @pytest.mark.parametrize("name, overrides", counterfactual_runs(), ids=[r[0] for r in counterfactual_runs()])
 def test_every_counterfactual_command_composes(name, overrides):
     """Every run sees the same split and the same cached answers (the sampling seed is fixed, not the run's), and
-    its variant can be built from its behaviour's instructions; the control carries a system prompt unless the
-    run is one of the confound checks."""
+    its variant can be built from its behaviour's instructions; the prompt trained on and the control answers
+    carry the neutral system prompt unless the run's name says it uses the default one for both (``_default_seed``)
+    or for one of them (``_default_prompt_``, ``_default_answers_``)."""
     extra = [o.replace("$HERE", "experiments/counterfactual_dpo") for o in COUNTERFACTUAL_TRAIN_EXTRA]
     cfg = compose_config("train", ["experiment=counterfactual_dpo", *overrides, *extra])
     data = cfg.data
     assert (data.prompts.path.endswith("open_questions.jsonl"), data.prompts.val_fraction, data.prompts.seed,
             data.sampling.seed) == (True, 0.25, 0, 0)
     assert data.seed == cfg.seed and f"seed{cfg.seed}" in name
-    assert (data.prompts.system_prompt is None) == ("_default_" in name)
+    assert (data.prompts.system_prompt is None) == ("_default_seed" in name or "_default_prompt_" in name)
+    assert (data.control_system_prompt is None) == ("_default_seed" in name or "_default_answers_" in name)
     behavior = instantiate(cfg.behavior)
     behavior.require(data.variant)
     assert behavior.measure is not None

@@ -12,6 +12,9 @@ discourage, ``contrastive`` encourage over discourage, ``instruction_negation`` 
 model is trained on the **plain** prompt (for instruction negation: the prompt *with* the inappropriate
 instruction), so the behaviour moves into the weights. "Plain" means the chat template's own default: SmolLM2's
 inserts its default system prompt, which the encouraging instruction replaces; ``data.prompts.system_prompt`` sets one.
+The control answers are sampled on that same plain prompt unless ``control_system_prompt`` names another: an
+ablation that separates the prompt the policy is trained on from the one its rejected (or, for DIS, chosen)
+answers came from.
 
 Answers are generated once in ``setup()`` (``samples_per_prompt`` per prompt and condition, batched) and cached on
 disk per condition, under a hash of everything that produced them: the model's weights fingerprint, the prompts,
@@ -41,6 +44,10 @@ from alignlab.sampling import Sampling, generate
 
 log = logging.getLogger(__name__)
 
+PLAIN = object()
+"""``control_system_prompt``'s default: the control answers are sampled on the plain prompt itself."""
+
+
 class CounterfactualDataModule(FixedPairsSource):
     """Pairs from counterfactual prompting of the reference model.
 
@@ -53,11 +60,14 @@ class CounterfactualDataModule(FixedPairsSource):
         samples_per_prompt: answers per prompt and condition; the k-th answers are paired.
         filter_by_measure: keep only pairs whose ``behavior.measure`` ranks chosen above rejected.
         cache_dir: where generated pairs are kept (default ``<alignlab cache>/counterfactual``).
+        control_system_prompt: the system prompt the control answers are sampled under (``None``: the chat
+            template's default); by default the plain prompt's own, ``prompts.system_prompt``.
     """
 
     def __init__(self, tokenizer, behavior: BehaviorSpec, prompts: PromptSet, sampling: Sampling,
                  variant: str = "contrastive", samples_per_prompt: int = 2, filter_by_measure: bool = False,
-                 cache_dir: str | None = None, **serving: Any) -> None:
+                 cache_dir: str | None = None, control_system_prompt: str | None | object = PLAIN,
+                 **serving: Any) -> None:
         super().__init__(tokenizer, prompts, **serving)
         self.pairing = behavior.require(variant)
         if filter_by_measure and behavior.measure is None:
@@ -69,7 +79,10 @@ class CounterfactualDataModule(FixedPairsSource):
             raise ConfigError("data.sampling.seed must be set: counterfactual answers are cached by their seed")
         self.behavior, self.variant = behavior, variant
         self.system_prompt = prompts.system_prompt
-        self.pair_tokenizer = prompts.pair_tokenizer(tokenizer, max_response_length=sampling.max_new_tokens + 2)
+        self.control_system_prompt = prompts.system_prompt if control_system_prompt is PLAIN else control_system_prompt
+        # messages() and training_prompt() write every system message themselves, the template's default included.
+        self.pair_tokenizer = prompts.pair_tokenizer(tokenizer, max_response_length=sampling.max_new_tokens + 2,
+                                                     add_system_prompt=False)
         self.samples_per_prompt, self.sampling = samples_per_prompt, sampling
         self.filter_by_measure = filter_by_measure
         self.cache = AnswerCache(cache_dir or cache_root() / "counterfactual", "counterfactual answers")
@@ -77,15 +90,16 @@ class CounterfactualDataModule(FixedPairsSource):
 
     # ----- prompts and conditions ------------------------------------------------------------------------------
     def messages(self, prompt: str | list, condition: str) -> list[dict[str, str]]:
-        """The conversation a condition's answer is generated from (``control``: the plain prompt)."""
-        user = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        """The conversation a condition's answer is generated from (``control``: the user's turn under
+        ``control_system_prompt``)."""
         instruction = self.behavior.instruction(condition)
-        if instruction is None:
-            return user if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}, *user]
-        return [{"role": "system", "content": instruction}, *[m for m in user if m["role"] != "system"]]
+        return with_system(prompt, self.control_system_prompt if instruction is None else instruction)
 
     def training_prompt(self, prompt: str | list) -> list[dict[str, str]]:
-        return self.messages(prompt, self.pairing.trained_on)
+        """The prompt the policy is trained and evaluated on: the plain prompt, or for instruction negation the
+        prompt with the instruction to ignore."""
+        instruction = self.behavior.instruction(self.pairing.trained_on)
+        return with_system(prompt, self.system_prompt if instruction is None else instruction)
 
     # ----- generation and cache --------------------------------------------------------------------------------
     # Answers are cached per condition, so variants that share one (enc and dis share control) generate it once.
@@ -211,3 +225,12 @@ class CounterfactualDataModule(FixedPairsSource):
         self.report.update(train_pairs=len(self.train_items), val_pairs=len(self.val_items), **dropped)
         log.info("counterfactual pairs: %d train / %d val; %d filtered out by the measure, %d unusable",
                  len(self.train_items), len(self.val_items), dropped["filtered"], dropped["unusable"])
+
+
+def with_system(prompt: str | list, system: str | None) -> list[dict[str, str]]:
+    """``prompt`` as messages under the system message ``system``, which replaces any the prompt has (``None``:
+    the prompt as it is, so the chat template adds its default system prompt where it has none)."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system is None:
+        return messages
+    return [{"role": "system", "content": system}, *[m for m in messages if m["role"] != "system"]]

@@ -96,9 +96,12 @@ class PromptSet:
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"data.prompts.val_fraction={self.val_fraction} must be in [0, 1)")
 
-    def pair_tokenizer(self, tokenizer, max_response_length: int = 256) -> PairTokenizer:
-        return PairTokenizer(tokenizer, self.chat_template, self.system_prompt, self.max_prompt_length,
-                             max_response_length, self.overlong_prompt)
+    def pair_tokenizer(self, tokenizer, max_response_length: int = 256,
+                       add_system_prompt: bool = True) -> PairTokenizer:
+        """``add_system_prompt=False``: the caller's messages say their own system message, or have none on
+        purpose (the chat template's default), so ``system_prompt`` is not added to them."""
+        return PairTokenizer(tokenizer, self.chat_template, self.system_prompt if add_system_prompt else None,
+                             self.max_prompt_length, max_response_length, self.overlong_prompt)
 
     # ----- reading and splitting ----------------------------------------------------------------------------
     def read(self, parse: Callable[[Record], T], report: dict[str, Any],
