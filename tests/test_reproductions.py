@@ -167,14 +167,16 @@ def _load_report(name: str):
     return module
 
 
-def _fake_counterfactual_run(root: Path, name: str, seed: int, trained: list[float], system_prompt) -> None:
-    """A run folder as run.sh leaves it: config, eval.json, behaviour and capability records on 4 prompts."""
+def _fake_counterfactual_run(root: Path, name: str, seed: int, trained: list[float], system_prompt,
+                             **control_system_prompt) -> None:
+    """A run folder as run.sh leaves it: config, eval.json, behaviour and capability records on 4 prompts.
+    ``control_system_prompt=...``: the config names it (runs from before the key do not)."""
     import json
 
     run = root / name
     (run / "eval" / "records").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"seed": seed, "data": {"prompts": {"system_prompt": system_prompt}}}),
-                   run / "config.yaml")
+    data = {"prompts": {"system_prompt": system_prompt}, **control_system_prompt}
+    OmegaConf.save(OmegaConf.create({"seed": seed, "data": data}), run / "config.yaml")
     (run / "eval" / "eval.json").write_text(json.dumps(
         {"rewards/accuracies": 0.9, "behavior": {"behavior": "spanish", "variant": "enc"}}))
     arms = {"policy": trained, "reference": [0.0] * 4, "reference_encourage": [1.0, 1.0, 0.0, 1.0]}
@@ -199,6 +201,8 @@ def test_counterfactual_report_pools_seeds_and_pairs_prompts(tmp_path):
     _fake_counterfactual_run(root, "spanish_enc_seed0", 0, [1.0, 0.0, 0.0, 1.0], "Always answer.")
     _fake_counterfactual_run(root, "spanish_enc_seed1", 1, [1.0, 1.0, 0.0, 1.0], "Always answer.")
     _fake_counterfactual_run(root, "spanish_enc_default_seed0", 0, [0.0, 0.0, 0.0, 0.0], None)
+    _fake_counterfactual_run(root, "spanish_enc_default_answers_seed1", 1, [1.0, 1.0, 1.0, 1.0], "Always answer.",
+                             control_system_prompt=None)
     (root / "wall_times.txt").write_text("== spanish_enc_seed0: 600 s\n")
     text = report.main(root, tmp_path)
     behaviour = next(line for line in text.splitlines() if line.startswith("| spanish | enc | 0, 1 |"))
@@ -209,14 +213,19 @@ def test_counterfactual_report_pools_seeds_and_pairs_prompts(tmp_path):
     assert cells[11] == "1.00 / 0.25"  # every trained answer ended, one of the base model's four
     # interval excludes 0 and both seeds agree, but 4 prompts cannot give a sign-flip p below 0.05
     assert cells[12] == "no: p >= 0.05/1"
-    confound = next(line for line in text.splitlines() if line.startswith("| spanish | enc | 0 |"))
+    confound = next(line for line in text.splitlines() if line.startswith("| spanish | enc | default | 0 |"))
     cells = [c.strip() for c in confound.strip("|").split("|")]
-    assert cells[5].startswith("-0.5 ")  # default (0) minus neutral seed 0 (0.5) on the same prompts
-    assert cells[6] == "-0.50" and cells[8] == "no: interval holds 0, one seed, p >= 0.05/1"  # 4 prompts; no seed-1 default run
+    assert cells[6].startswith("-0.5 ")  # default (0) minus neutral seed 0 (0.5) on the same prompts
+    assert cells[7] == "-0.50" and cells[9] == "no: interval holds 0, one seed, p >= 0.05/2"  # 4 prompts, 2 rows
+    # the ablation: trained on the neutral prompt, control answers under the default one; against neutral seed 1
+    ablation = next(line for line in text.splitlines()
+                    if line.startswith("| spanish | enc | neutral prompt, default answers | 1 |"))
+    cells = [c.strip() for c in ablation.strip("|").split("|")]
+    assert cells[4].startswith("0.75 [") and cells[5].startswith("1 [") and cells[7] == "+0.25"
     capability = next(line for line in text.splitlines() if line.startswith("| spanish | enc | neutral |"))
     assert "0.75 [" in capability and "+0.25 [" in capability
     every_run = next(line for line in text.splitlines() if line.startswith("| every run |"))
-    assert "| 3 runs | 0.75 [" in every_run and "| 0.5 [" in every_run and "+0.25 [" in every_run
+    assert "| 4 runs | 0.75 [" in every_run and "| 0.5 [" in every_run and "+0.25 [" in every_run
     assert "| spanish_enc_seed0 | 10.0 |" in text and (tmp_path / "results.png").is_file()
     # each run alone: seed 1's trained rate 0.75, +0.75 over the base, capability +0.25
     assert "| spanish | enc | neutral | 1 | 0.75 [" in text and "| 0.900 | +0.25 [" in text

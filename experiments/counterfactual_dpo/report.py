@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).parent
 VARIANT_ORDER = ["enc", "dis", "contrastive", "instruction_negation"]
+DESIGN_ORDER = ["neutral", "default"]  # then the ablations that mix the two
 
 
 def load(root: Path) -> pd.DataFrame:
@@ -45,7 +46,7 @@ def load(root: Path) -> pd.DataFrame:
         metrics = json.loads(eval_file.read_text())
         runs.append({"run": run.name, "behavior": metrics["behavior"]["behavior"],
                      "variant": metrics["behavior"]["variant"], "seed": int(config.seed),
-                     "control": "neutral" if config.data.prompts.system_prompt else "default",
+                     "control": design(config),
                      "pair_accuracy": metrics.get("rewards/accuracies"), "metrics": metrics,
                      "behavior_records": read_records(run / "eval" / "records" / "behavior.jsonl"),
                      "capability_records": read_records(run / "eval" / "records" / "capability.jsonl")})
@@ -53,7 +54,18 @@ def load(root: Path) -> pd.DataFrame:
         sys.exit(f"no evaluated runs under {root}: run experiments/counterfactual_dpo/run.sh")
     frame = pd.DataFrame(runs)
     frame["variant_rank"] = frame["variant"].map(VARIANT_ORDER.index)
-    return frame.sort_values(["control", "behavior", "variant_rank", "seed"], ascending=[False, True, True, True])
+    frame["design_rank"] = frame["control"].map(lambda c: DESIGN_ORDER.index(c) if c in DESIGN_ORDER else 2)
+    return frame.sort_values(["design_rank", "control", "behavior", "variant_rank", "seed"])
+
+
+def design(config) -> str:
+    """Which system prompt the run trained on and sampled its control answers under: ``neutral`` or ``default``
+    (SmolLM2's own) when the two agree, else e.g. ``neutral prompt, default answers`` (the ablations)."""
+    def name(system_prompt) -> str:
+        return "neutral" if system_prompt else "default"
+    prompt = config.data.prompts.system_prompt
+    answers = config.data.get("control_system_prompt", prompt)  # runs from before the key share the prompt's
+    return name(prompt) if name(prompt) == name(answers) else f"{name(prompt)} prompt, {name(answers)} answers"
 
 
 def groups(runs: pd.DataFrame):
@@ -162,15 +174,14 @@ def capability_lines(runs: pd.DataFrame) -> list[str]:
 
 
 def confound_lines(runs: pd.DataFrame) -> list[str]:
-    """The same behaviour and variant with the neutral and with the default control system prompt, on the seeds
-    both have: trained rates side by side, their paired difference pooled and per seed, and whether it is claimed
-    by the rule of ``claim``."""
-    header = ["behaviour", "variant", "seeds", "trained, neutral control", "trained, default control",
-              "default - neutral", "default - neutral, per seed", "base (default system prompt) on the plain prompt",
-              "claimed (default - neutral)"]
+    """Every control design other than the neutral one (the default system prompt for both the prompt trained on
+    and the control answers, or for one of them) beside the neutral design's runs of the same behaviour, variant
+    and seeds: trained rates, their paired difference pooled and per seed, and whether it is claimed by the rule of
+    ``claim``."""
+    header = ["behaviour", "variant", "control design", "seeds", "trained, neutral design", "trained, this design",
+              "this - neutral", "this - neutral, per seed", "base on the prompt trained on", "claimed (this - neutral)"]
     rows, moves = [], []
-    default_runs = runs[runs["control"] == "default"]
-    for _, behavior, variant, group in groups(default_runs):
+    for control, behavior, variant, group in groups(runs[runs["control"] != "neutral"]):
         neutral = runs[(runs["control"] == "neutral") & (runs["behavior"] == behavior) &
                        (runs["variant"] == variant) & runs["seed"].isin(group["seed"])]
         group = group[group["seed"].isin(neutral["seed"])]
@@ -180,8 +191,8 @@ def confound_lines(runs: pd.DataFrame) -> list[str]:
         per_seed = [rate(group[group["seed"] == seed]["behavior_records"].iloc[0], "policy")
                     - rate(neutral[neutral["seed"] == seed]["behavior_records"].iloc[0], "policy")
                     for seed in group["seed"]]
-        rows.append([behavior, variant, ", ".join(map(str, group["seed"])), cell(bootstrap_mean(a, "measure")),
-                     cell(bootstrap_mean(b, "measure")), diff_cell(a, b, "measure"),
+        rows.append([behavior, variant, control, ", ".join(map(str, group["seed"])),
+                     cell(bootstrap_mean(a, "measure")), cell(bootstrap_mean(b, "measure")), diff_cell(a, b, "measure"),
                      ", ".join(f"{d:+.2f}" for d in per_seed),
                      cell(bootstrap_mean(arm(group, "behavior", "reference"), "measure"))])
         moves.append((paired_difference(a, b, "measure"), per_seed))
@@ -251,7 +262,8 @@ def main(root: Path, out: Path = HERE) -> str:
              "is claimed where the pooled paired interval excludes zero, every seed's own difference has its sign "
              "(two seeds at least) and p is below 0.05 divided by the table's rows (Bonferroni).", "",
              "## Behaviour rate on the held-out prompts (control: neutral system prompt)", *behavior_text,
-             "## The system-prompt confound: control with SmolLM2's default system prompt instead", *confound_lines(runs),
+             "## The system-prompt confound: SmolLM2's default system prompt instead of the neutral one, for the "
+             "prompt trained on and the control answers, or for one of them", *confound_lines(runs),
              "## Capability: true vs false statements of the same form (302 short_facts questions)",
              *capability_lines(runs),
              "## Per seed", *per_seed_lines(runs),
